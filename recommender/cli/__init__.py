@@ -1,0 +1,31 @@
+"""The ``kiwi`` command line. Each area lives in its own module and registers on ``app``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from recommender.errors import KiwiError
+
+app = typer.Typer(
+    name="kiwi",
+    help="Kiwi Recommender: clinical entities, modifiers and relations for INCEpTION and Label Studio.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Importing a command module registers its commands on ``app``.
+from recommender.cli import data as _data  # noqa: E402,F401
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KiwiError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,81 @@
+"""brat standoff: ``NAME.txt`` + ``NAME.ann`` per note (the format of the MTSamples Kiwi corpus)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from recommender.document import Document, Relation, Span
+from recommender.errors import DocumentError, FormatError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+_TEXT_BOUND = re.compile(r"^(T\d+)\t(\S+) (\d+ \d+(?:;\d+ \d+)*)\t?(.*)$")
+_RELATION = re.compile(r"^(R\d+)\t(\S+) Arg1:(T\d+) Arg2:(T\d+)\s*$")
+
+
+def parse(text: str, ann: str, doc_id: str, *, source: str | Path | None = None) -> Document:
+    """One document from the contents of its ``.txt`` and ``.ann`` files."""
+    doc = Document(id=doc_id, text=text)
+    where = source or doc_id
+    for lineno, line in enumerate(ann.splitlines(), 1):
+        if not line.strip() or line[0] in "#AMNE*":  # notes, attributes, events: not in the schema
+            continue
+        if m := _TEXT_BOUND.match(line):
+            sid, label, frags, _ = m.groups()
+            offsets = [int(x) for frag in frags.split(";") for x in frag.split()]
+            if ";" in frags:
+                log.warning("%s:%d: discontinuous span %s kept as one range", where, lineno, sid)
+            doc.spans.append(Span(sid, label, min(offsets), max(offsets)))
+        elif m := _RELATION.match(line):
+            rid, label, head, tail = m.groups()
+            doc.relations.append(Relation(rid, head, tail, label))
+        else:
+            # A stray line (one exists in the public corpus) loses nothing that brat could show.
+            log.warning("%s:%d: line is not a brat text-bound or relation annotation; skipped", where, lineno)
+    try:
+        return doc.validate()
+    except DocumentError as e:
+        raise DocumentError(str(e), source=source) from None
+
+
+def format_ann(doc: Document) -> str:
+    lines = [
+        f"{s.id}\t{s.label} {s.begin} {s.end}\t{doc.text[s.begin : s.end].replace(chr(10), ' ')}"
+        for s in doc.spans
+    ]
+    lines += [f"{r.id}\t{r.label} Arg1:{r.head} Arg2:{r.tail}" for r in doc.relations]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def read_file(txt: Path) -> Document:
+    ann = txt.with_suffix(".ann")
+    try:
+        text = txt.read_text(encoding="utf-8")
+        ann_text = ann.read_text(encoding="utf-8") if ann.exists() else ""
+    except UnicodeDecodeError as e:
+        raise FormatError(f"not UTF-8 text ({e.reason})", source=txt) from None
+    return parse(text, ann_text, txt.stem, source=ann)
+
+
+def read(path: Path) -> list[Document]:
+    """All notes of a brat folder (``.txt`` files, with their ``.ann`` when present), or one note."""
+    path = Path(path)
+    if path.is_file():
+        return [read_file(path.with_suffix(".txt"))]
+    if not path.is_dir():
+        raise NotFoundError("no such file or folder", source=path)
+    files = sorted(path.glob("*.txt"))
+    if not files:
+        raise FormatError("no .txt files: not a brat folder", source=path)
+    return [read_file(f) for f in files]
+
+
+def write(docs: Iterable[Document], path: Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for doc in docs:
+        (path / f"{doc.id}.txt").write_text(doc.text, encoding="utf-8", newline="")
+        (path / f"{doc.id}.ann").write_text(format_ann(doc), encoding="utf-8", newline="")

@@ -1,0 +1,70 @@
+"""One global conftest: paths to shared data, the team's sample corpus, small hand-built documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
+from recommender.document import Document
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared material sits beside the team's checkouts only")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mtsamples_dir() -> Path:
+    return _need(SHARED_MTSAMPLES)
+
+
+@pytest.fixture(scope="session")
+def mtsamples_docs(mtsamples_dir: Path) -> list[Document]:
+    from recommender.formats import brat
+
+    return brat.read(mtsamples_dir)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return _need(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE_DIR
+
+
+@pytest.fixture
+def emoji_doc() -> Document:
+    """A note with characters outside the BMP before, inside and after annotations."""
+    text = "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache.\nBP 120/80."
+    doc = Document(id="emoji_note", text=text)
+
+    def span(label: str, phrase: str) -> object:
+        b = text.index(phrase)
+        return doc.add_span(label, b, b + len(phrase))
+
+    neg = span("negation", "denies")
+    pain = span("problem", "chest pain")
+    loc = span("bodyloc", "chest")
+    drug = span("drug", "aspirin")
+    strength = span("strength", "81 mg")
+    freq = span("frequency", "daily")
+    head = span("problem", "𝔥eadache")
+    test = span("test", "BP")
+    val = span("labvalue", "120/80")
+    doc.add_relation(pain, neg)
+    doc.add_relation(pain, loc)
+    doc.add_relation(drug, strength)
+    doc.add_relation(drug, freq)
+    doc.add_relation(test, val)
+    assert head.label == "problem"
+    return doc.validate()
