@@ -27,5 +27,6 @@ def main() -> None:
     try:
         app()
     except KiwiError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # markup=False: messages put offending values in [brackets], which rich would eat as tags.
+        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
