@@ -132,3 +132,16 @@ def test_detect_format(tmp_path: Path, sample_dir: Path) -> None:
     (tmp_path / "odd.xyz").write_text("")
     with pytest.raises(FormatError, match=r"\[\.xyz\]"):
         detect_format(tmp_path / "odd.xyz")
+
+
+def test_brat_renumbers_foreign_ids(tmp_path: Path) -> None:
+    doc = Document("ls", "no fever")
+    neg = doc.add_span("negation", 0, 2)
+    fever = doc.add_span("problem", 3, 8)
+    neg.id, fever.id = "t2_e0", "aX9"  # Label Studio region ids
+    doc.add_relation(fever, neg)
+    brat.write([doc], tmp_path)
+    (back,) = brat.read(tmp_path)
+    assert [s.id for s in back.spans] == ["T1", "T2"]
+    ((_, head, tail),) = back.relation_pairs()
+    assert (head.label, tail.label) == ("problem", "negation")

@@ -41,12 +41,23 @@ def parse(text: str, ann: str, doc_id: str, *, source: str | Path | None = None)
         raise DocumentError(str(e), source=source) from None
 
 
+def _brat_ids(ids: list[str], prefix: str) -> dict[str, str]:
+    """Keep ``T<n>``/``R<n>`` ids; renumber all of them when any is foreign (e.g. Label Studio regions)."""
+    if all(re.fullmatch(rf"{prefix}\d+", i) for i in ids) and len(set(ids)) == len(ids):
+        return {i: i for i in ids}
+    return {i: f"{prefix}{n}" for n, i in enumerate(ids, 1)}
+
+
 def format_ann(doc: Document) -> str:
+    span_ids = _brat_ids([s.id for s in doc.spans], "T")
+    rel_ids = _brat_ids([r.id for r in doc.relations], "R")
     lines = [
-        f"{s.id}\t{s.label} {s.begin} {s.end}\t{doc.text[s.begin : s.end].replace(chr(10), ' ')}"
+        f"{span_ids[s.id]}\t{s.label} {s.begin} {s.end}\t{doc.text[s.begin : s.end].replace(chr(10), ' ')}"
         for s in doc.spans
     ]
-    lines += [f"{r.id}\t{r.label} Arg1:{r.head} Arg2:{r.tail}" for r in doc.relations]
+    lines += [
+        f"{rel_ids[r.id]}\t{r.label} Arg1:{span_ids[r.head]} Arg2:{span_ids[r.tail]}" for r in doc.relations
+    ]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
