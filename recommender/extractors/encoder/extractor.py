@@ -1,0 +1,312 @@
+"""``kiwi.encoder.v1``: entities, modifiers and hasAttr relations from one pass of a BERT-style encoder."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recommender.document import Document, Span
+from recommender.errors import ModelError
+from recommender.extractors import register
+from recommender.extractors.base import Extractor, ModelInfo
+from recommender.extractors.encoder.config import EncoderConfig
+from recommender.extractors.encoder.model import (
+    KiwiEncoderModel,
+    Pieces,
+    distance_feature,
+    encode_text,
+    pool,
+    span_gap,
+)
+from recommender.schema import load_schema
+
+log = logging.getLogger(__name__)
+
+NAME = "kiwi.encoder.v1"
+WEIGHTS_FILE = "model.safetensors"
+LABELS_FILE = "labels.json"
+ENCODER_DIR = "encoder"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class LabelMaps:
+    """Tag inventories of the two BIO heads, the allowed pairs, and the calibration temperatures."""
+
+    ent_tags: list[str]
+    mod_tags: list[str]
+    pairs: list[tuple[str, str]]
+    temperatures: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ent_tags": self.ent_tags,
+            "mod_tags": self.mod_tags,
+            "pairs": [list(p) for p in self.pairs],
+            "temperatures": self.temperatures,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabelMaps:
+        return cls(
+            list(data["ent_tags"]),
+            list(data["mod_tags"]),
+            [(str(a), str(b)) for a, b in data["pairs"]],
+            {k: float(v) for k, v in data.get("temperatures", {}).items()},
+        )
+
+
+@dataclass
+class _Found:
+    """A span found (or given) in a document, with its word-piece range."""
+
+    label: str
+    begin: int
+    end: int
+    pieces: tuple[int, int] | None
+    score: float
+    given: Span | None = None
+
+
+def decode_bio(tags: list[int], probs: list[float], names: list[str]) -> list[tuple[str, int, int, float]]:
+    """(label, first piece, end piece, mean tag probability) for each span of a BIO sequence.
+
+    An I- tag that does not continue a span of its type starts one (the usual repair of CRF-free
+    decoding), so a span whose B- was missed is not lost.
+    """
+    out: list[tuple[str, int, int, float]] = []
+    cur: list[Any] | None = None
+    for i, t in enumerate(tags):
+        name = names[t]
+        kind, label = (name[0], name[2:]) if name != "O" else ("O", "")
+        if cur is not None and kind == "I" and label == cur[0]:
+            cur[2] = i + 1
+            cur[3].append(probs[i])
+            continue
+        if cur is not None:
+            out.append((cur[0], cur[1], cur[2], sum(cur[3]) / len(cur[3])))
+            cur = None
+        if kind in ("B", "I"):
+            cur = [label, i, i + 1, [probs[i]]]
+    if cur is not None:
+        out.append((cur[0], cur[1], cur[2], sum(cur[3]) / len(cur[3])))
+    return out
+
+
+@register(NAME)
+class EncoderExtractor(Extractor):
+    def __init__(
+        self,
+        model: KiwiEncoderModel,
+        tokenizer: Any,
+        config: EncoderConfig,
+        labels: LabelMaps,
+        info: ModelInfo,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.labels = labels
+        self.info = info
+        self.schema = load_schema()
+        self._pair_index = {p: i for i, p in enumerate(labels.pairs)}
+        self._infer: nn.Module | None = None  # the (possibly quantized) copy used for inference
+
+    # --- inference -----------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Forget the inference copy after the weights changed (training)."""
+        self._infer = None
+
+    def _inference_model(self) -> nn.Module:
+        if self._infer is None:
+            model = copy.deepcopy(self.model).eval()
+            if self.config.quantize:
+                from torch.ao.quantization import quantize_dynamic
+
+                # The encoder's Linear layers dominate CPU time; int8 weights roughly halve it.
+                model.encoder = quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8)
+            self._infer = model
+        return self._infer
+
+    def encode(self, texts: Sequence[str]) -> list[Pieces]:
+        return [
+            encode_text(self.tokenizer, t, self.config.max_length, self.config.window_overlap) for t in texts
+        ]
+
+    @torch.inference_mode()
+    def hidden_states(self, pieces: Sequence[Pieces], model: nn.Module | None = None) -> list[torch.Tensor]:
+        """Per document, the encoder state of every word piece ([pieces, hidden]); windows are batched
+        across documents by length so padding stays small."""
+        model = model or self._inference_model()
+        hidden = model.encoder.config.hidden_size
+        out = [torch.zeros(len(p.ids), hidden) for p in pieces]
+        jobs = [(d, w) for d, p in enumerate(pieces) for w in range(len(p.windows))]
+        jobs.sort(key=lambda j: -(pieces[j[0]].windows[j[1]][1] - pieces[j[0]].windows[j[1]][0]))
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        pad = self.tokenizer.pad_token_id or 0
+        bs = self.config.predict_batch_size
+        for k in range(0, len(jobs), bs):
+            batch = jobs[k : k + bs]
+            seqs = [[cls, *pieces[d].ids[slice(*pieces[d].windows[w])], sep] for d, w in batch]
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+            states = model.encode(ids, mask)
+            for row, (d, w) in enumerate(batch):
+                start = pieces[d].windows[w][0]
+                lo, hi = pieces[d].owned[w]
+                out[d][lo:hi] = states[row, 1 + lo - start : 1 + hi - start]
+        return out
+
+    def predict(self, docs: Sequence[Document], *, entities_given: bool = False) -> list[Document]:
+        model = self._inference_model()
+        pieces = self.encode([d.text for d in docs])
+        states = self.hidden_states(pieces, model)
+        with torch.inference_mode():
+            return [
+                self._decode(doc, p, h, model, entities_given)
+                for doc, p, h in zip(docs, pieces, states, strict=True)
+            ]
+
+    def _spans(self, logits: torch.Tensor, temp: float, names: list[str], p: Pieces) -> list[_Found]:
+        probs = torch.softmax(logits / temp, dim=-1)
+        best, tags = probs.max(dim=-1)
+        return [
+            _Found(label, p.offsets[a][0], p.offsets[b - 1][1], (a, b), conf)
+            for label, a, b, conf in decode_bio(tags.tolist(), best.tolist(), names)
+        ]
+
+    def _decode(
+        self, doc: Document, p: Pieces, h: torch.Tensor, model: nn.Module, entities_given: bool
+    ) -> Document:
+        temps = self.labels.temperatures
+        out = Document(
+            id=doc.id,
+            text=doc.text,
+            sentences=list(doc.sentences),
+            tokens=list(doc.tokens),
+            meta=copy.deepcopy(doc.meta),
+        )
+        if entities_given:
+            given = [s for s in doc.spans if self.schema.is_entity(s.label)]
+            ents = [_Found(s.label, s.begin, s.end, p.piece_range(s.begin, s.end), 1.0, s) for s in given]
+        else:
+            ents = self._spans(model.ent_head(h), temps.get("ent", 1.0), self.labels.ent_tags, p)
+        mods = self._spans(model.mod_head(h), temps.get("mod", 1.0), self.labels.mod_tags, p)
+
+        # Candidate pairs: allowed by the schema and close enough (99.6% of gold pairs share a sentence).
+        cands = [
+            (i, j, self._pair_index[(e.label, m.label)], distance_feature(e.pieces, m.pieces))
+            for i, e in enumerate(ents)
+            if e.pieces is not None
+            for j, m in enumerate(mods)
+            if (e.label, m.label) in self._pair_index
+            and span_gap(e.pieces, m.pieces) <= self.config.max_pair_gap
+        ]
+        rel_probs: list[float] = []
+        if cands:
+            cumsum = torch.cat([h.new_zeros(1, h.shape[1]), h.cumsum(0)])
+            e_rep = pool(cumsum, torch.tensor([ents[i].pieces for i, _, _, _ in cands]))
+            m_rep = pool(cumsum, torch.tensor([mods[j].pieces for _, j, _, _ in cands]))
+            logits = model.pair_logits(
+                e_rep, m_rep, torch.tensor([c[2] for c in cands]), torch.tensor([c[3] for c in cands])
+            )
+            rel_probs = torch.sigmoid(logits / temps.get("rel", 1.0)).tolist()
+
+        source = self.version
+        ent_spans: list[Span] = []
+        for e in ents:
+            if e.given is not None:
+                span = replace(e.given)
+                out.spans.append(span)
+            else:
+                span = out.add_span(e.label, e.begin, e.end, score=round(e.score, 4), source=source)
+            ent_spans.append(span)
+        mod_spans = [
+            out.add_span(m.label, m.begin, m.end, score=round(m.score, 4), source=source) for m in mods
+        ]
+        for (i, j, _, _), prob in zip(cands, rel_probs, strict=True):
+            if prob >= self.config.rel_threshold:
+                out.add_relation(ent_spans[i], mod_spans[j], score=round(prob, 4), source=source)
+
+        # Active learning: 1 - mean confidence of every decision made (spans kept, pairs judged).
+        decisions = [m.score for m in mods] + [max(q, 1 - q) for q in rel_probs]
+        decisions += [] if entities_given else [e.score for e in ents]
+        if decisions:
+            out.meta["uncertainty"] = round(1 - sum(decisions) / len(decisions), 4)
+        else:
+            top = (
+                torch.softmax(model.ent_head(h) / temps.get("ent", 1.0), -1).max(-1).values
+                if len(h)
+                else None
+            )
+            out.meta["uncertainty"] = round(1 - float(top.mean()), 4) if top is not None else 0.0
+        return out.sort()
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_model
+
+        from recommender.extractors.encoder.card import write_card
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(folder / WEIGHTS_FILE))
+        self.model.encoder.config.save_pretrained(folder / ENCODER_DIR)
+        self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+        (folder / LABELS_FILE).write_text(
+            json.dumps(self.labels.to_dict(), indent=2) + "\n", encoding="utf-8"
+        )
+        self.info.config = self.config.to_dict()
+        self.info.save(folder)
+        write_card(folder, self)
+
+    @classmethod
+    def load(cls, folder: Path) -> EncoderExtractor:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelError("no such model folder", source=folder)
+        info = ModelInfo.load(folder)
+        if info.extractor != NAME:
+            raise ModelError(f"model folder is for extractor [{info.extractor}], not [{NAME}]", source=folder)
+        config = EncoderConfig.from_dict(info.config)
+        for part in (WEIGHTS_FILE, LABELS_FILE, ENCODER_DIR, TOKENIZER_DIR):
+            if not (folder / part).exists():
+                raise ModelError(f"incomplete model folder: [{part}] is missing", source=folder)
+        if info.schema_version != load_schema().version:
+            log.warning(
+                "model %s was trained on schema %s, this is %s",
+                info.version,
+                info.schema_version,
+                load_schema().version,
+            )
+        try:
+            labels = LabelMaps.from_dict(json.loads((folder / LABELS_FILE).read_text(encoding="utf-8")))
+            tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder / ENCODER_DIR))
+            model = KiwiEncoderModel(
+                encoder,
+                len(labels.ent_tags),
+                len(labels.mod_tags),
+                len(labels.pairs),
+                config.rel_hidden,
+                config.dropout,
+            )
+            load_model(model, str(folder / WEIGHTS_FILE))
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            raise ModelError(
+                f"cannot load the model ({type(e).__name__}: {str(e)[:200]})", source=folder
+            ) from None
+        return cls(model.eval(), tokenizer, config, labels, info)

@@ -1,0 +1,143 @@
+"""The network (shared encoder, two BIO heads, a pair classifier) and the word-piece windows it reads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recommender.errors import ModelError
+
+# Distance features of a (entity, modifier) pair: a gap bucket times the modifier's side of the entity.
+_GAP_EDGES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+N_SIDES = 3  # modifier overlaps the entity, lies before it, lies after it
+N_DIST = (len(_GAP_EDGES) + 1) * N_SIDES
+
+
+def bio_tags(labels: Sequence[str]) -> list[str]:
+    return ["O"] + [f"{p}-{lab}" for lab in labels for p in ("B", "I")]
+
+
+def distance_feature(ent: tuple[int, int], mod: tuple[int, int]) -> int:
+    """Bucketed gap in word pieces between two half-open piece ranges, and the modifier's side."""
+    if mod[1] <= ent[0]:
+        side, gap = 1, ent[0] - mod[1]
+    elif mod[0] >= ent[1]:
+        side, gap = 2, mod[0] - ent[1]
+    else:
+        side, gap = 0, 0
+    bucket = sum(gap >= e for e in _GAP_EDGES)
+    return bucket * N_SIDES + side
+
+
+def span_gap(a: tuple[int, int], b: tuple[int, int]) -> int:
+    return max(0, max(a[0], b[0]) - min(a[1], b[1]))
+
+
+@dataclass
+class Pieces:
+    """A text as word pieces: ids, character offsets, and the windows that cover them."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    windows: list[tuple[int, int]]  # half-open piece ranges, each <= max_length - 2 pieces
+    owned: list[tuple[int, int]]  # the part of each window whose hidden states the document keeps
+
+    def piece_range(self, begin: int, end: int) -> tuple[int, int] | None:
+        """Pieces overlapping the characters [begin, end), as a half-open range; None if there are none."""
+        first = next((i for i, (b, e) in enumerate(self.offsets) if e > begin), None)
+        if first is None or self.offsets[first][0] >= end:
+            return None
+        last = first
+        while last + 1 < len(self.offsets) and self.offsets[last + 1][0] < end:
+            last += 1
+        return first, last + 1
+
+
+def encode_text(tokenizer: Any, text: str, max_length: int, overlap: int) -> Pieces:
+    """Split ``text`` into windows of word pieces; consecutive windows share ``overlap`` pieces so no text
+    is lost, and each piece is owned by the window where it sits furthest from an edge."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    n, size = len(ids), max_length - 2
+    step = size - overlap
+    starts = list(range(0, max(n - overlap, 1), step)) if n else []
+    windows = [(s, min(s + size, n)) for s in starts]
+    owned = []
+    for k, (s, e) in enumerate(windows):
+        lo = s if k == 0 else s + overlap // 2
+        hi = e if k == len(windows) - 1 else e - (overlap - overlap // 2)
+        owned.append((lo, hi))
+    return Pieces(ids, offsets, windows, owned)
+
+
+class KiwiEncoderModel(nn.Module):
+    """One transformer encoder shared by an entity BIO head, a modifier BIO head and a pair classifier."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        n_ent_tags: int,
+        n_mod_tags: int,
+        n_pairs: int,
+        rel_hidden: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.ent_head = nn.Linear(hidden, n_ent_tags)
+        self.mod_head = nn.Linear(hidden, n_mod_tags)
+        self.pair_type = nn.Embedding(n_pairs, 32)
+        self.distance = nn.Embedding(N_DIST, 32)
+        self.rel_head = nn.Sequential(
+            nn.Linear(3 * hidden + 64, rel_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(rel_hidden, 1)
+        )
+
+    def heads(self) -> list[nn.Module]:
+        return [self.ent_head, self.mod_head, self.pair_type, self.distance, self.rel_head]
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.dropout(out.last_hidden_state)
+
+    def pair_logits(
+        self, ent: torch.Tensor, mod: torch.Tensor, pair_type: torch.Tensor, distance: torch.Tensor
+    ) -> torch.Tensor:
+        x = torch.cat([ent, mod, ent * mod, self.pair_type(pair_type), self.distance(distance)], dim=-1)
+        return self.rel_head(x).squeeze(-1)
+
+
+def pool(cumsum: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden states over half-open ranges, from ``cumsum`` = zero row + cumulative sum ([n+1, H])."""
+    begin, end = ranges[:, 0], ranges[:, 1]
+    return (cumsum[end] - cumsum[begin]) / (end - begin).clamp(min=1).unsqueeze(-1).to(cumsum.dtype)
+
+
+def load_pretrained(name: str) -> tuple[Any, nn.Module]:
+    """Tokenizer and encoder of a Hugging Face model; the error says what to do when it is missing."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        encoder = AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = (
+            "HF_HUB_OFFLINE is set, so the hub was not asked; unset it to download, or "
+            if offline
+            else "check the name and network access, or "
+        )
+        raise ModelError(
+            f"cannot load base model [{name}] ({type(e).__name__}); {hint}download it "
+            "(`huggingface-cli download NAME`) and pass its local folder, "
+            "or use the offline default --base-model minilm"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"base model [{name}] has no fast tokenizer (character offsets are needed)")
+    return tokenizer, encoder

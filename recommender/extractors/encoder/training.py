@@ -1,0 +1,377 @@
+"""Fine-tuning of the encoder extractor: window examples, a plain AdamW loop, early stopping on dev."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recommender.document import Document
+from recommender.errors import ConfigError, ModelError
+from recommender.extractors.base import ModelInfo, fingerprint
+from recommender.extractors.encoder.config import EncoderConfig, resolve_base_model
+from recommender.extractors.encoder.extractor import NAME, EncoderExtractor, LabelMaps
+from recommender.extractors.encoder.model import (
+    KiwiEncoderModel,
+    bio_tags,
+    distance_feature,
+    encode_text,
+    load_pretrained,
+    span_gap,
+)
+from recommender.schema import load_schema
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[Iterable[Any], str, int | None], Iterable[Any]]
+
+
+@dataclass
+class WindowExample:
+    """One training window: word-piece ids, BIO targets of both heads, and labelled candidate pairs."""
+
+    ids: list[int]
+    ent_tags: list[int]
+    mod_tags: list[int]
+    # (entity piece range, modifier piece range, pair type, distance feature, label), window coordinates
+    pairs: list[tuple[tuple[int, int], tuple[int, int], int, int, float]] = field(default_factory=list)
+
+
+def build_examples(
+    docs: Sequence[Document], tokenizer: Any, labels: LabelMaps, config: EncoderConfig
+) -> tuple[list[WindowExample], dict[str, int]]:
+    """Window examples of ``docs`` and counts of gold relations the candidate pairs cover (recall check)."""
+    schema = load_schema()
+    ent_ix = {t: i for i, t in enumerate(labels.ent_tags)}
+    mod_ix = {t: i for i, t in enumerate(labels.mod_tags)}
+    pair_ix = {p: i for i, p in enumerate(labels.pairs)}
+    stats = {"relations": 0, "covered": 0}
+    out: list[WindowExample] = []
+    for doc in docs:
+        p = encode_text(tokenizer, doc.text, config.max_length, config.window_overlap)
+        n = len(p.ids)
+        tags = {"ent": [0] * n, "mod": [0] * n}
+        ranges: dict[str, tuple[int, int]] = {}
+        for s in sorted(doc.spans, key=lambda s: (s.begin, -s.end)):
+            r = p.piece_range(s.begin, s.end)
+            if r is None:
+                continue
+            ranges[s.id] = r
+            layer, ix = ("ent", ent_ix) if schema.is_entity(s.label) else ("mod", mod_ix)
+            if f"B-{s.label}" not in ix:
+                continue
+            seq = tags[layer]
+            if any(seq[i] for i in range(*r)):  # same-layer overlap (absent in MTSamples): keep the first
+                continue
+            seq[r[0]] = ix[f"B-{s.label}"]
+            for i in range(r[0] + 1, r[1]):
+                seq[i] = ix[f"I-{s.label}"]
+        gold = {(r.head, r.tail) for r in doc.relations}
+        cands = [
+            (e, m)
+            for e in doc.spans
+            if e.id in ranges and schema.is_entity(e.label)
+            for m in doc.spans
+            if m.id in ranges
+            and (e.label, m.label) in pair_ix
+            and span_gap(ranges[e.id], ranges[m.id]) <= config.max_pair_gap
+        ]
+        stats["relations"] += len(gold)
+        stats["covered"] += len(gold & {(e.id, m.id) for e, m in cands})
+        for s, e in p.windows:
+            ex = WindowExample(p.ids[s:e], tags["ent"][s:e], tags["mod"][s:e])
+            for a, b in cands:
+                ra, rb = ranges[a.id], ranges[b.id]
+                if ra[0] >= s and rb[0] >= s and ra[1] <= e and rb[1] <= e:
+                    ex.pairs.append(
+                        (
+                            (ra[0] - s, ra[1] - s),
+                            (rb[0] - s, rb[1] - s),
+                            pair_ix[(a.label, b.label)],
+                            distance_feature(ra, rb),
+                            1.0 if (a.id, b.id) in gold else 0.0,
+                        )
+                    )
+            out.append(ex)
+    return out, stats
+
+
+def _batch_forward(
+    model: KiwiEncoderModel, batch: Sequence[WindowExample], cls: int, sep: int, pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ent logits, ent tags, mod logits, mod tags, pair logits, pair labels) of a batch."""
+    width = max(len(x.ids) for x in batch) + 2
+    ids = torch.tensor([[cls, *x.ids, sep] + [pad] * (width - len(x.ids) - 2) for x in batch])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(x.ids) + 2 for x in batch])[:, None]).long()
+
+    def targets(attr: str) -> torch.Tensor:
+        return torch.tensor([[-100, *getattr(x, attr)] + [-100] * (width - len(x.ids) - 1) for x in batch])
+
+    h = model.encode(ids, mask)
+    ent_logits, mod_logits = model.ent_head(h), model.mod_head(h)
+    rows = [(b, *pair) for b, x in enumerate(batch) for pair in x.pairs]
+    if rows:
+        bsz, t, hid = h.shape
+        cumsum = torch.cat([h.new_zeros(bsz, 1, hid), h.cumsum(1)], dim=1).reshape(bsz * (t + 1), hid)
+
+        def pooled(which: int) -> torch.Tensor:
+            # +1 skips [CLS]; ranges index the cumulative sum, whose row 0 is the zero row
+            lo = torch.tensor([b * (t + 1) + r[which][0] + 1 for b, *r in rows])
+            hi = torch.tensor([b * (t + 1) + r[which][1] + 1 for b, *r in rows])
+            return (cumsum[hi] - cumsum[lo]) / (hi - lo).unsqueeze(-1).to(h.dtype)
+
+        pair_logits = model.pair_logits(
+            pooled(0), pooled(1), torch.tensor([r[3] for r in rows]), torch.tensor([r[4] for r in rows])
+        )
+        pair_labels = torch.tensor([r[5] for r in rows])
+    else:
+        pair_logits, pair_labels = h.new_zeros(0), h.new_zeros(0)
+    return ent_logits, targets("ent_tags"), mod_logits, targets("mod_tags"), pair_logits, pair_labels
+
+
+def _loss(out: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    ent_logits, ent_t, mod_logits, mod_t, pair_logits, pair_y = out
+    ce = nn.functional.cross_entropy
+    loss = ce(ent_logits.flatten(0, 1), ent_t.flatten()) + ce(mod_logits.flatten(0, 1), mod_t.flatten())
+    if len(pair_y):
+        loss = loss + nn.functional.binary_cross_entropy_with_logits(pair_logits, pair_y)
+    return loss
+
+
+def fit_temperatures(
+    model: KiwiEncoderModel, examples: Sequence[WindowExample], tokenizer: Any, batch_size: int
+) -> dict[str, float]:
+    """Temperature scaling (Guo et al. 2017) of each head, fit by NLL on held-out windows."""
+    cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
+    collected: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("ent", "ent_y", "mod", "mod_y", "rel", "rel_y")
+    }
+    model.eval()
+    with torch.inference_mode():
+        for k in range(0, len(examples), batch_size):
+            el, et, ml, mt, pl, py = _batch_forward(model, examples[k : k + batch_size], cls, sep, pad)
+            keep_e, keep_m = et.flatten() != -100, mt.flatten() != -100
+            collected["ent"].append(el.flatten(0, 1)[keep_e])
+            collected["ent_y"].append(et.flatten()[keep_e])
+            collected["mod"].append(ml.flatten(0, 1)[keep_m])
+            collected["mod_y"].append(mt.flatten()[keep_m])
+            collected["rel"].append(pl)
+            collected["rel_y"].append(py)
+    temps: dict[str, float] = {}
+    for head in ("ent", "mod", "rel"):
+        logits, y = torch.cat(collected[head]), torch.cat(collected[f"{head}_y"])
+        if len(y) == 0:
+            temps[head] = 1.0
+            continue
+        temps[head] = _fit_temperature(logits, y, binary=head == "rel")
+    return temps
+
+
+def _fit_temperature(logits: torch.Tensor, y: torch.Tensor, *, binary: bool) -> float:
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+    loss_fn = nn.functional.binary_cross_entropy_with_logits if binary else nn.functional.cross_entropy
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn(logits / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return round(float(log_t.detach().exp().clamp(0.05, 20.0)), 4)
+
+
+# --- scoring (exact match; the project scorer recommender.evaluation replaces this once it lands) ---
+def _prf(gold: set[Any], pred: set[Any]) -> dict[str, float]:
+    tp = len(gold & pred)
+    p = tp / len(pred) if pred else 0.0
+    r = tp / len(gold) if gold else 0.0
+    return {
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4),
+    }
+
+
+def _rel_keys(doc: Document) -> set[tuple[Any, ...]]:
+    return {(doc.id, *h.key, *t.key) for _, h, t in doc.relation_pairs()}
+
+
+def exact_scores(
+    gold: Sequence[Document], full: Sequence[Document], re_mode: Sequence[Document]
+) -> dict[str, Any]:
+    """NER (4 main types), RE with gold entities given, and end-to-end spans and relations, exact match."""
+    schema = load_schema()
+
+    def spans(docs: Sequence[Document], entities: bool | None) -> set[tuple[Any, ...]]:
+        return {
+            (d.id, *s.key)
+            for d in docs
+            for s in d.spans
+            if entities is None or schema.is_entity(s.label) == entities
+        }
+
+    gold_rel = set().union(*(_rel_keys(d) for d in gold))
+    return {
+        "ner": _prf(spans(gold, True), spans(full, True)),
+        "re": _prf(gold_rel, set().union(*(_rel_keys(d) for d in re_mode))),
+        "e2e_spans": _prf(spans(gold, None), spans(full, None)),
+        "e2e_relations": _prf(gold_rel, set().union(*(_rel_keys(d) for d in full))),
+    }
+
+
+def evaluate(extractor: EncoderExtractor, gold: Sequence[Document]) -> dict[str, Any]:
+    bare = [d.without_annotations() for d in gold]
+    given = [
+        Document(d.id, d.text, spans=[s for s in d.spans if load_schema().is_entity(s.label)]) for d in gold
+    ]
+    return exact_scores(gold, extractor.predict(bare), extractor.predict(given, entities_given=True))
+
+
+# --- training ------------------------------------------------------------------------------------
+def _new_extractor(config: EncoderConfig) -> EncoderExtractor:
+    schema = load_schema()
+    labels = LabelMaps(bio_tags(schema.entity_names), bio_tags(schema.modifier_names), list(schema.pairs), {})
+    if config.init_from:
+        base = EncoderExtractor.load(Path(config.init_from))
+        if base.labels.pairs != labels.pairs or base.labels.ent_tags != labels.ent_tags:
+            raise ModelError(
+                "the model to fine-tune was trained on a different schema", source=config.init_from
+            )
+        base.config = replace_training(base.config, config)
+        return base
+    tokenizer, encoder = load_pretrained(resolve_base_model(config.base_model))
+    limit = getattr(encoder.config, "max_position_embeddings", config.max_length)
+    if config.max_length > limit:
+        raise ConfigError(
+            f"max_length [{config.max_length}] exceeds the encoder's limit of {limit} positions"
+        )
+    model = KiwiEncoderModel(
+        encoder,
+        len(labels.ent_tags),
+        len(labels.mod_tags),
+        len(labels.pairs),
+        config.rel_hidden,
+        config.dropout,
+    )
+    return EncoderExtractor(model, tokenizer, config, labels, ModelInfo(extractor=NAME, version=""))
+
+
+def replace_training(old: EncoderConfig, new: EncoderConfig) -> EncoderConfig:
+    """When fine-tuning a model, its architecture settings win; the training settings come from ``new``."""
+    arch = ("base_model", "max_length", "window_overlap", "rel_hidden", "dropout")
+    return EncoderConfig.from_dict({**new.to_dict(), **{k: getattr(old, k) for k in arch}})
+
+
+def train_encoder(
+    train_docs: Sequence[Document],
+    dev_docs: Sequence[Document],
+    config: EncoderConfig,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> EncoderExtractor:
+    """Fine-tune an encoder extractor (from ``config.base_model`` or ``config.init_from``), keep the epoch
+    with the best dev score (mean of NER and RE exact F1), calibrate on dev, and save it to ``out_dir``."""
+    if not train_docs:
+        raise ConfigError("no training documents")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    started = time.perf_counter()
+    ex = _new_extractor(config)
+    config = ex.config
+    model, tok = ex.model, ex.tokenizer
+    train, stats = build_examples(train_docs, tok, ex.labels, config)
+    dev, _ = build_examples(dev_docs, tok, ex.labels, config)
+    log.info(
+        "%d training windows; candidate pairs cover %d of %d gold relations",
+        len(train),
+        stats["covered"],
+        stats["relations"],
+    )
+
+    head_params = {id(p) for m in model.heads() for p in m.parameters()}
+    no_decay = ("bias", "LayerNorm.weight", "norm.weight")
+    groups: list[dict[str, Any]] = [
+        {"params": [], "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": [], "lr": config.lr, "weight_decay": 0.0},
+        {"params": [], "lr": config.head_lr, "weight_decay": config.weight_decay},
+    ]
+    for name, p in model.named_parameters():
+        g = 2 if id(p) in head_params else (1 if name.endswith(no_decay) else 0)
+        groups[g]["params"].append(p)
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(groups)
+    steps = config.epochs * -(-len(train) // config.batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    cls, sep, pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id or 0
+
+    best: tuple[float, int, dict[str, torch.Tensor], dict[str, Any]] | None = None
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=gen).tolist()
+        batches = [order[k : k + config.batch_size] for k in range(0, len(order), config.batch_size)]
+        it: Iterable[list[int]] = batches
+        if progress is not None:
+            it = progress(batches, f"epoch {epoch}/{config.epochs}", len(batches))
+        total = 0.0
+        for idx in it:
+            loss = _loss(_batch_forward(model, [train[i] for i in idx], cls, sep, pad))
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            total += loss.item()
+        model.eval()
+        ex.invalidate()
+        metrics = evaluate(ex, dev_docs) if dev_docs else {}
+        score = (metrics["ner"]["f1"] + metrics["re"]["f1"]) / 2 if metrics else -float(total)
+        history.append(
+            {"epoch": epoch, "loss": round(total / max(len(batches), 1), 4), "dev_score": round(score, 4)}
+        )
+        log.info("epoch %d loss %.4f dev score %.4f", epoch, total / max(len(batches), 1), score)
+        if best is None or score > best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()), metrics)
+        elif epoch - best[1] >= config.patience:
+            break
+    assert best is not None
+    model.load_state_dict(best[2])
+    model.eval()
+    if dev:
+        ex.labels.temperatures = fit_temperatures(model, dev, tok, config.predict_batch_size)
+    ex.invalidate()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    fp = fingerprint(train_docs)
+    ex.info = ModelInfo(
+        extractor=NAME,
+        version=f"encoder-{stamp}-{fp[:6]}",
+        data_fingerprint=fp,
+        config=config.to_dict(),
+        metrics={
+            "dev": evaluate(ex, dev_docs) if dev_docs else {},
+            "best_epoch": best[1],
+            "history": history,
+            "train_notes": len(train_docs),
+            "dev_notes": len(dev_docs),
+            "dev_fingerprint": fingerprint(dev_docs) if dev_docs else "",
+            "candidate_pair_recall": round(stats["covered"] / max(stats["relations"], 1), 4),
+            "temperatures": ex.labels.temperatures,
+            "train_seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    if out_dir is not None:
+        ex.save(Path(out_dir))
+    return ex

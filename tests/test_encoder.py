@@ -1,0 +1,254 @@
+"""The encoder extractor on a tiny random BERT built here: overfit, save, reload, formats, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from recommender.document import Document  # noqa: E402
+from recommender.errors import ConfigError, ModelError  # noqa: E402
+from recommender.extractors import load_extractor  # noqa: E402
+from recommender.extractors.encoder import EncoderConfig, resolve_base_model, train_encoder  # noqa: E402
+from recommender.extractors.encoder.extractor import EncoderExtractor, decode_bio  # noqa: E402
+from recommender.extractors.encoder.model import encode_text  # noqa: E402
+from recommender.formats import FORMATS, read_documents, write_documents  # noqa: E402
+
+
+def _keys(doc: Document) -> tuple[set, set]:
+    return {s.key for s in doc.spans}, {(h.key, t.key) for _, h, t in doc.relation_pairs()}
+
+
+def _note() -> Document:
+    text = "No fever. Severe back pain since May. Metformin 500 mg twice daily. Glucose 180."
+    doc = Document(id="note_b", text=text)
+
+    def span(label: str, phrase: str) -> object:
+        b = text.index(phrase)
+        return doc.add_span(label, b, b + len(phrase))
+
+    neg, fever = span("negation", "No"), span("problem", "fever")
+    sev, pain, loc = span("severity", "Severe"), span("problem", "back pain"), span("bodyloc", "back")
+    tmp = span("temporal", "since May")
+    drug, strength, freq = (
+        span("drug", "Metformin"),
+        span("strength", "500 mg"),
+        span("frequency", "twice daily"),
+    )
+    test, val = span("test", "Glucose"), span("labvalue", "180")
+    for head, tail in ((fever, neg), (pain, sev), (pain, loc), (pain, tmp), (drug, strength), (drug, freq)):
+        doc.add_relation(head, tail)
+    doc.add_relation(test, val)
+    return doc.validate()
+
+
+def _emoji_note() -> Document:
+    """Characters outside the BMP before, inside and after annotations."""
+    text = "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache.\nBP 120/80."
+    doc = Document(id="emoji_note", text=text)
+
+    def span(label: str, phrase: str) -> object:
+        b = text.index(phrase)
+        return doc.add_span(label, b, b + len(phrase))
+
+    neg, pain, loc = span("negation", "denies"), span("problem", "chest pain"), span("bodyloc", "chest")
+    drug, strength, freq = span("drug", "aspirin"), span("strength", "81 mg"), span("frequency", "daily")
+    span("problem", "𝔥eadache")
+    test, val = span("test", "BP"), span("labvalue", "120/80")
+    for head, tail in ((pain, neg), (pain, loc), (drug, strength), (drug, freq), (test, val)):
+        doc.add_relation(head, tail)
+    return doc.validate()
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT with the MiniLM vocabulary, saved as a local Hugging Face folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))  # its vocabulary, offline
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,  # memorising two notes needs no regularisation
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[Document]:
+    return [_emoji_note(), _note()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: Path, docs: list[Document], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    config = EncoderConfig(
+        base_model=str(tiny_base),
+        max_length=20,  # several windows per note: exercises the stitching of long notes
+        window_overlap=9,
+        max_pair_gap=4,  # every candidate pair then fits in some window, so training sees it
+        epochs=25,
+        patience=25,
+        lr=3e-3,
+        head_lr=1e-2,
+        warmup_ratio=0.0,
+        batch_size=1,
+        dropout=0.0,
+        rel_hidden=32,
+        quantize=False,
+    )
+    train_encoder(docs, docs, config, out)
+    return out
+
+
+def test_overfits_two_notes_and_reloads_identically(trained: Path, docs: list[Document]) -> None:
+    ex = load_extractor(trained)
+    assert isinstance(ex, EncoderExtractor)
+    bare = [d.without_annotations() for d in docs]
+    preds = ex.predict(bare)
+    for gold, pred in zip(docs, preds, strict=True):
+        assert _keys(pred) == _keys(gold)
+        assert all(s.source == ex.version and 0 < s.score <= 1 for s in pred.spans)
+        assert all(r.source == ex.version and 0.5 <= r.score <= 1 for r in pred.relations)
+        assert 0 <= pred.meta["uncertainty"] <= 1
+    assert all(not d.spans for d in bare)  # inputs untouched
+
+    again = EncoderExtractor.load(trained).predict(bare)
+    assert [[(s.key, s.score) for s in d.spans] for d in again] == [
+        [(s.key, s.score) for s in d.spans] for d in preds
+    ]
+
+    info = json.loads((trained / "kiwi_model.json").read_text())
+    assert info["extractor"] == "kiwi.encoder.v1" and info["data_fingerprint"]
+    assert info["metrics"]["dev"]["ner"]["f1"] == 1.0
+    assert "## Architecture" in (trained / "MODEL_CARD.md").read_text()
+
+
+def test_entities_given_keeps_the_given_entities(trained: Path, docs: list[Document]) -> None:
+    ex = load_extractor(trained)
+    doc = _note()
+    shifted = Document(doc.id, doc.text)
+    for s in doc.entities():
+        shifted.spans.append(replace(s, begin=s.begin, end=s.end - 1 if s.end - s.begin > 3 else s.end))
+    shifted.add_span("problem", doc.text.index("daily"), doc.text.index("daily") + 5)  # a wrong one, kept
+    before = [(s.id, s.key) for s in shifted.spans]
+    pred = ex.predict([shifted], entities_given=True)[0]
+    ents = [(s.id, s.key) for s in pred.spans if s.label in ("problem", "test", "drug", "treatment")]
+    assert sorted(ents) == sorted(before)
+    assert [(s.id, s.key) for s in shifted.spans] == before
+    # with the gold entities, RE mode recovers every modifier and relation
+    given = Document(doc.id, doc.text, spans=doc.entities())
+    assert _keys(ex.predict([given], entities_given=True)[0]) == _keys(doc)
+
+
+@pytest.mark.parametrize("fmt", [f for f in ("brat", "jsonl", "xmi", "labelstudio") if f in FORMATS])
+def test_predictions_round_trip_through_formats(
+    trained: Path, docs: list[Document], tmp_path: Path, fmt: str
+) -> None:
+    try:
+        FORMATS[fmt].load()
+    except ImportError:
+        pytest.skip(f"format module {FORMATS[fmt].module} not written yet")
+    preds = load_extractor(trained).predict([d.without_annotations() for d in docs])
+    target = tmp_path / ("out.jsonl" if fmt == "jsonl" else "out.json" if fmt == "labelstudio" else "out")
+    write_documents(preds, target, fmt)
+    back = {d.id: d for d in read_documents(target, fmt)}
+    for p in preds:
+        assert _keys(back[p.id]) == _keys(p)
+
+
+def test_windows_cover_every_piece(tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    text = " ".join(f"word{i} 😀" for i in range(200))
+    p = encode_text(tok, text, max_length=32, overlap=8)
+    covered = [i for lo, hi in p.owned for i in range(lo, hi)]
+    assert covered == list(range(len(p.ids))) and len(p.windows) > 5
+    assert all(e - s <= 30 for s, e in p.windows)
+    assert encode_text(tok, "", 32, 8).windows == []
+
+
+def test_decode_bio_repairs_i_without_b() -> None:
+    names = ["O", "B-problem", "I-problem", "B-test", "I-test"]
+    spans = decode_bio([0, 2, 2, 0, 1, 4, 3, 4], [1.0] * 8, names)
+    assert [(lab, a, b) for lab, a, b, _ in spans] == [
+        ("problem", 1, 3),
+        ("problem", 4, 5),
+        ("test", 5, 6),
+        ("test", 6, 8),
+    ]
+
+
+def test_bad_model_folders(tmp_path: Path, trained: Path) -> None:
+    with pytest.raises(ModelError, match=r"no such model folder|not a Kiwi model folder"):
+        EncoderExtractor.load(tmp_path / "missing")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "kiwi_model.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"unreadable kiwi_model\.json"):
+        load_extractor(corrupt)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"\[model.safetensors\] is missing"):
+        load_extractor(broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="cannot load the model"):
+        load_extractor(broken)
+
+
+def test_unknown_base_model_says_what_to_do(docs: list[Document]) -> None:
+    config = EncoderConfig(base_model="no-such-org/no-such-model", epochs=1)
+    with pytest.raises(
+        ModelError, match=r"\[no-such-org/no-such-model\].*HF_HUB_OFFLINE.*--base-model minilm"
+    ):
+        train_encoder(docs, [], config)
+
+
+def test_config_is_validated_and_round_trips() -> None:
+    with pytest.raises(ConfigError, match=r"lr must be in \(0, 1\), got \[0\]"):
+        EncoderConfig(lr=0)
+    with pytest.raises(ConfigError, match="window_overlap"):
+        EncoderConfig(max_length=32, window_overlap=20)
+    with pytest.raises(ConfigError, match=r"unknown encoder settings \[colour\]"):
+        EncoderConfig.from_dict({"colour": 1})
+    cfg = EncoderConfig(epochs=3, base_model="x")
+    assert EncoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert all(text for _, text in EncoderConfig.help().values())
+
+
+def test_cli_predict_on_plain_text_notes(trained: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recommender.cli import app
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text(_note().text, encoding="utf-8")
+    out = tmp_path / "pred.jsonl"
+    result = CliRunner().invoke(
+        app, ["predict", "--model", str(trained), str(notes), str(out), "--to", "jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    (pred,) = read_documents(out, "jsonl")
+    assert _keys(pred) == _keys(_note())
