@@ -7,7 +7,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,6 +16,7 @@ import krippendorff
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
+from support import run_kiwi
 from test_scorer import perturb
 
 from recommender.agreement import add_model_rater, agreement_report, load_raters
@@ -296,15 +296,6 @@ def test_unknown_input_format(tmp_path: Path) -> None:
 # --- CLI and HTML --------------------------------------------------------------------------------
 
 
-def kiwi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from recommender.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 @pytest.fixture(scope="module")
 def rater_dirs(
     three_raters: dict[str, list[Document]], tmp_path_factory: pytest.TempPathFactory
@@ -316,7 +307,7 @@ def rater_dirs(
 
 
 def test_cli_json_and_files(rater_dirs: list[Path], report: dict, tmp_path: Path) -> None:
-    run = kiwi(
+    run = run_kiwi(
         "agreement", *map(str, rater_dirs), "--json", "--resamples", "200", "--out", str(tmp_path / "r")
     )
     assert run.returncode == 0, run.stderr
@@ -335,9 +326,9 @@ def test_cli_json_and_files(rater_dirs: list[Path], report: dict, tmp_path: Path
 
 
 def test_cli_errors(rater_dirs: list[Path], tmp_path: Path) -> None:
-    one = kiwi("agreement", str(rater_dirs[0]))
+    one = run_kiwi("agreement", str(rater_dirs[0]))
     assert one.returncode == 2 and "at least two raters" in one.stderr and "Traceback" not in one.stderr
-    missing = kiwi("agreement", str(rater_dirs[0]), str(tmp_path / "nowhere"))
+    missing = run_kiwi("agreement", str(rater_dirs[0]), str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and str(tmp_path / "nowhere") in missing.stderr
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import run_kiwi
 from test_scorer import perturb
 from typer.testing import CliRunner
 
@@ -59,15 +58,6 @@ class OracleExtractor(Extractor):
         return cls(jsonl.read(folder / "gold.jsonl"), ModelInfo.load(folder))
 
 
-def kiwi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from recommender.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture(scope="module")
 def pred_dir(mtsamples_docs: list[Document], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pred")
@@ -78,7 +68,7 @@ def pred_dir(mtsamples_docs: list[Document], tmp_path_factory: pytest.TempPathFa
 def test_evaluate_brat_against_brat_json(
     mtsamples_dir: Path, mtsamples_docs: list[Document], pred_dir: Path
 ) -> None:
-    run = kiwi("evaluate", str(mtsamples_dir), str(pred_dir), "--json", "--resamples", "200")
+    run = run_kiwi("evaluate", str(mtsamples_dir), str(pred_dir), "--json", "--resamples", "200")
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)  # stdout holds the JSON and nothing else
     expected = evaluate(mtsamples_docs, brat.read(pred_dir), resamples=200).to_dict()
@@ -91,29 +81,29 @@ def test_evaluate_brat_against_brat_json(
 
 
 def test_evaluate_table(sample_dir: Path) -> None:
-    run = kiwi("evaluate", str(sample_dir), str(sample_dir), "--format", "brat", "--resamples", "50")
+    run = run_kiwi("evaluate", str(sample_dir), str(sample_dir), "--format", "brat", "--resamples", "50")
     assert run.returncode == 0, run.stderr
     assert "relaxed" in run.stdout and "per type" in run.stdout and "problem-negation" in run.stdout
     assert "1.000" in run.stdout and "{" not in run.stdout
 
 
 def test_bad_input_is_one_line_and_exit_2(sample_dir: Path, tmp_path: Path) -> None:
-    missing = kiwi("evaluate", str(sample_dir), str(tmp_path / "nowhere"), "--json")
+    missing = run_kiwi("evaluate", str(sample_dir), str(tmp_path / "nowhere"), "--json")
     assert missing.returncode == 2 and missing.stdout == ""
     assert str(tmp_path / "nowhere") in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) <= 2  # the "read N notes" line, then the error
 
-    unknown = kiwi("evaluate", str(sample_dir), str(sample_dir), "--format", "docx")
+    unknown = run_kiwi("evaluate", str(sample_dir), str(sample_dir), "--format", "docx")
     assert unknown.returncode == 2 and "[docx]" in unknown.stderr and "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1
 
-    alone = kiwi("evaluate", str(sample_dir))
+    alone = run_kiwi("evaluate", str(sample_dir))
     assert alone.returncode == 2 and "GOLD and PRED" in alone.stderr
 
     other = tmp_path / "other"
     docs = brat.read(sample_dir)
     brat.write(docs[:-1], other)
-    partial = kiwi("evaluate", str(sample_dir), str(other))
+    partial = run_kiwi("evaluate", str(sample_dir), str(other))
     assert partial.returncode == 2 and f"[{docs[-1].id}]" in partial.stderr
 
 
@@ -145,7 +135,7 @@ def test_evaluate_model_needs_only_gold(sample_dir: Path, tmp_path: Path) -> Non
 
 def test_compare(mtsamples_dir: Path, mtsamples_docs: list[Document], pred_dir: Path, tmp_path: Path) -> None:
     brat.write(perturb(mtsamples_docs, rate=0.4, seed=9), tmp_path / "worse")
-    run = kiwi("compare", str(mtsamples_dir), str(pred_dir), str(tmp_path / "worse"), "--json")
+    run = run_kiwi("compare", str(mtsamples_dir), str(pred_dir), str(tmp_path / "worse"), "--json")
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
     assert set(got) == {"ner", "re", "spans"}

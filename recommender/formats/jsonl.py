@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,20 +31,22 @@ def from_dict(data: dict[str, Any], *, source: str | Path | None = None) -> Docu
         raise FormatError(f"not a document record ({e})", source=source) from None
 
 
-def read(path: Path) -> list[Document]:
+def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSON-lines file."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such file", source=path)
-    docs = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise FormatError(f"line {lineno}: malformed JSON ({e.msg})", source=path) from None
-        docs.append(from_dict(data, source=f"{path}:{lineno}"))
-    return docs
+
+
+def read(path: Path) -> list[Document]:
+    return [from_dict(data, source=f"{path}:{lineno}") for lineno, data in read_lines(path)]
 
 
 def write(docs: Iterable[Document], path: Path) -> None:

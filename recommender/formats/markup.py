@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from recommender.document import Document, Relation, Segment, Span
-from recommender.errors import FormatError, NotFoundError
+from recommender.errors import FormatError
+from recommender.formats.jsonl import read_lines
 from recommender.schema import Schema, load_schema
 from recommender.text import segment, tokenize
 
@@ -372,16 +373,8 @@ def from_records(rows: list[dict[str, Any]], schema: Schema | None = None) -> Do
 def read(path: Path) -> list[Document]:
     """Documents of a markup JSONL file (see the module docstring for what is restored)."""
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError("no such file", source=path)
     groups: dict[str, list[dict[str, Any]]] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"line {lineno}: malformed JSON ({e.msg})", source=path) from None
+    for lineno, row in read_lines(path):
         if not isinstance(row, dict) or "doc_id" not in row or not isinstance(row.get("ner"), str):
             raise FormatError(f"line {lineno}: not a markup record (needs doc_id and ner)", source=path)
         if not isinstance(row.get("doc_text"), str | None) or not all(
