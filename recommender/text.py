@@ -9,11 +9,16 @@ dictation that general-purpose splitters merge or cut. Tokens: spaCy's rule-base
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recommender.document import Document, Segment
+
+# PyRuSH keeps per-call state on the segmenter object and spaCy's tokenizer mutates its cache:
+# neither may run in two threads at once (the service predicts while the retrainer trains).
+_LOCK = threading.Lock()
 
 if TYPE_CHECKING:
     from PyRuSH import RuSH
@@ -40,7 +45,9 @@ def _tokenizer() -> Tokenizer:
 def split_sentences(text: str) -> list[Segment]:
     """Sentence ranges, trimmed of surrounding whitespace; text outside any sentence is whitespace."""
     out: list[Segment] = []
-    for s in _rush().segToSentenceSpans(text):
+    with _LOCK:
+        spans = _rush().segToSentenceSpans(text)
+    for s in spans:
         b, e = s.begin, s.end
         while b < e and text[b].isspace():
             b += 1
@@ -54,11 +61,9 @@ def split_sentences(text: str) -> list[Segment]:
 def tokenize(text: str, begin: int = 0, end: int | None = None) -> list[Segment]:
     """Token ranges of ``text[begin:end]`` in the coordinates of ``text``; whitespace is not a token."""
     end = len(text) if end is None else end
-    return [
-        Segment(begin + t.idx, begin + t.idx + len(t.text))
-        for t in _tokenizer()(text[begin:end])
-        if not t.is_space
-    ]
+    with _LOCK:
+        tokens = _tokenizer()(text[begin:end])
+    return [Segment(begin + t.idx, begin + t.idx + len(t.text)) for t in tokens if not t.is_space]
 
 
 def segment(doc: Document, *, force: bool = False) -> Document:
@@ -66,7 +71,8 @@ def segment(doc: Document, *, force: bool = False) -> Document:
     if force or not doc.sentences:
         doc.sentences = split_sentences(doc.text)
     if force or not doc.tokens:
-        pieces = _tokenizer().pipe(doc.text[s.begin : s.end] for s in doc.sentences)
+        with _LOCK:
+            pieces = list(_tokenizer().pipe(doc.text[s.begin : s.end] for s in doc.sentences))
         doc.tokens = [
             Segment(s.begin + t.idx, s.begin + t.idx + len(t.text))
             for s, piece in zip(doc.sentences, pieces, strict=True)

@@ -145,3 +145,12 @@ def test_brat_renumbers_foreign_ids(tmp_path: Path) -> None:
     assert [s.id for s in back.spans] == ["T1", "T2"]
     ((_, head, tail),) = back.relation_pairs()
     assert (head.label, tail.label) == ("problem", "negation")
+
+
+def test_segmentation_is_thread_safe(sample_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [d.text for d in brat.read(sample_dir)] * 6
+    expected = [split_sentences(t) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(split_sentences, texts)) == expected

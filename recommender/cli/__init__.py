@@ -19,7 +19,12 @@ app = typer.Typer(
 )
 
 # Importing a command module registers its commands on ``app``.
+from recommender.cli import agreement as _agreement  # noqa: E402,F401
 from recommender.cli import data as _data  # noqa: E402,F401
+from recommender.cli import evaluate as _evaluate  # noqa: E402,F401
+from recommender.cli import models as _models  # noqa: E402,F401
+from recommender.cli import models_admin as _models_admin  # noqa: E402,F401
+from recommender.cli import serve as _serve  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,143 @@
+"""Predict latency of the running service for a ~650-token note, at 1, 4 and 16 concurrent clients.
+
+Run: ``python bench/bench_service.py [--model DIR] [--requests 48] [--out bench/results/service.json]``.
+Starts a real uvicorn server on a free loopback port with ``kiwi serve``'s settings, then for each
+client count sends a fixed number of requests per protocol (Label Studio ``/predict`` with one task;
+INCEpTION ``/inception/entities/predict`` with the note as CAS XMI) from that many threads, each
+with its own keep-alive connection. Reports p50/p95 latency and throughput in notes per second.
+Without ``--model`` it serves a lexicon model trained on the sample corpus (the encoder is the
+production model: pass its folder). Target: p95 <= 0.5 s at 4 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
+from recommender.document import Document
+from recommender.extractors.lexicon import LexiconExtractor
+from recommender.formats import brat
+from recommender.formats.xmi import PREDICTED, document_to_cas, project_typesystem
+from recommender.service import create_app
+from recommender.service.app import running_server
+from recommender.settings import Settings
+from recommender.text import tokenize
+
+TARGET_TOKENS = 650
+
+
+def bench_note() -> Document:
+    """Whole notes from the shared corpus (else the sample) joined until about 650 tokens."""
+    folder = SHARED_MTSAMPLES if SHARED_MTSAMPLES.is_dir() else SAMPLE_DIR
+    parts: list[str] = []
+    for doc in sorted(brat.read(folder), key=lambda d: d.id):
+        parts.append(doc.text)
+        text = "\n\n".join(parts)
+        if len(tokenize(text, 0, len(text))) >= TARGET_TOKENS:
+            break
+    words = tokenize(text, 0, len(text))
+    cut = words[min(TARGET_TOKENS, len(words)) - 1].end
+    return Document("bench_note", text[:cut])
+
+
+def inception_body(doc: Document) -> dict[str, Any]:
+    ts = project_typesystem()
+    span = ts.get_type("webanno.custom.ClinicalEntity")
+    ts.create_feature(span, PREDICTED, "uima.cas.Boolean")
+    ts.create_feature(span, "label_score", "uima.cas.Double")
+    ts.create_feature(span, "label_score_explanation", "uima.cas.String")
+    return {
+        "typeSystem": ts.to_xml(),
+        "document": {"xmi": document_to_cas(doc, ts).to_xmi(), "documentId": 1, "userId": "bench"},
+        "metadata": {"layer": span.name, "feature": "label", "projectId": 1, "anchoringMode": "tokens"},
+    }
+
+
+def run(url: str, path: str, body: dict[str, Any], clients: int, total: int) -> dict[str, float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_client = max(1, total // clients)
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(per_client):
+                t = time.perf_counter()
+                r = c.post(path, json=body)
+                elapsed = time.perf_counter() - t
+                r.raise_for_status()
+                with lock:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "p50_s": round(statistics.median(latencies), 4),
+        "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4),
+        "notes_per_s": round(len(latencies) / wall, 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="model folder to serve (default: a lexicon model)")
+    ap.add_argument("--requests", type=int, default=48, help="requests per protocol and client count")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    note = bench_note()
+    n_tokens = len(tokenize(note.text, 0, len(note.text)))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            model = Path(tmp) / "lexicon"
+            LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(model)
+        settings = Settings(model=model, model_dir=Path(tmp) / "models", retrain=False, port=0)
+        app = create_app(settings)
+        version = app.state.service.predictor.version
+        bodies = {
+            "labelstudio /predict": ("/predict", {"tasks": [{"id": 1, "data": {"text": note.text}}]}),
+            "inception predict": ("/inception/entities/predict", inception_body(note)),
+        }
+        rows = []
+        with running_server(app, settings) as url:
+            for name, (path, body) in bodies.items():
+                run(url, path, body, 1, 3)  # warm-up
+                for clients in args.clients:
+                    rows.append({"protocol": name} | run(url, path, body, clients, args.requests))
+
+    print(f"model {version}, note of {n_tokens} tokens ({len(note.text)} characters)")
+    print(f"{'protocol':<22}{'clients':>8}{'requests':>9}{'p50 s':>9}{'p95 s':>9}{'notes/s':>9}")
+    for r in rows:
+        print(
+            f"{r['protocol']:<22}{r['clients']:>8}{r['requests']:>9}{r['p50_s']:>9.3f}"
+            f"{r['p95_s']:>9.3f}{r['notes_per_s']:>9.1f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"model": version, "note_tokens": n_tokens, "note_chars": len(note.text), "results": rows}
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Operator endpoints: status, model versions, promotion and rollback, training jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from recommender.errors import NotFoundError
+from recommender.service.state import ServiceDep
+
+router = APIRouter(tags=["admin"])
+
+
+@router.get("/status")
+def status(service: ServiceDep) -> dict[str, Any]:
+    return {
+        "model": service.model_info(),
+        "retraining": service.retrainer.status() if service.retrainer is not None else None,
+        "recommenders": {name: rec.model_dump() for name, rec in service.settings.recommenders.items()},
+    }
+
+
+@router.get("/models")
+def models(service: ServiceDep) -> dict[str, Any]:
+    return {
+        "current": service.registry.current_version(),
+        "serving": service.predictor.version,
+        "versions": [v.to_dict() for v in service.registry.versions()],
+    }
+
+
+@router.post("/models/{version}/promote")
+def promote(version: str, service: ServiceDep) -> dict[str, Any]:
+    path = service.registry.promote(version, reason="promoted through the API")
+    service.predictor.load(path)
+    return {"serving": service.predictor.version}
+
+
+@router.post("/models/rollback")
+def rollback(service: ServiceDep) -> dict[str, Any]:
+    version = service.registry.rollback()
+    service.predictor.load(service.registry.path(version))
+    return {"serving": service.predictor.version}
+
+
+@router.get("/jobs")
+def jobs(service: ServiceDep) -> dict[str, Any]:
+    if service.retrainer is None:
+        return {"queued": [], "running": [], "finished": []}
+    status = service.retrainer.status()
+    return {key: status[key] for key in ("queued", "running", "finished")}
+
+
+@router.post("/jobs")
+def request_job(service: ServiceDep, project: str = "api") -> dict[str, Any]:
+    job = service.request_training(project, "requested through the API")
+    if job is None:
+        raise NotFoundError("the retraining worker is off (KIWI_RETRAIN=false)")
+    return job.to_dict()

@@ -1,0 +1,168 @@
+"""``create_app(settings)``: the FastAPI application behind ``kiwi serve``.
+
+The served model is ``settings.model`` when given, else the registry's promoted version; a promotion
+(by the retraining loop, the API, or ``kiwi models promote`` in another process, seen by polling the
+registry) swaps it without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from recommender import __version__
+from recommender.registry import ModelRegistry
+from recommender.retraining import Corpora, Retrainer, Trainer
+from recommender.service import admin, errors, inception, labelstudio
+from recommender.service.labelstudio_client import LabelStudioClient
+from recommender.service.middleware import (
+    AuthMiddleware,
+    CatchAllMiddleware,
+    SizeLimitMiddleware,
+    StatsMiddleware,
+)
+from recommender.service.state import Service
+from recommender.settings import Settings, get_settings
+from recommender.store import CorrectionStore
+
+log = logging.getLogger(__name__)
+
+REGISTRY_POLL_SECONDS = 5.0
+
+
+def build_service(
+    settings: Settings, *, corpora: Corpora | None = None, trainer: Trainer | None = None
+) -> Service:
+    """The store, registry, retrainer and the model to serve, as ``settings`` say."""
+    assert settings.database_url is not None  # filled in by Settings
+    registry = ModelRegistry(settings.model_dir)
+    store = CorrectionStore(settings.database_url)
+    client = (
+        LabelStudioClient(settings.label_studio_url, settings.label_studio_token.get_secret_value())
+        if settings.label_studio_url and settings.label_studio_token
+        else None
+    )
+    service = Service(settings, store=store, registry=registry, retrainer=None, labelstudio=client)
+    if settings.retrain:
+        service.retrainer = Retrainer(
+            settings, store, registry, on_promote=service.on_promote, corpora=corpora, trainer=trainer
+        )
+    model: Path | None = settings.model or registry.current()
+    if model is not None:
+        service.predictor.load(model)
+    else:
+        log.warning("no model to serve yet: predictions answer 503 until one is promoted")
+    return service
+
+
+def _watch_registry(service: Service, stop: threading.Event) -> None:
+    """Pick up promotions made by another process (``kiwi models promote``)."""
+    while not stop.wait(REGISTRY_POLL_SECONDS):
+        try:
+            current = service.registry.current_version()
+            if current is not None and current != service.predictor.version:
+                service.predictor.load(service.registry.path(current))
+        except Exception as e:  # the watcher must outlive a damaged registry file or model folder
+            log.warning("registry poll failed: %s", type(e).__name__)
+
+
+def create_app(
+    settings: Settings | None = None, *, corpora: Corpora | None = None, trainer: Trainer | None = None
+) -> FastAPI:
+    """The application. ``corpora`` and ``trainer`` override the retraining loop's (tests)."""
+    settings = settings or get_settings()
+    for reason in settings.unsafe_reasons():
+        log.warning("%s", reason)
+    service = build_service(settings, corpora=corpora, trainer=trainer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        if settings.model is None:
+            threading.Thread(
+                target=_watch_registry, args=(service, stop), name="kiwi-registry-watch", daemon=True
+            ).start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if service.retrainer is not None:
+                service.retrainer.shutdown()
+            if service.labelstudio is not None:
+                service.labelstudio.close()
+            service.store.close()
+
+    app = FastAPI(
+        title="Kiwi Recommender",
+        version=__version__,
+        description=(
+            "Clinical pre-annotation (Kiwi schema: entities, modifiers, hasAttr) for INCEpTION's "
+            "external recommender protocol and Label Studio's ML backend protocol, with a correction "
+            "store and evaluation-gated retraining."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(inception.router)
+    app.include_router(labelstudio.router)
+    app.include_router(admin.router)
+    # Added last = outermost: authenticate before reading a body, limit it before parsing it.
+    app.add_middleware(CatchAllMiddleware, log_note_text=settings.log_note_text)
+    app.add_middleware(StatsMiddleware, stats=service.stats)
+    app.add_middleware(SizeLimitMiddleware, limit=settings.max_request_bytes)
+    if settings.auth_enabled:
+        app.add_middleware(
+            AuthMiddleware,
+            token=settings.auth_token,
+            basic_user=settings.basic_auth_user,
+            basic_password=settings.basic_auth_password,
+        )
+    return app
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, *, log_level: str = "info") -> uvicorn.Config:
+    """The server settings ``kiwi serve`` uses (and the tests that start a real server).
+
+    ``http="h11"``: INCEpTION's JDK client offers an h2c upgrade on every plain-HTTP request, and
+    uvicorn's httptools parser then hands the application an empty body; h11 ignores the offer.
+    """
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="h11",
+        ws="none",
+        lifespan="on",
+        log_level=log_level,
+        server_header=False,
+    )
+
+
+@contextmanager
+def running_server(app: FastAPI, settings: Settings, *, log_level: str = "warning") -> Iterator[str]:
+    """Serve ``app`` with ``kiwi serve``'s server settings in a thread; yields the base URL.
+
+    For tests and benchmarks that need real sockets (port 0 picks a free port)."""
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=log_level))
+    thread = threading.Thread(target=server.run, name="kiwi-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,0 +1,272 @@
+"""Label Studio's ML backend protocol (as observed on Label Studio 1.23.2).
+
+``/health`` and ``/setup`` answer from memory (Label Studio calls them before nearly everything, with
+1 s and 3 s timeouts). ``/predict`` answers one entry per task, in order: the model version, a task
+score, Labels regions with ids and scores, and relations between those regions. The project's
+labeling config decides the text key, ``from_name``/``to_name``, the label spelling and which labels
+exist: a label the config lacks is dropped with a warning, never sent. ``/webhook`` stores a submitted
+or updated annotation (one SQLite commit) and acknowledges at once; training and the pull of a
+project's annotations run after the response. ``/train`` takes the legacy payload.
+
+Active learning. The task ``score`` is the model's confidence in the note: ``1 - uncertainty``, where
+the extractor reports uncertainty as least confidence averaged over its decisions in the note (every
+span label and every relation it considered; a note where it found nothing is maximally uncertain),
+falling back to the mean span score. Uncertainty sampling hands out tasks in ascending score, so the
+note the model is least sure about comes first. It only does so for predictions whose version is
+the project's ``model_version``; with ``KIWI_LABEL_STUDIO_URL``/``_TOKEN`` set the backend pins the
+project to the version of its newest predictions (see ``labelstudio_client``). Region scores are the
+span scores; Label Studio only displays them.
+
+Corrections are stored per project as ``labelstudio-<project id>``, document ``annotation-<id>``
+(Label Studio's delete event names only annotation ids), annotator ``user-<completed_by>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any
+
+import httpx
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+from fastapi import APIRouter, BackgroundTasks, Body
+from pydantic import BaseModel, ConfigDict
+
+from recommender.document import Document
+from recommender.errors import BusyError, FormatError, KiwiError
+from recommender.formats.labelstudio import (
+    LabelStudioConfig,
+    document_prediction,
+    parse_labeling_config,
+    task_documents,
+    task_text,
+)
+from recommender.guidelines import labelstudio_config
+from recommender.service.state import Service, ServiceDep
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["Label Studio"])
+
+NO_MODEL = "no-model"
+
+
+# --- the project's labeling config ----------------------------------------------------------------
+@dataclass(frozen=True)
+class ProjectView:
+    config: LabelStudioConfig
+    labels: frozenset[str]  # label names the Labels control offers
+    relations: bool  # whether the config has a <Relation value=...> we may send
+
+
+@lru_cache(maxsize=64)
+def project_view(label_config: str | None) -> ProjectView:
+    """What a labeling config lets us send; no config means the one Kiwi generates."""
+    xml = label_config or labelstudio_config()
+    config = parse_labeling_config(xml)
+    try:
+        root = fromstring(xml)
+    except (ParseError, DefusedXmlException) as e:  # parse_labeling_config raised already; for typing
+        raise FormatError(f"labeling config is not usable XML ({e})") from None
+    labels: set[str] = set()
+    for el in root.iter("Labels"):
+        if el.get("name") == config.from_name:
+            labels |= {v for lab in el.iter("Label") if (v := lab.get("alias") or lab.get("value"))}
+    relations = any(el.get("value") == config.relation_label for el in root.iter("Relation"))
+    return ProjectView(config, frozenset(labels), relations)
+
+
+def project_id(project: Any) -> int | None:
+    """Label Studio sends ``"<id>.<created_at>"`` to the backend and full dicts in webhooks."""
+    if isinstance(project, dict):
+        project = project.get("id")
+    try:
+        return int(str(project).split(".")[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _store_project(pid: int | None) -> str:
+    return f"labelstudio-{pid if pid is not None else 'unknown'}"
+
+
+# --- messages ---------------------------------------------------------------------------------------
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PredictRequest(_Message):
+    tasks: list[dict[str, Any]]
+    project: str | int | None = None
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+
+class TrainRequest(_Message):
+    annotations: list[dict[str, Any]] = []
+    project: str | int | None = None
+    label_config: str | None = None
+
+
+# --- routes -----------------------------------------------------------------------------------------
+@router.get("/health")
+def health(service: ServiceDep) -> dict[str, Any]:
+    return {"status": "UP", "model_class": "KiwiRecommender", "model_version": service.predictor.version}
+
+
+@router.post("/setup")
+def setup(service: ServiceDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
+    return {"model_version": service.predictor.version or NO_MODEL}
+
+
+@router.post("/predict")
+def predict(body: PredictRequest, background: BackgroundTasks, service: ServiceDep) -> dict[str, Any]:
+    extractor = service.predictor.current
+    view = project_view(body.label_config)
+    version = extractor.version
+    texts: list[str | None] = []
+    for n, task in enumerate(body.tasks):
+        try:
+            texts.append(task_text(task, view.config))
+        except FormatError as e:
+            log.warning("predict: task %d skipped (%s)", n, e)
+            texts.append(None)
+    todo = [
+        Document(id=str(body.tasks[n].get("id", n)), text=t) for n, t in enumerate(texts) if t and t.strip()
+    ]
+    with service.compute:
+        predicted = iter(extractor.predict(todo)) if todo else iter(())
+    results = []
+    dropped: dict[str, int] = {}
+    for text in texts:
+        if not text or not text.strip():
+            # Nothing to annotate is nothing to be unsure about: such tasks sort last.
+            results.append({"model_version": version, "score": 1.0, "result": []})
+            continue
+        doc = _restrict(next(predicted), view, dropped)
+        results.append(document_prediction(doc, view.config, version))
+    if dropped:
+        log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
+    pid = project_id(body.project)
+    client = service.labelstudio
+    if client is not None and service.settings.label_studio_pin_model_version and pid is not None:
+        background.add_task(client.pin_model_version, pid, version)
+    return {"results": results, "model_version": version}
+
+
+def _restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
+    """Only spans whose label the config offers, and relations between kept spans when it has one."""
+    keep = []
+    for s in doc.spans:
+        if view.config.project_label(s.label) in view.labels:
+            keep.append(s)
+        else:
+            dropped[s.label] = dropped.get(s.label, 0) + 1
+    kept = {s.id for s in keep}
+    relations = [r for r in doc.relations if view.relations and r.head in kept and r.tail in kept]
+    doc.spans, doc.relations = keep, relations
+    return doc
+
+
+@router.post("/webhook")
+def webhook(
+    body: Annotated[dict[str, Any], Body()], background: BackgroundTasks, service: ServiceDep
+) -> dict[str, Any]:
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise FormatError("webhook payload has no [action]")
+    project = body.get("project")
+    pid = project_id(project)
+    label_config = project.get("label_config") if isinstance(project, dict) else None
+    store_project = _store_project(pid)
+    if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        task, annotation = body.get("task"), body.get("annotation")
+        if not isinstance(task, dict) or not isinstance(annotation, dict):
+            raise FormatError(f"{action} payload needs [task] and [annotation] objects")
+        view = project_view(label_config)
+        n = _store_annotations(service, store_project, {**task, "annotations": [annotation]}, view.config)
+        service.notify_corrections(store_project, n)
+        return {"status": "stored", "new": n}
+    if action == "ANNOTATIONS_DELETED":
+        removed = 0
+        for item in body.get("annotations") or []:
+            if isinstance(item, dict) and item.get("id") is not None:
+                removed += _delete_annotation(service, store_project, item["id"])
+        return {"status": "deleted", "removed": removed}
+    if action == "START_TRAINING":
+        background.add_task(_train_project, service, pid, label_config)
+        return {"status": "training queued"}
+    return {"status": "ignored", "action": action}
+
+
+@router.post("/train")
+def train(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
+    """The legacy training call: the tasks with annotations come in the request."""
+    pid = project_id(body.project)
+    store_project = _store_project(pid)
+    view = project_view(body.label_config)
+    n = sum(_store_annotations(service, store_project, t, view.config) for t in body.annotations)
+    try:
+        job = service.request_training(store_project, f"Label Studio train: {n} new annotation(s)")
+    except BusyError:
+        return {"status": "busy", "new": n}
+    return {"status": "queued" if job else "stored", "new": n, "job": job.id if job else None}
+
+
+@router.get("/versions")
+def versions(service: ServiceDep) -> dict[str, Any]:
+    names = [v.version for v in reversed(service.registry.versions()) if v.status != "rejected"]
+    current = service.predictor.version
+    if current and current not in names:
+        names.insert(0, current)
+    return {"versions": names}
+
+
+@router.get("/metrics")
+def metrics(service: ServiceDep) -> dict[str, Any]:
+    return {
+        "model": service.model_info(),
+        "requests": service.stats.snapshot(),
+        "retraining": service.retrainer.status() if service.retrainer is not None else None,
+        "corrections": {"projects": service.store.projects(), "last_id": service.store.last_id()},
+    }
+
+
+# --- corrections ------------------------------------------------------------------------------------
+def _store_annotations(
+    service: Service, project: str, task: dict[str, Any], config: LabelStudioConfig
+) -> int:
+    """Store every non-cancelled annotation of ``task``; returns how many were new."""
+    new = 0
+    for doc in task_documents(task, config, source="annotations"):
+        annotation_id = doc.meta.get("annotation_id")
+        doc_key = f"annotation-{annotation_id}" if annotation_id is not None else f"task-{task.get('id')}"
+        annotator = f"user-{doc.meta.get('annotator') or 'unknown'}"
+        if service.store.add(project, doc_key, annotator, "labelstudio", doc) is not None:
+            new += 1
+    return new
+
+
+def _delete_annotation(service: Service, project: str, annotation_id: Any) -> int:
+    doc_key = f"annotation-{annotation_id}"
+    annotators = {c.annotator for c in service.store.history(project, doc_key)}
+    return sum(service.store.delete(project, doc_key, a, "labelstudio") is not None for a in annotators)
+
+
+def _train_project(service: Service, pid: int | None, label_config: str | None) -> None:
+    """After START_TRAINING: pull the project's annotations when Label Studio is reachable, then train."""
+    project = _store_project(pid)
+    if service.labelstudio is not None and pid is not None:
+        try:
+            view = project_view(label_config)
+            tasks = service.labelstudio.export_tasks(pid)
+            n = sum(_store_annotations(service, project, t, view.config) for t in tasks)
+            log.info("Label Studio project [%s]: pulled %d task(s), %d new annotation(s)", pid, len(tasks), n)
+        except (KiwiError, httpx.HTTPError, ValueError) as e:
+            log.warning("Label Studio project [%s]: could not pull annotations (%s)", pid, type(e).__name__)
+    try:
+        service.request_training(project, "Label Studio START_TRAINING")
+    except BusyError:
+        log.info("Label Studio project [%s]: a training job is already running", pid)

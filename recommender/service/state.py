@@ -1,0 +1,143 @@
+"""What the routers share: the predictor (the served model), the store, the registry, the retrainer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from recommender.errors import ModelError, NotFoundError
+from recommender.extractors import load_extractor
+from recommender.extractors.base import Extractor
+from recommender.registry import ModelRegistry
+from recommender.retraining import Job, Retrainer
+from recommender.service.labelstudio_client import LabelStudioClient
+from recommender.service.middleware import RequestStats
+from recommender.settings import RecommenderConfig, Settings
+from recommender.store import CorrectionStore
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    """The served extractor. ``load`` builds the new model first and then swaps one reference, so a
+    request that already took ``current`` finishes on the model it started with."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._extractor: Extractor | None = None
+        self.path: Path | None = None
+
+    @property
+    def current(self) -> Extractor:
+        extractor = self._extractor
+        if extractor is None:
+            raise ModelError(
+                "no model is loaded: start with `kiwi serve --bootstrap` or `--model DIR`, "
+                "or promote a version with `kiwi models promote`"
+            )
+        return extractor
+
+    @property
+    def version(self) -> str | None:
+        extractor = self._extractor
+        return extractor.version if extractor is not None else None
+
+    def load(self, path: Path) -> Extractor:
+        extractor = load_extractor(path)  # slow part outside the lock
+        with self._lock:
+            self._extractor, self.path = extractor, Path(path)
+        log.info("serving model [%s] from [%s]", extractor.version, path)
+        return extractor
+
+
+class Service:
+    """One per app; built by ``create_app`` and reached from handlers through ``ServiceDep``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: CorrectionStore,
+        registry: ModelRegistry,
+        retrainer: Retrainer | None,
+        labelstudio: LabelStudioClient | None,
+    ) -> None:
+        self.settings = settings
+        self.predictor = Predictor()
+        self.store = store
+        self.registry = registry
+        self.retrainer = retrainer
+        self.labelstudio = labelstudio
+        self.stats = RequestStats()
+        # Model work runs one request at a time: the sentence splitter (PyRuSH) keeps state per
+        # instance and breaks under concurrent use, and on two cores torch already uses both.
+        self.compute = threading.Lock()
+        self._seen_unservable: set[str] = set()
+        self._raw_seen: dict[tuple[str, str, str], str] = {}
+        self._raw_lock = threading.Lock()
+
+    def recommender(self, name: str) -> RecommenderConfig:
+        try:
+            return self.settings.recommenders[name]
+        except KeyError:
+            known = ", ".join(sorted(self.settings.recommenders))
+            raise NotFoundError(f"no recommender [{name}]; configured: {known}") from None
+
+    def on_promote(self, path: Path) -> None:
+        self.predictor.load(path)
+
+    def request_training(self, project: str, reason: str) -> Job | None:
+        """Queue a retraining job; None when the worker is off. BusyError while one runs for ``project``."""
+        if self.retrainer is None:
+            return None
+        return self.retrainer.request(project, reason)
+
+    def training_busy(self, project: str) -> bool:
+        return self.retrainer is not None and self.retrainer.busy(project)
+
+    def notify_corrections(self, project: str, n: int) -> None:
+        if self.retrainer is not None and n > 0:
+            self.retrainer.notify_new_corrections(project, n)
+
+    def first_time(self, key: str) -> bool:
+        """True once per key: repeated misconfigurations log one warning, not one per request."""
+        if key in self._seen_unservable:
+            return False
+        self._seen_unservable.add(key)
+        return True
+
+    def unchanged_resend(self, key: tuple[str, str, str], digest: str) -> bool:
+        """Whether the raw document ``key`` was last seen with ``digest`` (then parsing can be skipped);
+        records ``digest`` otherwise. The store deduplicates anyway; this only saves the XMI parsing
+        of INCEpTION's full resends."""
+        with self._raw_lock:
+            if self._raw_seen.get(key) == digest:
+                return True
+            if len(self._raw_seen) > 100_000:
+                self._raw_seen.clear()
+            self._raw_seen[key] = digest
+            return False
+
+    def model_info(self) -> dict[str, Any]:
+        try:
+            extractor = self.predictor.current
+        except ModelError:
+            return {"version": None, "extractor": None, "path": None}
+        return {
+            "version": extractor.version,
+            "extractor": extractor.info.extractor,
+            "path": str(self.predictor.path) if self.predictor.path else None,
+        }
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+__all__ = ["Predictor", "Service", "ServiceDep", "get_service"]

@@ -1,0 +1,158 @@
+"""Every setting of the service, read from the environment (``KIWI_*``, optional ``.env``) in one place.
+
+Nothing else in the package reads the environment. ``kiwi serve`` flags override these values, and
+tests build a ``Settings(...)`` directly and pass it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recommender.errors import ConfigError
+from recommender.formats.xmi import DEFAULT_LAYERS, LayerMapping
+
+log = logging.getLogger(__name__)
+
+
+class RecommenderConfig(BaseModel):
+    """One INCEpTION recommender (the ``{name}`` in ``/inception/{name}/predict``) and its layers.
+
+    ``task`` says what it suggests: ``entities`` (main entities and modifiers on the span layer) or
+    ``relations`` (hasAttr between spans already in the CAS). The layer and feature of a request must
+    be the ones named here; a project with its own layer names configures them here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Literal["entities", "relations"]
+    span_type: str = DEFAULT_LAYERS.span_type
+    span_feature: str = DEFAULT_LAYERS.span_feature
+    relation_type: str = DEFAULT_LAYERS.relation_type
+    relation_feature: str = DEFAULT_LAYERS.relation_feature
+    governor: str = DEFAULT_LAYERS.governor
+    dependent: str = DEFAULT_LAYERS.dependent
+
+    @property
+    def layers(self) -> LayerMapping:
+        return LayerMapping(
+            span_type=self.span_type,
+            span_feature=self.span_feature,
+            relation_type=self.relation_type,
+            relation_feature=self.relation_feature,
+            governor=self.governor,
+            dependent=self.dependent,
+        )
+
+    @property
+    def layer(self) -> str:
+        """The UIMA type this recommender writes its suggestions into."""
+        return self.span_type if self.task == "entities" else self.relation_type
+
+
+def _default_recommenders() -> dict[str, RecommenderConfig]:
+    return {"entities": RecommenderConfig(task="entities"), "relations": RecommenderConfig(task="relations")}
+
+
+class Settings(BaseSettings):
+    """The service configuration. Environment variables are the field names with prefix ``KIWI_``."""
+
+    model_config = SettingsConfigDict(env_prefix="KIWI_", env_file=".env", extra="ignore")
+
+    # --- server ----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="address to bind; loopback unless auth is configured")
+    port: int = Field(5000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    max_request_bytes: int = Field(50_000_000, gt=0, description="larger request bodies get 413")
+    log_note_text: bool = Field(False, description="allow note text in debug logs (PHI: keep off)")
+
+    # --- models ----------------------------------------------------------------------------------
+    model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
+    model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
+    trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
+    train_epochs: int = Field(3, gt=0, description="epochs per retraining job (encoder)")
+    seed_corpus: Path | None = Field(None, description="annotated notes every retraining job adds")
+    dev_corpus: Path | None = Field(None, description="fixed development notes for the promotion gate")
+
+    # --- retraining ------------------------------------------------------------------------------
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in model_dir")
+    retrain: bool = Field(True, description="run the background retraining worker")
+    retrain_every: int = Field(10, gt=0, description="new corrected documents that trigger a job")
+    retrain_debounce_seconds: float = Field(30.0, ge=0, description="wait for more corrections first")
+    promotion_margin: float = Field(0.0, ge=0, description="candidate may be this much worse (F1)")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of corrections held out")
+
+    # --- INCEpTION -------------------------------------------------------------------------------
+    recommenders: dict[str, RecommenderConfig] = Field(default_factory=_default_recommenders)
+
+    # --- auth ------------------------------------------------------------------------------------
+    auth_token: SecretStr | None = Field(None, description="require 'Authorization: Bearer <token>'")
+    basic_auth_user: str | None = Field(None, description="require HTTP basic auth (Label Studio)")
+    basic_auth_password: SecretStr | None = None
+
+    # --- Label Studio ----------------------------------------------------------------------------
+    label_studio_url: str | None = Field(None, description="Label Studio base URL for callbacks")
+    label_studio_token: SecretStr | None = Field(None, description="Label Studio PAT or legacy token")
+    label_studio_pin_model_version: bool = Field(
+        True, description="PATCH the project's model_version to the newest predictions (uncertainty sampling)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.model_dir / 'corrections.sqlite3'}"
+        if (self.basic_auth_user is None) != (self.basic_auth_password is None):
+            raise ValueError("basic auth needs both KIWI_BASIC_AUTH_USER and KIWI_BASIC_AUTH_PASSWORD")
+        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 16:
+            raise ValueError("KIWI_AUTH_TOKEN must be at least 16 characters")
+        if (self.label_studio_url is None) != (self.label_studio_token is None):
+            raise ValueError("Label Studio callbacks need KIWI_LABEL_STUDIO_URL and KIWI_LABEL_STUDIO_TOKEN")
+        if self.label_studio_url is not None:
+            self.label_studio_url = self.label_studio_url.rstrip("/")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_token is not None or self.basic_auth_user is not None
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def unsafe_reasons(self) -> list[str]:
+        """What an operator should know before exposing the service (logged at start)."""
+        reasons = []
+        if not self.loopback and not self.auth_enabled:
+            reasons.append(
+                f"binding [{self.host}] without KIWI_AUTH_TOKEN or basic auth: anyone on the network "
+                "can read predictions and send training data"
+            )
+        if self.log_note_text:
+            reasons.append("KIWI_LOG_NOTE_TEXT is on: clinical note text may reach the logs")
+        return reasons
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit values; bad values become one ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid settings [{problems}]") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

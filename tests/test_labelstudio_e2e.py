@@ -1,0 +1,201 @@
+"""A real Label Studio (PyPI ``label-studio`` in its own venv) against this backend under uvicorn.
+
+Creates a project with the generated labeling config, connects the backend, imports notes, retrieves
+predictions, submits a correction that teaches a new word, starts training and sees predictions of a
+newer model version, with the project's model version pinned for uncertainty sampling. The venv is
+made by ``scripts/setup_external.sh`` (``make test``); without it the test skips.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recommender.corpora import SAMPLE_DIR
+from recommender.extractors.lexicon import LexiconExtractor
+from recommender.formats import brat
+from recommender.guidelines import labelstudio_config
+from recommender.registry import ModelRegistry
+from recommender.retraining import Corpora
+from recommender.service import create_app
+from recommender.service.app import running_server
+from recommender.settings import Settings
+
+pytestmark = pytest.mark.external
+
+REPO = Path(__file__).resolve().parents[1]
+LS_BIN = REPO / ".cache" / "labelstudio-venv" / "bin" / "label-studio"
+LS_TOKEN = "kiwi-e2e-legacy-token"
+NEW_WORD = "zorblatitis"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except httpx.HTTPError:
+            result = None
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    if not LS_BIN.exists():
+        pytest.skip(f"no Label Studio venv at {LS_BIN.parent.parent}: run scripts/setup_external.sh")
+    port = free_port()
+    data = tmp_path_factory.mktemp("labelstudio")
+    env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
+    env |= {
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+        "LABEL_STUDIO_USERNAME": "kiwi@example.com",
+        "LABEL_STUDIO_PASSWORD": "kiwi-e2e-password",
+        "LABEL_STUDIO_USER_TOKEN": LS_TOKEN,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
+        "LATEST_VERSION_CHECK": "false",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "COLLECT_ANALYTICS": "false",
+    }
+    log = (data / "labelstudio.log").open("wb")
+    proc = subprocess.Popen(
+        [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Token {LS_TOKEN}"}, timeout=120
+    )
+    try:
+        wait_for(
+            lambda: proc.poll() is None and client.get("/api/version").status_code == 200, "Label Studio", 180
+        )
+        yield client
+    finally:
+        client.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def predictions(ls: httpx.Client, project: int) -> list[dict[str, Any]]:
+    r = ls.get("/api/predictions/", params={"project": project})
+    r.raise_for_status()
+    data = r.json()
+    return data if isinstance(data, list) else data.get("results", [])
+
+
+def labelled(prediction: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (x["value"]["text"], x["value"]["labels"][0]) for x in prediction["result"] if x["type"] == "labels"
+    }
+
+
+def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> None:
+    ls = label_studio
+    sample = brat.read(SAMPLE_DIR)
+    registry = ModelRegistry(tmp_path / "models")
+    LexiconExtractor.train(sample).save(tmp_path / "first")
+    v1 = registry.add(tmp_path / "first")
+    registry.promote(v1)
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        port=0,
+        trainer="kiwi.lexicon.v1",
+        retrain_debounce_seconds=0,
+        heldout_fraction=0,
+        label_studio_url=str(ls.base_url),
+        label_studio_token=LS_TOKEN,
+    )
+    app = create_app(settings, corpora=Corpora(seed=sample, dev=[]))
+    with running_server(app, settings) as backend:
+        project = ls.post(
+            "/api/projects/",
+            json={
+                "title": "kiwi e2e",
+                "label_config": labelstudio_config(),
+                "sampling": "Uncertainty sampling",
+            },
+        )
+        assert project.status_code == 201, project.text
+        pid = project.json()["id"]
+        ml = ls.post("/api/ml/", json={"url": backend, "project": pid, "title": "kiwi"})
+        assert ml.status_code == 201, ml.text
+        notes = [
+            sample[0].text,
+            f"Patient reports {NEW_WORD} and denies chest pain. Started aspirin 81 mg daily.",
+            f"Follow-up for {NEW_WORD}. No fever.",
+        ]
+        r = ls.post(f"/api/projects/{pid}/import", json=[{"text": t} for t in notes])
+        assert r.status_code == 201, r.text
+
+        retrieve = {"selectedItems": {"all": True, "excluded": []}}
+        r = ls.post(
+            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
+        )
+        assert r.status_code == 200, r.text
+        first = predictions(ls, pid)
+        assert len(first) == 3 and {p["model_version"] for p in first} == {v1}
+        assert all(0 <= p["score"] <= 1 for p in first)
+        assert any(("aspirin", "drug") in labelled(p) for p in first)
+        assert not any(NEW_WORD in text for p in first for text, _ in labelled(p))
+        wait_for(lambda: ls.get(f"/api/projects/{pid}").json()["model_version"] == v1, "the pin to v1", 20)
+
+        # The annotator corrects the second note: the new word is a problem.
+        tasks = ls.get("/api/tasks/", params={"project": pid}).json()
+        tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+        task = next(t for t in tasks if t["data"]["text"] == notes[1])
+        text = notes[1]
+        begin = text.index(NEW_WORD)
+        pred = next(p for p in first if p["task"] == task["id"])
+        region = {
+            "id": "new1",
+            "from_name": "label",
+            "to_name": "text",
+            "type": "labels",
+            "value": {"start": begin, "end": begin + len(NEW_WORD), "text": NEW_WORD, "labels": ["problem"]},
+        }
+        r = ls.post(f"/api/tasks/{task['id']}/annotations/", json={"result": [*pred["result"], region]})
+        assert r.status_code == 201, r.text
+        service = app.state.service
+        wait_for(lambda: service.store.latest(f"labelstudio-{pid}"), "the ANNOTATION_CREATED webhook", 20)
+
+        r = ls.post(f"/api/ml/{ml.json()['id']}/train", json={"use_ground_truth": False})
+        assert r.status_code == 200, r.text
+        v2 = wait_for(lambda: (v := registry.current_version()) != v1 and v, "a promoted retrained model", 90)
+        wait_for(lambda: service.predictor.version == v2, "the service to serve v2", 20)
+
+        r = ls.post(
+            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
+        )
+        assert r.status_code == 200, r.text
+        second = [p for p in predictions(ls, pid) if p["model_version"] == v2]
+        assert len(second) == 3
+        unseen = next(t["id"] for t in tasks if t["data"]["text"] == notes[2])
+        assert (NEW_WORD, "problem") in labelled(next(p for p in second if p["task"] == unseen))
+        wait_for(lambda: ls.get(f"/api/projects/{pid}").json()["model_version"] == v2, "the pin to v2", 20)
