@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from recommender import __version__
 from recommender.registry import ModelRegistry
 from recommender.retraining import Corpora, Retrainer, Trainer
-from recommender.service import admin, errors, inception, labelstudio
+from recommender.service import admin, errors, inception, labelstudio, reports
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import (
     AuthMiddleware,
@@ -115,6 +115,7 @@ def create_app(
     app.include_router(inception.router)
     app.include_router(labelstudio.router)
     app.include_router(admin.router)
+    app.include_router(reports.router)
     # Added last = outermost: authenticate before reading a body, limit it before parsing it.
     app.add_middleware(CatchAllMiddleware, log_note_text=settings.log_note_text)
     app.add_middleware(StatsMiddleware, stats=service.stats)

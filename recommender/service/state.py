@@ -73,8 +73,8 @@ class Service:
         self.retrainer = retrainer
         self.labelstudio = labelstudio
         self.stats = RequestStats()
-        # Model work runs one request at a time: the sentence splitter (PyRuSH) keeps state per
-        # instance and breaks under concurrent use, and on two cores torch already uses both.
+        # Model work runs one request at a time: torch already uses every core for one batch, and
+        # interleaving requests would only make each one slower.
         self.compute = threading.Lock()
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
