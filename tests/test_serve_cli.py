@@ -1,0 +1,62 @@
+"""`kiwi serve` as `make serve` runs it (and the Docker image): bootstrap a model, then serve it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from support import run_kiwi
+
+from recommender.corpora import SAMPLE_DIR
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_without_a_model_says_what_to_do(tmp_path: Path) -> None:
+    run = run_kiwi("serve", "--model-dir", str(tmp_path / "models"), "--port", str(free_port()))
+    assert run.returncode == 2
+    assert "--bootstrap" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bootstrap_trains_promotes_and_serves_real_predictions(tmp_path: Path) -> None:
+    port = free_port()
+    env = os.environ | {
+        "KIWI_TRAINER": "kiwi.lexicon.v1",  # the encoder path is covered by its own tests
+        "KIWI_SEED_CORPUS": str(SAMPLE_DIR),
+        "KIWI_RETRAIN": "false",
+    }
+    cmd = [sys.executable, "-c", "from recommender.cli import main; main()", "serve", "--bootstrap"]
+    cmd += ["--model-dir", str(tmp_path / "models"), "--port", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.5)
+        task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
+        r = httpx.post(f"{base}/predict", json={"tasks": [task]}, timeout=30)
+        assert r.status_code == 200
+        (prediction,) = r.json()["results"]
+        labels = {x["value"]["labels"][0] for x in prediction["result"] if x["type"] == "labels"}
+        assert {"problem", "drug"} <= labels
+        versions = httpx.get(f"{base}/models", timeout=5).json()
+        assert versions["current"] == prediction["model_version"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
