@@ -137,8 +137,12 @@ def test_overfits_two_notes_and_reloads_identically(trained: Path, docs: list[Do
 
     info = json.loads((trained / "kiwi_model.json").read_text())
     assert info["extractor"] == "kiwi.encoder.v1" and info["data_fingerprint"]
-    assert info["metrics"]["dev"]["ner"]["f1"] == 1.0
-    assert "## Architecture" in (trained / "MODEL_CARD.md").read_text()
+    dev = info["metrics"]["dev"]  # the project scorer's shape
+    assert dev["ner"]["exact"]["f1"] == 1.0 and dev["re"]["exact"]["f1"] == 1.0
+    assert dev["spans"]["exact"]["tp"] == sum(len(d.spans) for d in docs)
+    assert [h["epoch"] for h in info["metrics"]["history"]][0] == 1
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "## Architecture" in card and "| NER, 4 main types | 1.000 |" in card
 
 
 def test_entities_given_keeps_the_given_entities(trained: Path, docs: list[Document]) -> None:

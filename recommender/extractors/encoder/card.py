@@ -15,15 +15,18 @@ def _metric_rows(dev: dict[str, Any]) -> str:
     names = {
         "ner": "NER, 4 main types",
         "re": "RE, main entities given",
-        "e2e_spans": "all spans, end to end",
-        "e2e_relations": "relations, end to end",
+        "spans": "all 20 span types, end to end",
     }
-    rows = [
-        f"| {label} | {dev[k]['precision']:.3f} | {dev[k]['recall']:.3f} | {dev[k]['f1']:.3f} |"
-        for k, label in names.items()
-        if k in dev
-    ]
-    return "\n".join(rows) if rows else "| (no development split) | | | |"
+    rows = []
+    for k, label in names.items():
+        if k in dev:
+            ex, rel = dev[k]["exact"], dev[k]["relaxed"]
+            lo, hi = ex["ci"]["f1"]
+            rows.append(
+                f"| {label} | {ex['precision']:.3f} | {ex['recall']:.3f} | {ex['f1']:.3f} "
+                f"| {lo:.3f}-{hi:.3f} | {rel['f1']:.3f} |"
+            )
+    return "\n".join(rows) if rows else "| (no development split) | | | | | |"
 
 
 def render_card(ex: EncoderExtractor) -> str:
@@ -62,9 +65,11 @@ length); sentence-batched windows (needs a sentence splitter at ~60-90 ms per no
 development notes (fingerprint `{m.get("dev_fingerprint", "")}`). Best epoch {m.get("best_epoch", "?")} of
 at most {cfg.epochs}, early stopping on the mean of NER and RE exact F1 on the development split.
 
-## Metrics on the development split (exact match)
-| task | precision | recall | F1 |
-|---|---|---|---|
+## Metrics on the development split (project scorer, `recommender.evaluation`)
+Exact match unless marked relaxed (overlap); 95% bootstrap interval over notes.
+
+| task | precision | recall | F1 | F1 95% CI | relaxed F1 |
+|---|---|---|---|---|---|
 {_metric_rows(m.get("dev", {}))}
 
 ## Intended use

@@ -191,51 +191,18 @@ def _fit_temperature(logits: torch.Tensor, y: torch.Tensor, *, binary: bool) -> 
     return round(float(log_t.detach().exp().clamp(0.05, 20.0)), 4)
 
 
-# --- scoring (exact match; the project scorer recommender.evaluation replaces this once it lands) ---
-def _prf(gold: set[Any], pred: set[Any]) -> dict[str, float]:
-    tp = len(gold & pred)
-    p = tp / len(pred) if pred else 0.0
-    r = tp / len(gold) if gold else 0.0
-    return {
-        "precision": round(p, 4),
-        "recall": round(r, 4),
-        "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4),
-    }
+def evaluate_dev(extractor: EncoderExtractor, gold: Sequence[Document], resamples: int = 1) -> dict[str, Any]:
+    """The project scorer on ``gold``: NER and spans from raw text, RE with the gold main entities given.
+    One bootstrap resample by default: early stopping reads only the point estimates."""
+    from recommender.evaluation import entities_only, evaluate
+
+    pred = extractor.predict([d.without_annotations() for d in gold])
+    re_pred = extractor.predict([entities_only(d) for d in gold], entities_given=True)
+    return evaluate(gold, pred, re_pred=re_pred, resamples=resamples).to_dict()
 
 
-def _rel_keys(doc: Document) -> set[tuple[Any, ...]]:
-    return {(doc.id, *h.key, *t.key) for _, h, t in doc.relation_pairs()}
-
-
-def exact_scores(
-    gold: Sequence[Document], full: Sequence[Document], re_mode: Sequence[Document]
-) -> dict[str, Any]:
-    """NER (4 main types), RE with gold entities given, and end-to-end spans and relations, exact match."""
-    schema = load_schema()
-
-    def spans(docs: Sequence[Document], entities: bool | None) -> set[tuple[Any, ...]]:
-        return {
-            (d.id, *s.key)
-            for d in docs
-            for s in d.spans
-            if entities is None or schema.is_entity(s.label) == entities
-        }
-
-    gold_rel = set().union(*(_rel_keys(d) for d in gold))
-    return {
-        "ner": _prf(spans(gold, True), spans(full, True)),
-        "re": _prf(gold_rel, set().union(*(_rel_keys(d) for d in re_mode))),
-        "e2e_spans": _prf(spans(gold, None), spans(full, None)),
-        "e2e_relations": _prf(gold_rel, set().union(*(_rel_keys(d) for d in full))),
-    }
-
-
-def evaluate(extractor: EncoderExtractor, gold: Sequence[Document]) -> dict[str, Any]:
-    bare = [d.without_annotations() for d in gold]
-    given = [
-        Document(d.id, d.text, spans=[s for s in d.spans if load_schema().is_entity(s.label)]) for d in gold
-    ]
-    return exact_scores(gold, extractor.predict(bare), extractor.predict(given, entities_given=True))
+def _exact_f1(metrics: dict[str, Any], task: str) -> float:
+    return float(metrics[task]["exact"]["f1"])
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -337,12 +304,14 @@ def train_encoder(
             total += loss.item()
         model.eval()
         ex.invalidate()
-        metrics = evaluate(ex, dev_docs) if dev_docs else {}
-        score = (metrics["ner"]["f1"] + metrics["re"]["f1"]) / 2 if metrics else -float(total)
+        metrics = evaluate_dev(ex, dev_docs) if dev_docs else {}
+        ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
+        score = (ner + re_) / 2 if metrics else -float(total)
+        mean_loss = total / max(len(batches), 1)
         history.append(
-            {"epoch": epoch, "loss": round(total / max(len(batches), 1), 4), "dev_score": round(score, 4)}
+            {"epoch": epoch, "loss": round(mean_loss, 4), "ner": round(ner, 4), "re": round(re_, 4)}
         )
-        log.info("epoch %d loss %.4f dev score %.4f", epoch, total / max(len(batches), 1), score)
+        log.info("epoch %d loss %.4f dev NER %.4f RE %.4f", epoch, mean_loss, ner, re_)
         if best is None or score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()), metrics)
         elif epoch - best[1] >= config.patience:
@@ -361,7 +330,7 @@ def train_encoder(
         data_fingerprint=fp,
         config=config.to_dict(),
         metrics={
-            "dev": evaluate(ex, dev_docs) if dev_docs else {},
+            "dev": evaluate_dev(ex, dev_docs, resamples=1000) if dev_docs else {},
             "best_epoch": best[1],
             "history": history,
             "train_notes": len(train_docs),
