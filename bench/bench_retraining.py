@@ -1,0 +1,141 @@
+"""Time from a stored correction to a promoted model, through the real retraining loop.
+
+Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 1] [--corrections 10]``.
+Uses the shared MTSamples split when it sits beside the checkout (else the sample corpus): a first
+model is trained on the seed notes and promoted (timed separately), then ``--corrections`` other notes
+are stored as corrections one by one, as Label Studio submits would arrive, and the clock runs from
+the last one to the promotion (or rejection) of the candidate, debounce included. Prints a table and
+writes JSON (``--out``, default ``bench/results/retraining_<trainer>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rich.console import Console
+from rich.table import Table
+
+from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES, split_documents
+from recommender.formats import read_documents
+from recommender.registry import ModelRegistry
+from recommender.retraining import Corpora, Retrainer, get_trainer
+from recommender.settings import Settings
+from recommender.store import CorrectionStore
+
+TARGET_SECONDS = 600.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trainer", default="kiwi.encoder.v1")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of the bootstrap and of the retraining job")
+    ap.add_argument("--corrections", type=int, default=10, help="corrected notes sent (= retrain_every)")
+    ap.add_argument("--debounce", type=float, default=30.0, help="retrain_debounce_seconds")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.trainer == "kiwi.encoder.v1":
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    if SHARED_MTSAMPLES.is_dir():
+        train, dev = split_documents(read_documents(SHARED_MTSAMPLES))
+        corpus = "mtsamples"
+    else:
+        train, dev = read_documents(SAMPLE_DIR), []
+        corpus = "sample"
+    if len(train) <= args.corrections:
+        sys.stderr.write(f"need more than {args.corrections} training notes, have {len(train)}\n")
+        return 2
+    seed, corrected = train[: -args.corrections], train[-args.corrections :]
+
+    with tempfile.TemporaryDirectory() as work:
+        settings = Settings(
+            model_dir=Path(work) / "models",
+            trainer=args.trainer,
+            train_epochs=args.epochs,
+            retrain_every=args.corrections,
+            retrain_debounce_seconds=args.debounce,
+        )
+        registry = ModelRegistry(settings.model_dir)
+        store = CorrectionStore(f"sqlite:///{work}/corrections.sqlite3")
+
+        t = time.perf_counter()
+        with registry.staging() as tmp:
+            out = get_trainer(args.trainer)(seed, dev, tmp, None, epochs=args.epochs)
+            first = registry.add(out)
+        registry.promote(first)
+        bootstrap_s = time.perf_counter() - t
+
+        promoted_at: list[float] = []
+        rt = Retrainer(
+            settings,
+            store,
+            registry,
+            on_promote=lambda _: promoted_at.append(time.perf_counter()),
+            corpora=Corpora(seed, dev),
+        )
+        job = None
+        for d in corrected:
+            if store.add("bench", d.id, "annotator", "labelstudio", d) is not None:
+                job = rt.notify_new_corrections("bench") or job
+            last_correction = time.perf_counter()
+        if job is None:
+            sys.stderr.write("no job was triggered\n")
+            return 1
+        stages: dict[str, float] = {}
+        while not job.done.is_set():
+            stages.setdefault(job.stage.split(":")[0], time.perf_counter() - last_correction)
+            time.sleep(0.2)
+        end = promoted_at[0] if promoted_at else time.perf_counter()
+        total = end - last_correction
+        rt.shutdown()
+        store.close()
+
+    result = {
+        "trainer": args.trainer,
+        "corpus": corpus,
+        "seed_notes": len(seed),
+        "corrected_notes": len(corrected),
+        "dev_notes": len(dev),
+        "epochs": args.epochs,
+        "debounce_seconds": args.debounce,
+        "torch_threads": args.threads if args.trainer == "kiwi.encoder.v1" else None,
+        "cpus": os.cpu_count(),
+        "bootstrap_seconds": round(bootstrap_s, 1),
+        "correction_to_model_seconds": round(total, 1),
+        "stage_started_after_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "job_state": job.state,
+        "outcome": job.outcome,
+        "message": job.message,
+        "gate": {k: job.metrics.get(k) for k in ("candidate", "current", "reason")},
+        "target_seconds": TARGET_SECONDS,
+        "within_target": job.outcome == "promoted" and total <= TARGET_SECONDS,
+    }
+    table = Table(title=f"correction -> promoted model ({args.trainer}, {corpus})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("bootstrap training (seed notes)", f"{bootstrap_s:.1f} s ({len(seed)} notes)")
+    for stage, at in stages.items():
+        table.add_row(f"  '{stage}' began after", f"{at:.1f} s")
+    table.add_row("last correction -> " + (job.outcome or job.state), f"{total:.1f} s")
+    table.add_row("target", f"<= {TARGET_SECONDS:.0f} s: {'met' if result['within_target'] else 'NOT met'}")
+    Console().print(table)
+    out = args.out or Path(__file__).parent / "results" / f"retraining_{args.trainer.split('.')[1]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    Console().print(f"wrote {out}", markup=False)
+    return 0 if job.state == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

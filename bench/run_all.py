@@ -1,0 +1,27 @@
+"""Run every benchmark in turn (`make bench`): encoder, then the service on the trained encoder,
+then correction-to-promotion. Each prints its own table and writes bench/results/<name>.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+ENCODER_MODEL = RESULTS / "encoder_model"
+
+
+def run(script: str, *args: str) -> None:
+    print(f"\n== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(BENCH / script), *args], check=True)
+
+
+def main() -> None:
+    run("bench_encoder.py", "--out", str(RESULTS / "encoder.json"), "--model-out", str(ENCODER_MODEL))
+    run("bench_service.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "service.json"))
+    run("bench_retraining.py", "--out", str(RESULTS / "retraining.json"))
+
+
+if __name__ == "__main__":
+    main()
