@@ -56,7 +56,7 @@ class Trainer(Protocol):
         out_dir: Path,
         init_from: Path | None,
         *,
-        epochs: int,
+        epochs: int | None,
         track: Track | None = None,
     ) -> Path: ...
 
@@ -67,7 +67,7 @@ def train_lexicon(
     out_dir: Path,
     init_from: Path | None,
     *,
-    epochs: int,
+    epochs: int | None,
     track: Track | None = None,
 ) -> Path:
     """``kiwi.lexicon.v1``: rebuilt from all the data in milliseconds, so there is nothing to start from."""
@@ -83,7 +83,7 @@ def train_encoder_model(
     out_dir: Path,
     init_from: Path | None,
     *,
-    epochs: int,
+    epochs: int | None,
     track: Track | None = None,
 ) -> Path:
     """``kiwi.encoder.v1``: fine-tune the promoted encoder (or the base model when there is none)."""
@@ -93,7 +93,12 @@ def train_encoder_model(
     start = (
         str(init_from) if init_from is not None and _extractor_name(init_from) == "kiwi.encoder.v1" else None
     )
-    config = EncoderConfig(epochs=epochs, patience=min(epochs, EncoderConfig.patience), init_from=start)
+    # None: a first model, trained with the extractor's own defaults (early stopping on dev).
+    config = (
+        EncoderConfig(init_from=start)
+        if epochs is None
+        else EncoderConfig(epochs=epochs, patience=min(epochs, EncoderConfig.patience), init_from=start)
+    )
     train_encoder(train_docs, dev_docs, config, out_dir=out_dir, progress=track)
     return out_dir
 
@@ -185,7 +190,7 @@ def bootstrap(settings: Settings, registry: ModelRegistry, track: Track | None =
         raise ConfigError("no seed notes to train a first model on; set KIWI_SEED_CORPUS")
     trainer = get_trainer(settings.trainer)
     with registry.staging() as tmp:
-        out = trainer(corpora.seed, corpora.dev, tmp, None, epochs=settings.train_epochs, track=track)
+        out = trainer(corpora.seed, corpora.dev, tmp, None, epochs=None, track=track)
         version = registry.add(out)
     return registry.promote(version, reason="bootstrap on the seed corpus")
 

@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
     model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
     trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
-    train_epochs: int = Field(3, gt=0, description="epochs per retraining job (encoder)")
+    train_epochs: int = Field(
+        3, gt=0, description="epochs per retraining job (encoder); a first model trains to early stopping"
+    )
     seed_corpus: Path | None = Field(None, description="annotated notes every retraining job adds")
     dev_corpus: Path | None = Field(None, description="fixed development notes for the promotion gate")
 
