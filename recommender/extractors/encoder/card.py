@@ -49,7 +49,11 @@ from an edge, so long notes lose no text and need no sentence splitter. On top o
   a pair-type embedding and a bucketed distance/side embedding. One negation can thus modify several
   problems. The candidate rule covers {m.get("candidate_pair_recall", "n/a")} of the gold training relations.
 
-Decoding repairs an I- tag without a B- (it starts a span). Span score: the mean softmax probability
+Tags are learnt and read on the first word piece of each word only (words as the tokenizer's
+pre-tokenizer splits them, at whitespace and punctuation); the other pieces of a word follow it, so a
+span never starts or ends inside a word (every MTSamples annotation is word-aligned, and piece-level
+tags cut words such as "Sy|mptomatic"). Decoding repairs an I- tag without a B- (it starts a span).
+Span score: the mean softmax probability
 of the span's tags; relation score: the sigmoid probability; both temperature-scaled on the
 development split (temperatures {ex.labels.temperatures}). `meta["uncertainty"]` of each predicted
 note is 1 - the mean confidence of its decisions (spans kept, candidate pairs judged), for active learning.
@@ -59,6 +63,14 @@ Alternatives considered: entity-marker re-encoding per entity (the paper's RE se
 pass per entity: much slower on a CPU); a CRF layer (better-formed spans, slower decoding, little
 gain over repaired BIO); a span-enumeration model (handles nesting in one layer, quadratic in
 length); sentence-batched windows (needs a sentence splitter at ~60-90 ms per note).
+
+## Training
+AdamW, encoder learning rate {cfg.lr:g}, heads {cfg.head_lr:g}, weight decay {cfg.weight_decay:g},
+linear warm-up over {cfg.warmup_ratio:g} of the steps then linear decay, batch {cfg.batch_size} windows,
+at most {cfg.epochs} epochs, patience {cfg.patience}, seed {cfg.seed}. The paper's NER setting
+(BiomedBERT-base on 1,413 notes) was learning rate 5e-5, weight decay 0.01; the offline default encoder
+(6-layer MiniLM) on 80 notes learns too slowly at 5e-5 (dev score 0.16 after 2 epochs), so the defaults
+use the higher rates measured best in `bench/README.md`.
 
 ## Data
 {m.get("train_notes", "?")} training notes (fingerprint `{info.data_fingerprint}`), {m.get("dev_notes", "?")}

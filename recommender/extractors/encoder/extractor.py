@@ -101,6 +101,20 @@ def decode_bio(tags: list[int], probs: list[float], names: list[str]) -> list[tu
     return out
 
 
+def word_tags(
+    tags: list[int], probs: list[float], word_start: list[bool], names: list[str]
+) -> tuple[list[int], list[float]]:
+    """Tags and probabilities where every word-continuation piece takes its word's first-piece tag
+    (as I- of the same type), so spans begin and end on word boundaries, as the annotations do."""
+    inside = {k: names.index(f"I-{n[2:]}") for k, n in enumerate(names) if n != "O"}
+    out_t, out_p = list(tags), list(probs)
+    for i in range(1, len(tags)):
+        if not word_start[i]:
+            prev = out_t[i - 1]
+            out_t[i], out_p[i] = (inside[prev] if prev else 0), out_p[i - 1]
+    return out_t, out_p
+
+
 @register(NAME)
 class EncoderExtractor(Extractor):
     def __init__(
@@ -179,9 +193,10 @@ class EncoderExtractor(Extractor):
     def _spans(self, logits: torch.Tensor, temp: float, names: list[str], p: Pieces) -> list[_Found]:
         probs = torch.softmax(logits / temp, dim=-1)
         best, tags = probs.max(dim=-1)
+        tag_list, prob_list = word_tags(tags.tolist(), best.tolist(), p.word_start, names)
         return [
             _Found(label, p.offsets[a][0], p.offsets[b - 1][1], (a, b), conf)
-            for label, a, b, conf in decode_bio(tags.tolist(), best.tolist(), names)
+            for label, a, b, conf in decode_bio(tag_list, prob_list, names)
         ]
 
     def _decode(

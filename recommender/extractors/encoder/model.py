@@ -46,6 +46,9 @@ class Pieces:
     offsets: list[tuple[int, int]]
     windows: list[tuple[int, int]]  # half-open piece ranges, each <= max_length - 2 pieces
     owned: list[tuple[int, int]]  # the part of each window whose hidden states the document keeps
+    # Whether each piece begins a word of the tokenizer's pre-tokenizer (whitespace and punctuation).
+    # Tags are read on word-initial pieces only, so a span never starts or ends inside a word.
+    word_start: list[bool]
 
     def piece_range(self, begin: int, end: int) -> tuple[int, int] | None:
         """Pieces overlapping the characters [begin, end), as a half-open range; None if there are none."""
@@ -63,6 +66,8 @@ def encode_text(tokenizer: Any, text: str, max_length: int, overlap: int) -> Pie
     is lost, and each piece is owned by the window where it sits furthest from an edge."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    words = enc.word_ids()
+    word_start = [i == 0 or words[i] is None or words[i] != words[i - 1] for i in range(len(ids))]
     n, size = len(ids), max_length - 2
     step = size - overlap
     starts = list(range(0, max(n - overlap, 1), step)) if n else []
@@ -72,7 +77,7 @@ def encode_text(tokenizer: Any, text: str, max_length: int, overlap: int) -> Pie
         lo = s if k == 0 else s + overlap // 2
         hi = e if k == len(windows) - 1 else e - (overlap - overlap // 2)
         owned.append((lo, hi))
-    return Pieces(ids, offsets, windows, owned)
+    return Pieces(ids, offsets, windows, owned, word_start)
 
 
 class KiwiEncoderModel(nn.Module):

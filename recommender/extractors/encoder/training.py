@@ -32,6 +32,8 @@ from recommender.schema import load_schema
 
 log = logging.getLogger(__name__)
 
+IGNORE = -100  # cross_entropy's ignore_index: padding, [CLS]/[SEP] and word-continuation pieces
+
 Progress = Callable[[Iterable[Any], str, int | None], Iterable[Any]]
 
 
@@ -75,6 +77,10 @@ def build_examples(
             seq[r[0]] = ix[f"B-{s.label}"]
             for i in range(r[0] + 1, r[1]):
                 seq[i] = ix[f"I-{s.label}"]
+        for seq in tags.values():  # only word-initial pieces are tagged (see Pieces.word_start)
+            for i, first in enumerate(p.word_start):
+                if not first:
+                    seq[i] = IGNORE
         gold = {(r.head, r.tail) for r in doc.relations}
         cands = [
             (e, m)
@@ -114,7 +120,9 @@ def _batch_forward(
     mask = (torch.arange(width)[None, :] < torch.tensor([len(x.ids) + 2 for x in batch])[:, None]).long()
 
     def targets(attr: str) -> torch.Tensor:
-        return torch.tensor([[-100, *getattr(x, attr)] + [-100] * (width - len(x.ids) - 1) for x in batch])
+        return torch.tensor(
+            [[IGNORE, *getattr(x, attr)] + [IGNORE] * (width - len(x.ids) - 1) for x in batch]
+        )
 
     h = model.encode(ids, mask)
     ent_logits, mod_logits = model.ent_head(h), model.mod_head(h)
@@ -159,7 +167,7 @@ def fit_temperatures(
     with torch.inference_mode():
         for k in range(0, len(examples), batch_size):
             el, et, ml, mt, pl, py = _batch_forward(model, examples[k : k + batch_size], cls, sep, pad)
-            keep_e, keep_m = et.flatten() != -100, mt.flatten() != -100
+            keep_e, keep_m = et.flatten() != IGNORE, mt.flatten() != IGNORE
             collected["ent"].append(el.flatten(0, 1)[keep_e])
             collected["ent_y"].append(et.flatten()[keep_e])
             collected["mod"].append(ml.flatten(0, 1)[keep_m])
