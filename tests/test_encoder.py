@@ -112,7 +112,7 @@ def trained(tiny_base: Path, docs: list[Document], tmp_path_factory: pytest.Temp
         batch_size=1,
         dropout=0.0,
         rel_hidden=32,
-        quantize=False,
+        precision="fp32",
     )
     train_encoder(docs, docs, config, out)
     return out

