@@ -253,7 +253,7 @@ def test_config_is_validated_and_round_trips() -> None:
         EncoderConfig(lr=0)
     with pytest.raises(ConfigError, match="window_overlap"):
         EncoderConfig(max_length=32, window_overlap=20)
-    with pytest.raises(ConfigError, match=r"unknown encoder settings \[colour\]"):
+    with pytest.raises(ConfigError, match=r"unknown EncoderConfig settings \[colour\]"):
         EncoderConfig.from_dict({"colour": 1})
     cfg = EncoderConfig(epochs=3, base_model="x")
     assert EncoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

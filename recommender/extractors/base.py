@@ -6,16 +6,46 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from recommender.document import Document
-from recommender.errors import ModelError
+from recommender.errors import ConfigError, ModelError
 from recommender.schema import load_schema
 
 MODEL_INFO_FILE = "kiwi_model.json"
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by the CLI and saved with the model)."""
+    return field(default=default, metadata={"help": help})
+
+
+class ExtractorConfig:
+    """Base of the typed hyper-parameter dataclasses saved beside every model (``ModelInfo.config``).
+
+    Subclasses are dataclasses that check their values in ``__post_init__``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} settings [{', '.join(unknown)}]")
+        return cls(**data)
+
+    @classmethod
+    def help(cls) -> dict[str, tuple[Any, str]]:
+        """Setting name -> (default, help text), for documentation and the CLI."""
+        return {
+            f.name: (None if f.default is MISSING else f.default, f.metadata.get("help", ""))
+            for f in fields(cls)  # type: ignore[arg-type]
+        }
 
 
 @dataclass

