@@ -1,7 +1,7 @@
 """Predict latency of the running service for a ~650-token note, at 1, 4 and 16 concurrent clients.
 
 Run: ``python bench/bench_service.py [--model DIR] [--requests 48] [--out bench/results/service.json]``.
-Starts a real uvicorn server on a free loopback port with ``kiwi serve``'s settings, then for each
+Starts ``kiwi serve`` in its own process on a free loopback port, then for each
 client count sends a fixed number of requests per protocol (Label Studio ``/predict`` with one task;
 INCEpTION ``/inception/entities/predict`` with the note as CAS XMI) from that many threads, each
 with its own keep-alive connection. Reports p50/p95 latency and throughput in notes per second.
@@ -14,10 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +34,6 @@ from recommender.document import Document
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
 from recommender.formats.xmi import PREDICTED, document_to_cas, project_typesystem
-from recommender.service import create_app
-from recommender.service.app import running_server
-from recommender.settings import Settings
 from recommender.text import tokenize
 
 TARGET_TOKENS = 650
@@ -61,6 +64,35 @@ def inception_body(doc: Document) -> dict[str, Any]:
         "document": {"xmi": document_to_cas(doc, ts).to_xmi(), "documentId": 1, "userId": "bench"},
         "metadata": {"layer": span.name, "feature": "label", "projectId": 1, "anchoringMode": "tokens"},
     }
+
+
+@contextmanager
+def serve_process(model: Path, model_dir: Path) -> Iterator[str]:
+    """``kiwi serve --model MODEL`` on a free loopback port, retraining off; yields its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-c", "from recommender.cli import main; main()", "serve", "--model", str(model)]
+    cmd += ["--model-dir", str(model_dir), "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(cmd, env=os.environ | {"KIWI_RETRAIN": "false"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"kiwi serve exited with {server.returncode}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("kiwi serve did not come up in 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def run(url: str, path: str, body: dict[str, Any], clients: int, total: int) -> dict[str, float]:
@@ -111,15 +143,15 @@ def main() -> int:
         if model is None:
             model = Path(tmp) / "lexicon"
             LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(model)
-        settings = Settings(model=model, model_dir=Path(tmp) / "models", retrain=False, port=0)
-        app = create_app(settings)
-        version = app.state.service.predictor.version
         bodies = {
             "labelstudio /predict": ("/predict", {"tasks": [{"id": 1, "data": {"text": note.text}}]}),
             "inception predict": ("/inception/entities/predict", inception_body(note)),
         }
         rows = []
-        with running_server(app, settings) as url:
+        # The server runs in its own process, as `kiwi serve` does: client threads here must not
+        # share its interpreter (and GIL).
+        with serve_process(model, Path(tmp) / "models") as url:
+            version = httpx.get(f"{url}/models", timeout=10).json()["serving"]
             for name, (path, body) in bodies.items():
                 run(url, path, body, 1, 3)  # warm-up
                 for clients in args.clients:
