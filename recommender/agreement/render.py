@@ -14,6 +14,19 @@ EXAMPLES = 60
 WORST = 10
 
 
+PAIR_HEADER = [
+    "A",
+    "B",
+    "notes",
+    "entities",
+    "modifiers",
+    "relations",
+    "all spans",
+    "κ entities",
+    "κ modifiers",
+]
+
+
 def write_report(report: AgreementReport, out: Path, *, examples: int = EXAMPLES) -> list[Path]:
     """Write ``agreement.html``, ``agreement.md`` and ``agreement.json`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -224,17 +237,7 @@ def html_report(data: dict[str, Any], *, examples: int = EXAMPLES) -> str:
 <p class=muted>F1 exact [95% bootstrap interval] / relaxed; Cohen's kappa on tokens.</p>
 {
         _table(
-            [
-                "A",
-                "B",
-                "notes",
-                "entities",
-                "modifiers",
-                "relations",
-                "all spans",
-                "κ entities",
-                "κ modifiers",
-            ],
+            PAIR_HEADER,
             pair_rows,
             numeric_from=2,
         )
@@ -284,17 +287,7 @@ def markdown_report(data: dict[str, Any], *, examples: int = EXAMPLES) -> str:
     parts += ["", "## Pairs (F1 exact / relaxed)", ""]
     parts.append(
         _md_table(
-            [
-                "A",
-                "B",
-                "notes",
-                "entities",
-                "modifiers",
-                "relations",
-                "all spans",
-                "κ entities",
-                "κ modifiers",
-            ],
+            PAIR_HEADER,
             [
                 [p["a"], p["b"], p["documents"]]
                 + [

@@ -77,6 +77,18 @@ class _Found:
     given: Span | None = None
 
 
+def build_model(encoder: nn.Module, labels: LabelMaps, config: EncoderConfig) -> KiwiEncoderModel:
+    """The network for these label maps on top of ``encoder`` (fresh heads)."""
+    return KiwiEncoderModel(
+        encoder,
+        len(labels.ent_tags),
+        len(labels.mod_tags),
+        len(labels.pairs),
+        config.rel_hidden,
+        config.dropout,
+    )
+
+
 def decode_bio(tags: list[int], probs: list[float], names: list[str]) -> list[tuple[str, int, int, float]]:
     """(label, first piece, end piece, mean tag probability) for each span of a BIO sequence.
 
@@ -357,14 +369,7 @@ class EncoderExtractor(Extractor):
             labels = LabelMaps.from_dict(json.loads((folder / LABELS_FILE).read_text(encoding="utf-8")))
             tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder / ENCODER_DIR))
-            model = KiwiEncoderModel(
-                encoder,
-                len(labels.ent_tags),
-                len(labels.mod_tags),
-                len(labels.pairs),
-                config.rel_hidden,
-                config.dropout,
-            )
+            model = build_model(encoder, labels, config)
             load_model(model, str(folder / WEIGHTS_FILE))
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
             raise ModelError(

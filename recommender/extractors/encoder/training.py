@@ -19,7 +19,7 @@ from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.encoder.config import EncoderConfig, resolve_base_model
-from recommender.extractors.encoder.extractor import NAME, EncoderExtractor, LabelMaps
+from recommender.extractors.encoder.extractor import NAME, EncoderExtractor, LabelMaps, build_model
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
     bio_tags,
@@ -231,14 +231,7 @@ def _new_extractor(config: EncoderConfig) -> EncoderExtractor:
         raise ConfigError(
             f"max_length [{config.max_length}] exceeds the encoder's limit of {limit} positions"
         )
-    model = KiwiEncoderModel(
-        encoder,
-        len(labels.ent_tags),
-        len(labels.mod_tags),
-        len(labels.pairs),
-        config.rel_hidden,
-        config.dropout,
-    )
+    model = build_model(encoder, labels, config)
     return EncoderExtractor(model, tokenizer, config, labels, ModelInfo(extractor=NAME, version=""))
 
 
