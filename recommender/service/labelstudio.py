@@ -14,8 +14,9 @@ span label and every relation it considered; a note where it found nothing is ma
 falling back to the mean span score. Uncertainty sampling hands out tasks in ascending score, so the
 note the model is least sure about comes first. It only does so for predictions whose version is
 the project's ``model_version``; with ``KIWI_LABEL_STUDIO_URL``/``_TOKEN`` set the backend pins the
-project to the version of its newest predictions (see ``labelstudio_client``). Region scores are the
-span scores; Label Studio only displays them.
+project to the version of its newest predictions (see ``labelstudio_client``) and, when the backend
+requires auth, adds the credentials to the project's webhooks to ``/webhook``, which Label Studio
+creates without any. Region scores are the span scores; Label Studio only displays them.
 
 Corrections are stored per project as ``labelstudio-<project id>``, document ``annotation-<id>``
 (Label Studio's delete event names only annotation ids), annotator ``user-<completed_by>``.
@@ -44,6 +45,7 @@ from recommender.formats.labelstudio import (
     task_text,
 )
 from recommender.guidelines import labelstudio_config
+from recommender.service.labelstudio_client import backend_authorization
 from recommender.service.state import Service, ServiceDep
 
 log = logging.getLogger(__name__)
@@ -151,8 +153,14 @@ def predict(body: PredictRequest, background: BackgroundTasks, service: ServiceD
         log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
     pid = project_id(body.project)
     client = service.labelstudio
-    if client is not None and service.settings.label_studio_pin_model_version and pid is not None:
-        background.add_task(client.pin_model_version, pid, version)
+    if client is not None and pid is not None:
+        settings = service.settings
+        if settings.label_studio_pin_model_version:
+            background.add_task(client.pin_model_version, pid, version)
+        if (authorization := backend_authorization(settings)) is not None:
+            background.add_task(
+                client.authorize_webhooks, pid, authorization, basic_user=settings.basic_auth_user
+            )
     return {"results": results, "model_version": version}
 
 

@@ -1,12 +1,21 @@
 """Calls from the backend to Label Studio (needs ``KIWI_LABEL_STUDIO_URL`` and ``_TOKEN``).
 
-Two jobs: pull a project's annotations when ``START_TRAINING`` arrives without any, and pin the
-project's ``model_version`` to the version of our newest predictions. Label Studio's uncertainty
-sampling only orders tasks whose prediction has ``model_version == project.model_version`` and falls
-back to random order without a word otherwise; after connecting a backend the project's version is
-the backend *title*, which no prediction carries. Label Studio refuses the pin (400) until
-predictions of that version are stored, and it stores them only after our ``/predict`` answer, so
-pinning runs after the response and retries briefly.
+Three jobs: pull a project's annotations when ``START_TRAINING`` arrives without any, pin the
+project's ``model_version`` to the version of our newest predictions, and give the project's webhooks
+to our ``/webhook`` the backend's credentials.
+
+Label Studio's uncertainty sampling only orders tasks whose prediction has
+``model_version == project.model_version`` and falls back to random order without a word otherwise;
+after connecting a backend the project's version is the backend *title*, which no prediction carries.
+Label Studio refuses the pin (400) until predictions of that version are stored, and it stores them
+only after our ``/predict`` answer, so pinning runs after the response and retries briefly.
+
+Label Studio sends basic auth only on its ML API calls (``/predict``, ``START_TRAINING``); the webhook
+it creates for a backend (``<backend url>/webhook``, all events) carries no credentials, so a backend
+behind auth answers every ``ANNOTATION_*`` event with 401. ``authorize_webhooks`` adds our
+``Authorization`` header to those webhooks, once per project. A webhook counts as ours only when it
+posts to ``/webhook`` of one of the project's ML backends that Label Studio reaches with our basic-auth
+user (bearer only: the project's single ML backend), so the credentials never go to another server.
 
 Tokens: a personal access token (a JWT) is exchanged for a 5-minute access token
 (``/api/token/refresh/``) and sent as ``Bearer``; a legacy token is sent as ``Token <key>``.
@@ -14,6 +23,7 @@ Tokens: a personal access token (a JWT) is exchanged for a 5-minute access token
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -22,6 +32,7 @@ from typing import Any
 import httpx
 
 from recommender.errors import ConfigError
+from recommender.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,7 @@ class LabelStudioClient:
         self._lock = threading.Lock()
         self._access: tuple[str, float] | None = None
         self._pinned: dict[int, str] = {}
+        self._webhooks_done: set[int] = set()
 
     def close(self) -> None:
         self._client.close()
@@ -91,3 +103,77 @@ class LabelStudioClient:
             time.sleep(delay)  # 400 = predictions of this version not stored yet
             delay *= 2
         return False
+
+    def authorize_webhooks(self, project_id: int, authorization: str, *, basic_user: str | None) -> int:
+        """Add ``Authorization`` to the project's webhooks to this backend; returns how many changed.
+
+        Runs once per project (also after a failure, which is logged as one warning line).
+        """
+        with self._lock:
+            if project_id in self._webhooks_done:
+                return 0
+            self._webhooks_done.add(project_id)
+        try:
+            targets = self._backend_webhook_urls(project_id, basic_user)
+            changed = 0
+            for hook in self._list("/api/webhooks/", project_id):
+                url, headers = hook.get("url"), hook.get("headers") or {}
+                if not isinstance(url, str) or url.rstrip("/") not in targets:
+                    continue
+                if headers.get("Authorization") == authorization:
+                    continue
+                # Label Studio's update resets ``actions`` when the body lacks them: send them back.
+                kept = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                body = {"url": url, "headers": kept | {"Authorization": authorization}}
+                r = self._request(
+                    "PATCH",
+                    f"/api/webhooks/{hook['id']}/",
+                    json=body | {"actions": hook.get("actions") or []},
+                )
+                if r.status_code != 200:
+                    raise ConfigError(f"webhook [{hook['id']}] update got [{r.status_code}]")
+                changed += 1
+        except ConfigError as e:
+            log.warning("Label Studio project [%s]: webhooks keep no credentials (%s)", project_id, e)
+            return 0
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning(
+                "Label Studio project [%s]: webhooks keep no credentials (%s)", project_id, type(e).__name__
+            )
+            return 0
+        if changed:
+            log.info(
+                "Label Studio project [%s]: %d webhook(s) now carry the backend's credentials",
+                project_id,
+                changed,
+            )
+        return changed
+
+    def _backend_webhook_urls(self, project_id: int, basic_user: str | None) -> set[str]:
+        """``<url>/webhook`` of the project's ML backends that are this backend."""
+        backends = [b for b in self._list("/api/ml/", project_id) if isinstance(b.get("url"), str)]
+        if basic_user is not None:
+            ours = [b for b in backends if b.get("basic_auth_user") == basic_user]
+        else:
+            ours = backends if len(backends) == 1 else []
+        if not ours:
+            raise ConfigError(f"none of its [{len(backends)}] ML backend(s) is recognisably this backend")
+        return {f"{b['url'].rstrip('/')}/webhook" for b in ours}
+
+    def _list(self, path: str, project_id: int) -> list[dict[str, Any]]:
+        r = self._request("GET", path, params={"project": project_id})
+        if r.status_code != 200:
+            raise ConfigError(f"GET {path} got [{r.status_code}]")
+        data = r.json()
+        items = data.get("results", []) if isinstance(data, dict) else data  # paginated or plain
+        return [x for x in items if isinstance(x, dict)]
+
+
+def backend_authorization(settings: Settings) -> str | None:
+    """The ``Authorization`` value this backend accepts (basic auth first: Label Studio speaks it)."""
+    if settings.basic_auth_user is not None and settings.basic_auth_password is not None:
+        pair = f"{settings.basic_auth_user}:{settings.basic_auth_password.get_secret_value()}"
+        return f"Basic {base64.b64encode(pair.encode()).decode()}"
+    if settings.auth_token is not None:
+        return f"Bearer {settings.auth_token.get_secret_value()}"
+    return None
