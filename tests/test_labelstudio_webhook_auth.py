@@ -131,17 +131,21 @@ def predict_request() -> dict[str, Any]:
     return {"tasks": [{"id": 1, "data": {"text": "Aspirin for chest pain."}}], "project": "1.1700000000"}
 
 
-def test_predict_makes_the_webhook_pass_auth(tmp_path: Path, model_dir: Path) -> None:
-    settings = Settings(
+def connected_settings(tmp_path: Path, model_dir: Path, **auth: Any) -> Settings:
+    """A backend connected to the fake Label Studio, pinning off, with the given auth settings."""
+    return Settings(
         model=model_dir,
         model_dir=tmp_path / "models",
         retrain=False,
-        basic_auth_user="kiwi",
-        basic_auth_password=PASSWORD,
         label_studio_url="http://ls.test",
         label_studio_token="legacy-key",
         label_studio_pin_model_version=False,
+        **auth,
     )
+
+
+def test_predict_makes_the_webhook_pass_auth(tmp_path: Path, model_dir: Path) -> None:
+    settings = connected_settings(tmp_path, model_dir, basic_auth_user="kiwi", basic_auth_password=PASSWORD)
     fake = FakeLabelStudio()
     with TestClient(create_app(settings, corpora=Corpora([], []))) as c:
         c.app.state.service.labelstudio = ls_client(fake)
@@ -155,14 +159,7 @@ def test_predict_makes_the_webhook_pass_auth(tmp_path: Path, model_dir: Path) ->
 
 
 def test_no_auth_configured_leaves_webhooks_alone(tmp_path: Path, model_dir: Path) -> None:
-    settings = Settings(
-        model=model_dir,
-        model_dir=tmp_path / "models",
-        retrain=False,
-        label_studio_url="http://ls.test",
-        label_studio_token="legacy-key",
-        label_studio_pin_model_version=False,
-    )
+    settings = connected_settings(tmp_path, model_dir)
     fake = FakeLabelStudio()
     with TestClient(create_app(settings, corpora=Corpora([], []))) as c:
         c.app.state.service.labelstudio = ls_client(fake)
