@@ -84,9 +84,7 @@ def load_schema() -> Schema:
     raw = json.loads(_schema_text())
 
     def types(key: str, kind: str) -> tuple[LabelType, ...]:
-        return tuple(
-            LabelType(t["name"], t["display"], t["color"], t["definition"], kind) for t in raw[key]
-        )
+        return tuple(LabelType(t["name"], t["display"], t["color"], t["definition"], kind) for t in raw[key])
 
     rel = raw["relation"]
     schema = Schema(

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     port: int = Field(5000, ge=0, le=65535, description="TCP port (0 = any free port)")
     max_request_bytes: int = Field(50_000_000, gt=0, description="larger request bodies get 413")
     log_note_text: bool = Field(False, description="allow note text in debug logs (PHI: keep off)")
+    predict_lanes: int = Field(
+        2,
+        gt=0,
+        description="model calls run at once, each on cores / lanes threads; on 2 cores 2 lanes served "
+        "30% more notes per second than 1 (1 lane is faster for a lone request: 0.12 s vs 0.19 s)",
+    )
 
     # --- models ----------------------------------------------------------------------------------
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -178,16 +179,56 @@ def test_predictions_round_trip_through_formats(
         assert _keys(back[p.id]) == _keys(p)
 
 
-def test_windows_cover_every_piece(tiny_base: Path) -> None:
+@pytest.mark.parametrize("cuts", ["fixed", "sentences"])
+def test_windows_cover_every_piece(tiny_base: Path, cuts: str) -> None:
+    """Text with no sentence end: sentence windows fall back to cuts that share context."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     text = " ".join(f"word{i} 😀" for i in range(200))
-    p = encode_text(tok, text, max_length=32, overlap=8)
+    p = encode_text(tok, text, max_length=32, overlap=8, cuts=cuts)
     covered = [i for lo, hi in p.owned for i in range(lo, hi)]
     assert covered == list(range(len(p.ids))) and len(p.windows) > 5
     assert all(e - s <= 30 for s, e in p.windows)
-    assert encode_text(tok, "", 32, 8).windows == []
+    assert all(b[0] == a[1] - 8 for a, b in pairwise(p.windows))
+    assert encode_text(tok, "", 32, 8, cuts).windows == []
+
+
+def test_sentence_windows_cut_at_sentence_ends_without_overlap(tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    sentences = [f"Patient {i} has pain in the left knee." for i in range(12)] + ["Plan:", "Follow up"]
+    text = " ".join(sentences[:12]) + "\n" + "\n".join(sentences[12:])
+    p = encode_text(tok, text, max_length=40, overlap=8, cuts="sentences")
+    assert p.owned == p.windows  # no piece encoded twice
+    assert [s for s, _ in p.windows[1:]] == [e for _, e in p.windows[:-1]]
+    assert p.windows[0][0] == 0 and p.windows[-1][1] == len(p.ids)
+    for s, e in p.windows:
+        assert e - s <= 38
+        if s:  # each window after the first starts a sentence or a line
+            assert (
+                text[p.offsets[s - 1][0] : p.offsets[s - 1][1]] == "."
+                or "\n" in text[p.offsets[s - 1][1] : p.offsets[s][0]]
+            )
+    assert len(p.windows) <= -(-len(p.ids) // 38) + 1  # whole sentences cost at most one window more
+
+
+def test_models_saved_before_newer_settings_load_as_trained(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old_model"
+    shutil.copytree(trained, old)
+    info = json.loads((old / "kiwi_model.json").read_text(encoding="utf-8"))
+    del info["config"]["window_cuts"]
+    (old / "kiwi_model.json").write_text(json.dumps(info), encoding="utf-8")
+    assert EncoderExtractor.load(old).config.window_cuts == "fixed"
+    assert EncoderExtractor.load(trained).config.window_cuts == "sentences"
+    # Without the entity-context weights the saved model is one without that input.
+    del info["config"]["condition_modifiers"]
+    (old / "kiwi_model.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(ModelError, match="cannot load the model"):
+        EncoderExtractor.load(old)
 
 
 def test_decode_bio_repairs_i_without_b() -> None:
@@ -253,6 +294,8 @@ def test_config_is_validated_and_round_trips() -> None:
         EncoderConfig(lr=0)
     with pytest.raises(ConfigError, match="window_overlap"):
         EncoderConfig(max_length=32, window_overlap=20)
+    with pytest.raises(ConfigError, match=r"window_cuts must be one of sentences, fixed, got \[words\]"):
+        EncoderConfig(window_cuts="words")
     with pytest.raises(ConfigError, match=r"unknown EncoderConfig settings \[colour\]"):
         EncoderConfig.from_dict({"colour": 1})
     cfg = EncoderConfig(epochs=3, base_model="x")
@@ -275,3 +318,16 @@ def test_cli_predict_on_plain_text_notes(trained: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (pred,) = read_documents(out, "jsonl")
     assert _keys(pred) == _keys(_note())
+
+
+def test_concurrent_predictions_equal_sequential_ones(trained: Path) -> None:
+    """The service runs two model calls at once on one extractor (see ComputeLanes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = EncoderExtractor.load(trained)
+    notes = [replace(_note(), id=f"n{i}").without_annotations() for i in range(8)]
+    expected = [_keys(d) for d in ex.predict(notes)]
+    fresh = EncoderExtractor.load(trained)  # first calls race to build the inference copy
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda d: _keys(fresh.predict([d])[0]), notes))
+    assert got == expected

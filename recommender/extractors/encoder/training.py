@@ -44,6 +44,7 @@ class WindowExample:
     ids: list[int]
     ent_tags: list[int]
     mod_tags: list[int]
+    ent_context: list[int]  # gold entity tag of every piece (the modifier head's input)
     # (entity piece range, modifier piece range, pair type, distance feature, label), window coordinates
     pairs: list[tuple[tuple[int, int], tuple[int, int], int, int, float]] = field(default_factory=list)
 
@@ -59,7 +60,7 @@ def build_examples(
     stats = {"relations": 0, "covered": 0}
     out: list[WindowExample] = []
     for doc in docs:
-        p = encode_text(tokenizer, doc.text, config.max_length, config.window_overlap)
+        p = encode_text(tokenizer, doc.text, config.max_length, config.window_overlap, config.window_cuts)
         n = len(p.ids)
         tags = {"ent": [0] * n, "mod": [0] * n}
         ranges: dict[str, tuple[int, int]] = {}
@@ -77,6 +78,7 @@ def build_examples(
             seq[r[0]] = ix[f"B-{s.label}"]
             for i in range(r[0] + 1, r[1]):
                 seq[i] = ix[f"I-{s.label}"]
+        context = list(tags["ent"])
         for seq in tags.values():  # only word-initial pieces are tagged (see Pieces.word_start)
             for i, first in enumerate(p.word_start):
                 if not first:
@@ -94,7 +96,7 @@ def build_examples(
         stats["relations"] += len(gold)
         stats["covered"] += len(gold & {(e.id, m.id) for e, m in cands})
         for s, e in p.windows:
-            ex = WindowExample(p.ids[s:e], tags["ent"][s:e], tags["mod"][s:e])
+            ex = WindowExample(p.ids[s:e], tags["ent"][s:e], tags["mod"][s:e], context[s:e])
             for a, b in cands:
                 ra, rb = ranges[a.id], ranges[b.id]
                 if ra[0] >= s and rb[0] >= s and ra[1] <= e and rb[1] <= e:
@@ -125,7 +127,8 @@ def _batch_forward(
         )
 
     h = model.encode(ids, mask)
-    ent_logits, mod_logits = model.ent_head(h), model.mod_head(h)
+    context = torch.tensor([[0, *x.ent_context] + [0] * (width - len(x.ids) - 1) for x in batch])
+    ent_logits, mod_logits = model.ent_head(h), model.mod_logits(h, context)
     rows = [(b, *pair) for b, x in enumerate(batch) for pair in x.pairs]
     if rows:
         bsz, t, hid = h.shape
@@ -237,7 +240,15 @@ def _new_extractor(config: EncoderConfig) -> EncoderExtractor:
 
 def replace_training(old: EncoderConfig, new: EncoderConfig) -> EncoderConfig:
     """When fine-tuning a model, its architecture settings win; the training settings come from ``new``."""
-    arch = ("base_model", "max_length", "window_overlap", "rel_hidden", "dropout")
+    arch = (
+        "base_model",
+        "max_length",
+        "window_cuts",
+        "window_overlap",
+        "condition_modifiers",
+        "rel_hidden",
+        "dropout",
+    )
     return EncoderConfig.from_dict({**new.to_dict(), **{k: getattr(old, k) for k in arch}})
 
 

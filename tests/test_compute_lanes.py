@@ -1,0 +1,104 @@
+"""The service's model-call admission: at most N at once, first come first served, threads per lane."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from recommender.corpora import SAMPLE_DIR
+from recommender.extractors.lexicon import LexiconExtractor
+from recommender.formats import brat
+from recommender.service.state import ComputeLanes, Predictor
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
+
+
+def test_a_freed_lane_goes_to_the_longest_waiter_not_a_newcomer() -> None:
+    lanes = ComputeLanes(1, cores=1)
+    order: list[str] = []
+    release_first = threading.Event()
+
+    def call(name: str, hold: threading.Event | None = None) -> None:
+        with lanes:
+            order.append(name)
+            if hold is not None:
+                hold.wait(5)
+
+    first = threading.Thread(target=call, args=("first", release_first))
+    first.start()
+    _wait_until(lambda: order == ["first"])
+    waiters = []
+    for k, name in enumerate(("second", "third", "fourth")):
+        t = threading.Thread(target=call, args=(name,))
+        t.start()
+        _wait_until(lambda k=k: len(lanes._waiting) == k + 1)
+        waiters.append(t)
+    release_first.set()
+    call("newcomer")  # arrives while the hand-over happens: it must queue behind the others
+    for t in (first, *waiters):
+        t.join(5)
+    assert order == ["first", "second", "third", "fourth", "newcomer"]
+    assert lanes.running == 0 and not lanes._waiting
+
+
+def test_never_more_calls_than_lanes() -> None:
+    lanes = ComputeLanes(2, cores=2)
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def call() -> None:
+        nonlocal running, peak
+        with lanes:
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            time.sleep(0.02)
+            with lock:
+                running -= 1
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert peak == 2 and lanes.running == 0
+
+
+def test_each_lane_gets_its_share_of_the_cores_without_touching_other_threads() -> None:
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def call(lanes: ComputeLanes) -> None:
+        with lanes:
+            seen.append(torch.get_num_threads())
+
+    for n_lanes, expected in ((2, 2), (4, 1), (8, 1)):
+        t = threading.Thread(target=call, args=(ComputeLanes(n_lanes, cores=4),))
+        t.start()
+        t.join(5)
+        assert seen[-1] == expected
+    assert torch.get_num_threads() == before  # the calling threads' setting, not this one's
+
+
+def test_loading_a_model_freezes_the_long_lived_objects(tmp_path: Path) -> None:
+    folder = tmp_path / "lexicon"
+    LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(folder)
+    gc.unfreeze()
+    predictor = Predictor()
+    predictor.load(folder)
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
