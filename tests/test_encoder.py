@@ -331,3 +331,25 @@ def test_concurrent_predictions_equal_sequential_ones(trained: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda d: _keys(fresh.predict([d])[0]), notes))
     assert got == expected
+
+
+def test_cli_train_bert_writes_a_model_with_the_chosen_settings(tiny_base: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recommender.cli import app
+
+    corpus = tmp_path / "corpus"
+    write_documents([replace(_note(), id=f"note_{i}") for i in range(6)], corpus, "brat")
+    out = tmp_path / "model"
+    args = ["train", "bert", "--corpus", str(corpus), "--out", str(out), "--base-model", str(tiny_base)]
+    args += ["--epochs", "1", "--max-length", "32", "--window-overlap", "8", "--threads", "1"]
+    result = CliRunner().invoke(app, [*args, "--window-cuts", "fixed"])
+    assert result.exit_code == 0, result.output
+    assert "(best epoch 1; dev NER exact F1 " in " ".join(result.output.split())
+    config = json.loads((out / "kiwi_model.json").read_text(encoding="utf-8"))["config"]
+    assert config["window_cuts"] == "fixed" and config["condition_modifiers"] is True
+    assert "overlapping by" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+
+    bad = CliRunner().invoke(app, [*args, "--window-cuts", "words"])  # `kiwi` prints it in one line
+    assert isinstance(bad.exception, ConfigError)
+    assert "window_cuts must be one of sentences, fixed, got [words]" in str(bad.exception)

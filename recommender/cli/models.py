@@ -45,6 +45,10 @@ def train_bert(
     weight_decay: Annotated[float, typer.Option(help=_HELP["weight_decay"][1])] = EncoderConfig.weight_decay,
     batch_size: Annotated[int, typer.Option(help=_HELP["batch_size"][1])] = EncoderConfig.batch_size,
     max_length: Annotated[int, typer.Option(help=_HELP["max_length"][1])] = EncoderConfig.max_length,
+    window_cuts: Annotated[str, typer.Option(help=_HELP["window_cuts"][1])] = EncoderConfig.window_cuts,
+    window_overlap: Annotated[
+        int, typer.Option(help=_HELP["window_overlap"][1])
+    ] = EncoderConfig.window_overlap,
     seed: Annotated[int, typer.Option(help=_HELP["seed"][1])] = EncoderConfig.seed,
     precision: Annotated[str, typer.Option(help=_HELP["precision"][1])] = EncoderConfig.precision,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
@@ -63,6 +67,8 @@ def train_bert(
         weight_decay=weight_decay,
         batch_size=batch_size,
         max_length=max_length,
+        window_cuts=window_cuts,
+        window_overlap=window_overlap,
         seed=seed,
         precision=precision,
     )
@@ -80,7 +86,11 @@ def train_bert(
     err_console.print(f"training on {len(train_docs)} notes, {len(dev_docs)} for development")
     ex = train_encoder(train_docs, dev_docs, config, out, progress=progress)
     dev_scores = ex.info.metrics.get("dev", {})
-    summary = ", ".join(f"{k} F1 {v['f1']:.3f}" for k, v in dev_scores.items())
+    summary = ", ".join(
+        f"{task.upper()} exact F1 {dev_scores[task]['exact']['f1']:.3f}"
+        for task in ("ner", "re", "spans")
+        if task in dev_scores
+    )
     err_console.print(
         f"saved {ex.version} to {out} (best epoch {ex.info.metrics['best_epoch']}; dev {summary})"
     )

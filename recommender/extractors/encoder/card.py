@@ -33,10 +33,11 @@ def _metric_rows(dev: dict[str, Any]) -> str:
     for k, label in names.items():
         if k in dev:
             ex, rel = dev[k]["exact"], dev[k]["relaxed"]
-            lo, hi = ex["ci"]["f1"]
+            ci = ex.get("ci", {}).get("f1")  # none from a single development note
+            interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "n/a"
             rows.append(
                 f"| {label} | {ex['precision']:.3f} | {ex['recall']:.3f} | {ex['f1']:.3f} "
-                f"| {lo:.3f}-{hi:.3f} | {rel['f1']:.3f} |"
+                f"| {interval} | {rel['f1']:.3f} |"
             )
     return "\n".join(rows) if rows else "| (no development split) | | | | | |"
 
