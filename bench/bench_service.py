@@ -1,6 +1,6 @@
 """Predict latency of the running service for a ~650-token note, at 1, 4 and 16 concurrent clients.
 
-Run: ``python bench/bench_service.py [--model DIR] [--requests 48] [--out bench/results/service.json]``.
+Run: ``python bench/bench_service.py [--model DIR] [--requests 96] [--out bench/results/service.json]``.
 Starts ``kiwi serve`` in its own process on a free loopback port, then for each
 client count sends a fixed number of requests per protocol (Label Studio ``/predict`` with one task;
 INCEpTION ``/inception/entities/predict`` with the note as CAS XMI) from that many threads, each
@@ -130,7 +130,7 @@ def run(url: str, path: str, body: dict[str, Any], clients: int, total: int) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model folder to serve (default: a lexicon model)")
-    ap.add_argument("--requests", type=int, default=48, help="requests per protocol and client count")
+    ap.add_argument("--requests", type=int, default=96, help="requests per protocol and client count")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
     args = ap.parse_args()

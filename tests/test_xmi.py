@@ -279,3 +279,61 @@ def test_dtd_is_refused_before_parsing() -> None:
     harmless = '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "x">]><x>&e;</x>'
     with pytest.raises(FormatError, match="DOCTYPE"):
         xmi.load_cas(harmless, xmi.project_typesystem())
+
+
+def _annotations(cas: Cas, type_name: str) -> list[tuple]:
+    """Every annotation of a type with its features; references as the referenced span's offsets."""
+    out = []
+    for fs in cas.select(type_name):
+        values = []
+        for f in fs.type.all_features:
+            if f.name in ("sofa", "begin", "end"):
+                continue
+            v = fs.get(f.name)
+            values.append((f.name, (v.begin, v.end) if hasattr(v, "begin") else v))
+        out.append((fs.begin, fs.end, tuple(values)))
+    return sorted(out, key=repr)
+
+
+def test_with_added_writes_what_cassis_would(emoji_doc: Document) -> None:
+    """New spans (offsets after non-BMP characters too) and a relation to an existing span, written
+    into the request's XMI, read back exactly as the whole CAS serialised by cassis."""
+    layers = xmi.DEFAULT_LAYERS
+    ts = xmi.project_typesystem()
+    span_type, rel_type = ts.get_type(layers.span_type), ts.get_type(layers.relation_type)
+    ts.create_feature(span_type, xmi.PREDICTED, "uima.cas.Boolean")
+    ts.create_feature(span_type, "label_score", "uima.cas.Double")
+    ts.create_feature(rel_type, xmi.PREDICTED, "uima.cas.Boolean")
+    given = replace(cheap_segmentation(emoji_doc), relations=[])
+    request = xmi.document_to_cas(given, ts).to_xmi()
+    ts_xml = ts.to_xml()
+
+    cas = xmi.load_cas(request, xmi.load_typesystem_xml(ts_xml))
+    existing = next(iter(cas.select(layers.span_type)))
+    added = []
+    for begin, end, label in ((0, 2, "problem"), (len(emoji_doc.text) - 4, len(emoji_doc.text), "test")):
+        fs = cas.typesystem.get_type(layers.span_type)(begin=begin, end=end)
+        fs.set("label", label)
+        fs.set(xmi.PREDICTED, True)
+        fs.set("label_score", 0.8125)
+        cas.add(fs)
+        added.append(fs)
+    rel = cas.typesystem.get_type(layers.relation_type)(begin=existing.begin, end=existing.end)
+    rel.set(layers.governor, added[0])
+    rel.set(layers.dependent, existing)
+    rel.set("label", "hasAttr")
+    rel.set(xmi.PREDICTED, True)
+    cas.add(rel)
+    added.append(rel)
+
+    spliced = xmi.with_added(request, cas, added)
+    whole = cas.to_xmi()
+    for type_name in (layers.span_type, layers.relation_type, xmi.TOKEN, xmi.SENTENCE):
+        a = xmi.load_cas(spliced, xmi.load_typesystem_xml(ts_xml))
+        b = xmi.load_cas(whole, xmi.load_typesystem_xml(ts_xml))
+        assert _annotations(a, type_name) == _annotations(b, type_name), type_name
+    assert len(list(a.select(layers.span_type))) == len(given.spans) + 2
+    # Offsets in the XMI itself are UTF-16 code units, as UIMA counts them.
+    last = etree.fromstring(spliced.encode()).findall(".//{http:///webanno/custom.ecore}ClinicalEntity")
+    utf16_len = len(emoji_doc.text.encode("utf-16-le")) // 2
+    assert any(e.get("end") == str(utf16_len) for e in last) and utf16_len > len(emoji_doc.text)

@@ -12,16 +12,17 @@ the bytes, which rules out external entities and entity-expansion bombs.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from cassis import Cas, TypeSystem, load_cas_from_xmi, load_typesystem
-from cassis.typesystem import TypeNotFoundError
+from cassis.typesystem import FeatureStructure, TypeNotFoundError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, iterparse
 from lxml import etree
@@ -148,6 +149,69 @@ def load_cas(xmi: str | bytes, typesystem: TypeSystem, *, source: str | Path | N
         return load_cas_from_xmi(BytesIO(data), typesystem=typesystem)
     except _CASSIS_ERRORS as e:
         raise FormatError(f"cannot load the XMI with its type system ({_short(e)})", source=source) from None
+
+
+_XMI_ID = "{http://www.omg.org/XMI}id"
+_CAS_VIEW = "{http:///uima/cas.ecore}View"
+_ANNOTATION_FEATURES = ("sofa", "begin", "end")
+
+
+def with_added(xmi: str | bytes, cas: Cas, added: Sequence[FeatureStructure]) -> str:
+    """``xmi`` plus the annotations ``added`` to ``cas`` (the CAS loaded from ``xmi`` by :func:`load_cas`)
+    as new elements of its initial view.
+
+    Re-serialising the whole CAS with cassis is pure Python and cost 13 ms per 650-token note, a tenth
+    of an INCEpTION prediction; this writes only the new elements. Their ids are the ones cassis gave
+    them, which follow the highest id of the loaded XMI. Offsets go back to UTF-16 code units, as
+    UIMA counts them. Feature values beyond strings, numbers, booleans and references (arrays, lists)
+    fall back to cassis.
+    """
+    values: list[tuple[Any, dict[str, str]]] = []
+    for fs in added:
+        attrib = {_XMI_ID: str(fs.xmiID)}
+        for feature in fs.type.all_features:
+            if feature.name in _ANNOTATION_FEATURES:
+                continue
+            value = fs.get(feature.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                attrib[feature.name] = "true" if value else "false"
+            elif isinstance(value, (int, float, str)):
+                attrib[feature.name] = str(value)
+            elif isinstance(value, FeatureStructure) and value.xmiID is not None:
+                attrib[feature.name] = str(value.xmiID)
+            else:
+                return cas.to_xmi()
+        values.append((fs, attrib))
+
+    text = cas.sofa_string or ""
+    astral = [i for i, c in enumerate(text) if ord(c) > 0xFFFF]  # two UTF-16 code units each
+
+    def utf16(offset: int) -> str:
+        return str(offset + bisect.bisect_left(astral, offset))
+
+    root = etree.fromstring(_as_bytes(xmi), etree.XMLParser(resolve_entities=False, no_network=True))
+    sofa = str(cas.get_sofa().xmiID)
+    views = list(root.iter(_CAS_VIEW))
+    view = next((v for v in views if v.get("sofa") == sofa), None)
+    if view is None:
+        return cas.to_xmi()
+    for fs, attrib in values:
+        package, _, name = fs.type.name.rpartition(".")
+        url = "http:///" + package.replace(".", "/") + ".ecore"
+        prefix = package.rpartition(".")[2] or "noNamespace"
+        nsmap = None if url in root.nsmap.values() or prefix in root.nsmap else {prefix: url}
+        elem = etree.Element(f"{{{url}}}{name}", nsmap=nsmap)
+        elem.attrib.update(attrib)
+        if hasattr(fs, "begin"):
+            elem.set("sofa", sofa)
+            elem.set("begin", utf16(fs.begin))
+            elem.set("end", utf16(fs.end))
+        views[0].addprevious(elem)
+    members = view.get("members", "").split() + [a[_XMI_ID] for _, a in values]
+    view.set("members", " ".join(members))
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode("utf-8")
 
 
 # --- CAS -> Document ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from recommender.formats.xmi import (
     cas_to_document,
     load_cas,
     load_typesystem_xml,
+    with_added,
 )
 from recommender.schema import load_schema
 from recommender.service.state import Service, ServiceDep
@@ -124,10 +125,10 @@ def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResp
         name,
         body.metadata.projectId,
         body.document.documentId,
-        added,
+        len(added),
         extractor.version,
     )
-    return PredictResponse(document=cas.to_xmi())
+    return PredictResponse(document=with_added(body.document.xmi, cas, added))
 
 
 @router.post("/{name}/train", status_code=204, response_class=Response)
@@ -295,8 +296,8 @@ def _crosses(begin: int, end: int, sentences: list[Segment], starts: list[int]) 
 
 def suggest_spans(
     cas: Cas, extractor: Extractor, layers: LayerMapping, meta: MMetadata, tags: dict[str, str] | None
-) -> int:
-    """Add the model's entities and modifiers to ``cas`` as suggestions; returns how many."""
+) -> list[Any]:
+    """Add the model's entities and modifiers to ``cas`` as suggestions; returns them."""
     doc = cas_to_document(cas, layers)
     predicted = extractor.predict([doc.without_annotations()])[0]
     ts = cas.typesystem
@@ -310,7 +311,7 @@ def suggest_spans(
     sentence_starts = [s.begin for s in sentences]
     labels = _Labels(tags)
     explanation = _explanation(extractor)
-    added = 0
+    added = []
     for span in predicted.spans:
         offsets = snap(span.begin, span.end, meta.anchoringMode, doc.text, tokens, token_starts)
         if offsets is None:
@@ -324,7 +325,7 @@ def suggest_spans(
         fs = span_type(begin=offsets[0], end=offsets[1])
         _mark(fs, feature, label, span.score, explanation)
         cas.add(fs)
-        added += 1
+        added.append(fs)
     labels.report()
     return added
 
@@ -332,12 +333,12 @@ def suggest_spans(
 # --- relations ------------------------------------------------------------------------------------
 def suggest_relations(
     cas: Cas, extractor: Extractor, layers: LayerMapping, tags: dict[str, str] | None
-) -> int:
-    """Add hasAttr suggestions between spans already in ``cas``; returns how many."""
+) -> list[Any]:
+    """Add hasAttr suggestions between spans already in ``cas``; returns them."""
     schema = load_schema()
     doc = cas_to_document(cas, layers)
     if not doc.spans:
-        return 0
+        return []
     predicted = extractor.predict([doc], entities_given=True)[0]
     ts = cas.typesystem
     _ensure_features(ts, layers.relation_type, layers.relation_feature)
@@ -368,7 +369,7 @@ def suggest_relations(
     labels = _Labels(tags)
     explanation = _explanation(extractor)
     index = predicted.span_index()
-    added = 0
+    added = []
     for rel in predicted.relations:
         head, tail = index[rel.head], index[rel.tail]
         if not schema.allows(head.label, tail.label):
@@ -385,7 +386,7 @@ def suggest_relations(
         fs.set(layers.dependent, dep)
         _mark(fs, feature, label, rel.score, explanation)
         cas.add(fs)
-        added += 1
+        added.append(fs)
     labels.report()
     return added
 

@@ -146,10 +146,12 @@ def bio_viterbi(logp: np.ndarray, names: list[str]) -> list[int]:
             trans[:, j] = [0.0 if other[2:] == name[2:] and other != "O" else blocked for other in names]
     score = start + logp[0]
     back = np.zeros((n, k), dtype=np.int64)
+    cand = np.empty((k, k))  # reused: this loop runs once per word of every note
+    columns = np.arange(k)
     for t in range(1, n):
-        cand = score[:, None] + trans
-        back[t] = cand.argmax(axis=0)
-        score = cand.max(axis=0) + logp[t]
+        np.add(score[:, None], trans, out=cand)
+        back[t] = best = cand.argmax(axis=0)
+        score = cand[best, columns] + logp[t]
     path = [int(score.argmax())]
     for t in range(n - 1, 0, -1):
         path.append(int(back[t, path[-1]]))
@@ -210,6 +212,12 @@ class EncoderExtractor(Extractor):
                 # The encoder's Linear layers dominate CPU time. One int8 scale per output channel
                 # keeps dev F1 within a point of bf16; one per tensor lost 2-4 points.
                 model.encoder = quantize_dynamic(model.encoder, {nn.Linear: per_channel_dynamic_qconfig})
+            elif self._precision == "bf16":
+                # What autocast would cast the Linear weights to on every call, done once: same
+                # results, ~5% less time, half the weight memory.
+                for module in model.encoder.modules():
+                    if isinstance(module, nn.Linear):
+                        module.to(torch.bfloat16)
             self._infer = model
         return self._infer
 
