@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--head-lr", type=float, default=EncoderConfig.head_lr)
     ap.add_argument("--batch-size", type=int, default=EncoderConfig.batch_size)
     ap.add_argument("--base-model", default=EncoderConfig.base_model)
+    ap.add_argument("--encoder-layers", type=int, default=EncoderConfig.encoder_layers)
     ap.add_argument("--corpus", type=Path, default=SHARED_MTSAMPLES)
     ap.add_argument("--model-out", type=Path, default=Path("bench/results/encoder_model"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/encoder.json"))
@@ -61,6 +62,7 @@ def main() -> int:
     train, dev = split_documents(brat.read(args.corpus))
     config = EncoderConfig(
         base_model=args.base_model,
+        encoder_layers=args.encoder_layers,
         epochs=args.epochs,
         lr=args.lr,
         head_lr=args.head_lr,

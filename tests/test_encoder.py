@@ -353,3 +353,19 @@ def test_cli_train_bert_writes_a_model_with_the_chosen_settings(tiny_base: Path,
     bad = CliRunner().invoke(app, [*args, "--window-cuts", "words"])  # `kiwi` prints it in one line
     assert isinstance(bad.exception, ConfigError)
     assert "window_cuts must be one of sentences, fixed, got [words]" in str(bad.exception)
+
+
+def test_encoder_layers_keeps_the_first_layers_through_save_and_load(
+    tiny_base: Path, docs: list[Document], tmp_path: Path
+) -> None:
+    config = EncoderConfig(
+        base_model=str(tiny_base), encoder_layers=1, epochs=1, max_length=32, window_overlap=8
+    )
+    ex = train_encoder(docs, [], config, tmp_path / "one_layer")
+    assert len(ex.model.encoder.encoder.layer) == 1
+    again = EncoderExtractor.load(tmp_path / "one_layer")
+    assert again.model.encoder.config.num_hidden_layers == 1 and again.config.encoder_layers == 1
+    bare = [d.without_annotations() for d in docs]
+    assert [_keys(d) for d in again.predict(bare)] == [_keys(d) for d in ex.predict(bare)]
+    with pytest.raises(ConfigError, match=r"encoder_layers \[3\] exceeds the encoder's 2 layers"):
+        train_encoder(docs, [], replace(config, encoder_layers=3), tmp_path / "three")

@@ -23,6 +23,9 @@ class EncoderConfig(ExtractorConfig):
         "Hugging Face encoder: hub name, local folder, or 'minilm' (offline default); "
         f"the paper used {PAPER_BASE_MODEL}",
     )
+    encoder_layers: int | None = setting(
+        None, "keep only the first N transformer layers of the base model (faster, less accurate)"
+    )
     max_length: int = setting(
         256, "word pieces per window, [CLS] and [SEP] included (<= the encoder's limit)"
     )
@@ -72,6 +75,8 @@ class EncoderConfig(ExtractorConfig):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got [{getattr(self, name)}]")
+        if self.encoder_layers is not None and self.encoder_layers < 1:
+            raise ConfigError(f"encoder_layers must be positive, got [{self.encoder_layers}]")
         if not 16 <= self.max_length <= 4096:
             raise ConfigError(f"max_length must be in [16, 4096], got [{self.max_length}]")
         if not 0 <= self.window_overlap <= (self.max_length - 2) // 2:

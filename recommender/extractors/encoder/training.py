@@ -234,14 +234,28 @@ def _new_extractor(config: EncoderConfig) -> EncoderExtractor:
         raise ConfigError(
             f"max_length [{config.max_length}] exceeds the encoder's limit of {limit} positions"
         )
+    if config.encoder_layers is not None:
+        keep_first_layers(encoder, config.encoder_layers)
     model = build_model(encoder, labels, config)
     return EncoderExtractor(model, tokenizer, config, labels, ModelInfo(extractor=NAME, version=""))
+
+
+def keep_first_layers(encoder: nn.Module, n: int) -> None:
+    """Drop all but the first ``n`` transformer layers (BERT-style stacks): less work per note."""
+    stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(stack, nn.ModuleList):
+        raise ConfigError(f"encoder_layers needs a BERT-style encoder, not [{type(encoder).__name__}]")
+    if n > len(stack):
+        raise ConfigError(f"encoder_layers [{n}] exceeds the encoder's {len(stack)} layers")
+    encoder.encoder.layer = stack[:n]
+    encoder.config.num_hidden_layers = n  # saved with the model, so loading builds n layers
 
 
 def replace_training(old: EncoderConfig, new: EncoderConfig) -> EncoderConfig:
     """When fine-tuning a model, its architecture settings win; the training settings come from ``new``."""
     arch = (
         "base_model",
+        "encoder_layers",
         "max_length",
         "window_cuts",
         "window_overlap",
