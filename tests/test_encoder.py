@@ -343,11 +343,12 @@ def test_cli_train_bert_writes_a_model_with_the_chosen_settings(tiny_base: Path,
     out = tmp_path / "model"
     args = ["train", "bert", "--corpus", str(corpus), "--out", str(out), "--base-model", str(tiny_base)]
     args += ["--epochs", "1", "--max-length", "32", "--window-overlap", "8", "--threads", "1"]
-    result = CliRunner().invoke(app, [*args, "--window-cuts", "fixed"])
+    result = CliRunner().invoke(app, [*args, "--window-cuts", "fixed", "--encoder-layers", "1"])
     assert result.exit_code == 0, result.output
     assert "(best epoch 1; dev NER exact F1 " in " ".join(result.output.split())
     config = json.loads((out / "kiwi_model.json").read_text(encoding="utf-8"))["config"]
     assert config["window_cuts"] == "fixed" and config["condition_modifiers"] is True
+    assert config["encoder_layers"] == 1
     assert "overlapping by" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
 
     bad = CliRunner().invoke(app, [*args, "--window-cuts", "words"])  # `kiwi` prints it in one line

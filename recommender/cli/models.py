@@ -44,6 +44,7 @@ def train_bert(
     head_lr: Annotated[float, typer.Option(help=_HELP["head_lr"][1])] = EncoderConfig.head_lr,
     weight_decay: Annotated[float, typer.Option(help=_HELP["weight_decay"][1])] = EncoderConfig.weight_decay,
     batch_size: Annotated[int, typer.Option(help=_HELP["batch_size"][1])] = EncoderConfig.batch_size,
+    encoder_layers: Annotated[int | None, typer.Option(help=_HELP["encoder_layers"][1])] = None,
     max_length: Annotated[int, typer.Option(help=_HELP["max_length"][1])] = EncoderConfig.max_length,
     window_cuts: Annotated[str, typer.Option(help=_HELP["window_cuts"][1])] = EncoderConfig.window_cuts,
     window_overlap: Annotated[
@@ -66,6 +67,7 @@ def train_bert(
         head_lr=head_lr,
         weight_decay=weight_decay,
         batch_size=batch_size,
+        encoder_layers=encoder_layers,
         max_length=max_length,
         window_cuts=window_cuts,
         window_overlap=window_overlap,
