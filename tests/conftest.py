@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import emoji_note
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
 from recommender.document import Document
@@ -45,26 +46,4 @@ def sample_dir() -> Path:
 @pytest.fixture
 def emoji_doc() -> Document:
     """A note with characters outside the BMP before, inside and after annotations."""
-    text = "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache.\nBP 120/80."
-    doc = Document(id="emoji_note", text=text)
-
-    def span(label: str, phrase: str) -> object:
-        b = text.index(phrase)
-        return doc.add_span(label, b, b + len(phrase))
-
-    neg = span("negation", "denies")
-    pain = span("problem", "chest pain")
-    loc = span("bodyloc", "chest")
-    drug = span("drug", "aspirin")
-    strength = span("strength", "81 mg")
-    freq = span("frequency", "daily")
-    head = span("problem", "𝔥eadache")
-    test = span("test", "BP")
-    val = span("labvalue", "120/80")
-    doc.add_relation(pain, neg)
-    doc.add_relation(pain, loc)
-    doc.add_relation(drug, strength)
-    doc.add_relation(drug, freq)
-    doc.add_relation(test, val)
-    assert head.label == "problem"
-    return doc.validate()
+    return emoji_note()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from recommender.document import Document
+
 
 def run_kiwi(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """The `kiwi` console script in a fresh process: exit codes and stderr as a user sees them."""
@@ -14,3 +16,21 @@ def run_kiwi(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[st
         text=True,
         timeout=timeout,
     )
+
+
+def emoji_note() -> Document:
+    """A note with characters outside the BMP before, inside and after annotations."""
+    text = "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache.\nBP 120/80."
+    doc = Document(id="emoji_note", text=text)
+
+    def span(label: str, phrase: str) -> object:
+        b = text.index(phrase)
+        return doc.add_span(label, b, b + len(phrase))
+
+    neg, pain, loc = span("negation", "denies"), span("problem", "chest pain"), span("bodyloc", "chest")
+    drug, strength, freq = span("drug", "aspirin"), span("strength", "81 mg"), span("frequency", "daily")
+    span("problem", "𝔥eadache")
+    test, val = span("test", "BP"), span("labvalue", "120/80")
+    for head, tail in ((pain, neg), (pain, loc), (drug, strength), (drug, freq), (test, val)):
+        doc.add_relation(head, tail)
+    return doc.validate()

@@ -15,6 +15,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from support import emoji_note  # noqa: E402
+
 from recommender.document import Document  # noqa: E402
 from recommender.errors import ConfigError, ModelError  # noqa: E402
 from recommender.extractors import load_extractor  # noqa: E402
@@ -51,24 +53,6 @@ def _note() -> Document:
     return doc.validate()
 
 
-def _emoji_note() -> Document:
-    """Characters outside the BMP before, inside and after annotations."""
-    text = "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache.\nBP 120/80."
-    doc = Document(id="emoji_note", text=text)
-
-    def span(label: str, phrase: str) -> object:
-        b = text.index(phrase)
-        return doc.add_span(label, b, b + len(phrase))
-
-    neg, pain, loc = span("negation", "denies"), span("problem", "chest pain"), span("bodyloc", "chest")
-    drug, strength, freq = span("drug", "aspirin"), span("strength", "81 mg"), span("frequency", "daily")
-    span("problem", "𝔥eadache")
-    test, val = span("test", "BP"), span("labvalue", "120/80")
-    for head, tail in ((pain, neg), (pain, loc), (drug, strength), (drug, freq), (test, val)):
-        doc.add_relation(head, tail)
-    return doc.validate()
-
-
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT with the MiniLM vocabulary, saved as a local Hugging Face folder."""
@@ -94,7 +78,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def docs() -> list[Document]:
-    return [_emoji_note(), _note()]
+    return [emoji_note(), _note()]
 
 
 @pytest.fixture(scope="module")
