@@ -33,7 +33,7 @@ from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
 from recommender.document import Document
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
-from recommender.formats.xmi import PREDICTED, document_to_cas, project_typesystem
+from recommender.formats.xmi import PREDICTED, document_to_cas, load_typesystem_xml, project_typesystem
 from recommender.text import tokenize
 
 TARGET_TOKENS = 650
@@ -53,12 +53,21 @@ def bench_note() -> Document:
     return Document("bench_note", text[:cut])
 
 
+# INCEpTION sends the whole project type system (all DKPro and INCEpTION types, ~60 kB) with every
+# request; the shared fixture has one. Without it, a small hand-made one.
+INCEPTION_REQUEST = SHARED_MTSAMPLES.parents[2] / "fixtures/inception/synthetic/predict_span_request.json"
+
+
 def inception_body(doc: Document) -> dict[str, Any]:
-    ts = project_typesystem()
-    span = ts.get_type("webanno.custom.ClinicalEntity")
-    ts.create_feature(span, PREDICTED, "uima.cas.Boolean")
-    ts.create_feature(span, "label_score", "uima.cas.Double")
-    ts.create_feature(span, "label_score_explanation", "uima.cas.String")
+    if INCEPTION_REQUEST.is_file():
+        ts = load_typesystem_xml(json.loads(INCEPTION_REQUEST.read_text(encoding="utf-8"))["typeSystem"])
+        span = ts.get_type("webanno.custom.ClinicalEntity")
+    else:
+        ts = project_typesystem()
+        span = ts.get_type("webanno.custom.ClinicalEntity")
+        ts.create_feature(span, PREDICTED, "uima.cas.Boolean")
+        ts.create_feature(span, "label_score", "uima.cas.Double")
+        ts.create_feature(span, "label_score_explanation", "uima.cas.String")
     return {
         "typeSystem": ts.to_xml(),
         "document": {"xmi": document_to_cas(doc, ts).to_xmi(), "documentId": 1, "userId": "bench"},

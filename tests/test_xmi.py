@@ -65,6 +65,15 @@ def test_every_mtsamples_note_round_trips(mtsamples_docs: list[Document], genera
         assert span_keys(back) == span_keys(gold), gold.id
         assert relation_keys(back) == relation_keys(gold), gold.id
         assert back.sentences == doc.sentences and back.tokens == doc.tokens
+        fast = xmi.cas_to_document(xmi.XmiCas(text, generated_ts))  # the INCEpTION recommender's reader
+        assert (fast.id, fast.text, fast.tokens, fast.sentences) == (
+            back.id,
+            back.text,
+            back.tokens,
+            back.sentences,
+        )
+        assert [s.key for s in fast.spans] == [s.key for s in back.spans], gold.id
+        assert relation_keys(fast) == relation_keys(back), gold.id
         n_spans += len(gold.spans)
         n_relations += len(gold.relations)
     assert n_spans > 1000 and n_relations > 1000  # the corpus really was annotated
@@ -261,10 +270,14 @@ BAD_XMI = {
 }
 
 
+READERS = {"cassis": xmi.load_cas, "lxml": xmi.XmiCas}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
 @pytest.mark.parametrize("name", sorted(BAD_XMI))
-def test_bad_xmi_is_a_one_line_format_error(name: str) -> None:
+def test_bad_xmi_is_a_one_line_format_error(name: str, reader: str) -> None:
     with pytest.raises(FormatError) as err:
-        xmi.load_cas(BAD_XMI[name], xmi.project_typesystem(), source=f"{name}.xmi")
+        READERS[reader](BAD_XMI[name], xmi.project_typesystem(), source=f"{name}.xmi")
     assert "\n" not in str(err.value) and str(err.value).startswith(f"{name}.xmi: ")
 
 
@@ -274,11 +287,28 @@ def test_bad_type_system_is_a_format_error(text: str) -> None:
         xmi.load_typesystem_xml(text.encode("utf-8"))
 
 
-def test_dtd_is_refused_before_parsing() -> None:
+UNREADABLE = (
+    '<xmi:XMI xmlns:xmi="http://www.omg.org/XMI" xmlns:cas="http:///uima/cas.ecore" '
+    'xmlns:s="http:///de/tudarmstadt/ukp/dkpro/core/api/segmentation/type.ecore" xmi:version="2.0">'
+    '<s:Token xmi:id="2" sofa="1" begin="{begin}" end="3"/>'
+    '<cas:Sofa xmi:id="1" sofaNum="1" sofaID="_InitialView" sofaString="abc"/>'
+    '<cas:View sofa="1" members="2"/></xmi:XMI>'
+)
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_unreadable_offsets_are_a_format_error(reader: str) -> None:
+    assert xmi.cas_to_document(READERS[reader](UNREADABLE.format(begin=0), xmi.project_typesystem())).tokens
+    with pytest.raises(FormatError):
+        xmi.cas_to_document(READERS[reader](UNREADABLE.format(begin="x"), xmi.project_typesystem()))
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_dtd_is_refused_before_parsing(reader: str) -> None:
     # Without the check lxml would expand the internal entity; the refusal names the DOCTYPE.
     harmless = '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "x">]><x>&e;</x>'
     with pytest.raises(FormatError, match="DOCTYPE"):
-        xmi.load_cas(harmless, xmi.project_typesystem())
+        READERS[reader](harmless, xmi.project_typesystem())
 
 
 def _annotations(cas: Cas, type_name: str) -> list[tuple]:
@@ -295,45 +325,74 @@ def _annotations(cas: Cas, type_name: str) -> list[tuple]:
     return sorted(out, key=repr)
 
 
-def test_with_added_writes_what_cassis_would(emoji_doc: Document) -> None:
-    """New spans (offsets after non-BMP characters too) and a relation to an existing span, written
-    into the request's XMI, read back exactly as the whole CAS serialised by cassis."""
+def _xmi_cas_pair(emoji_doc: Document) -> tuple[str, str, Document]:
+    """A request CAS (with non-BMP text) written by cassis, its type system, and the document in it."""
     layers = xmi.DEFAULT_LAYERS
     ts = xmi.project_typesystem()
-    span_type, rel_type = ts.get_type(layers.span_type), ts.get_type(layers.relation_type)
-    ts.create_feature(span_type, xmi.PREDICTED, "uima.cas.Boolean")
-    ts.create_feature(span_type, "label_score", "uima.cas.Double")
-    ts.create_feature(rel_type, xmi.PREDICTED, "uima.cas.Boolean")
-    given = replace(cheap_segmentation(emoji_doc), relations=[])
-    request = xmi.document_to_cas(given, ts).to_xmi()
-    ts_xml = ts.to_xml()
+    for name in (layers.span_type, layers.relation_type):
+        ts.create_feature(ts.get_type(name), xmi.PREDICTED, "uima.cas.Boolean")
+        ts.create_feature(ts.get_type(name), "label_score", "uima.cas.Double")
+    given = replace(cheap_segmentation(emoji_doc), relations=emoji_doc.relations[:1])
+    return xmi.document_to_cas(given, ts).to_xmi(), ts.to_xml(), given
 
-    cas = xmi.load_cas(request, xmi.load_typesystem_xml(ts_xml))
-    existing = next(iter(cas.select(layers.span_type)))
-    added = []
-    for begin, end, label in ((0, 2, "problem"), (len(emoji_doc.text) - 4, len(emoji_doc.text), "test")):
-        fs = cas.typesystem.get_type(layers.span_type)(begin=begin, end=end)
-        fs.set("label", label)
-        fs.set(xmi.PREDICTED, True)
-        fs.set("label_score", 0.8125)
-        cas.add(fs)
-        added.append(fs)
-    rel = cas.typesystem.get_type(layers.relation_type)(begin=existing.begin, end=existing.end)
-    rel.set(layers.governor, added[0])
-    rel.set(layers.dependent, existing)
-    rel.set("label", "hasAttr")
-    rel.set(xmi.PREDICTED, True)
-    cas.add(rel)
-    added.append(rel)
 
-    spliced = xmi.with_added(request, cas, added)
-    whole = cas.to_xmi()
+def test_xmi_cas_reads_what_cassis_reads(emoji_doc: Document, fixtures_dir: Path) -> None:
+    """Text, segmentation, spans, relations, scores and the document id, from INCEpTION's requests and a
+    note with characters outside the BMP: the lxml reader and cassis give the same document."""
+    request, ts_xml, _ = _xmi_cas_pair(emoji_doc)
+    cases = [("emoji", ts_xml, request), *requests(fixtures_dir)]
+    folder = fixtures_dir / "inception/synthetic"
+    cases.append(
+        (
+            "span response",
+            json.loads((folder / "predict_span_request.json").read_text())["typeSystem"],
+            json.loads((folder / "predict_span_response.json").read_text())["document"],
+        )
+    )
+    for name, typesystem, text in cases:
+        ts = xmi.load_typesystem_xml(typesystem)
+        ours, theirs = xmi.XmiCas(text, ts), xmi.load_cas(text, ts)
+        a, b = xmi.cas_to_document(ours), xmi.cas_to_document(theirs)
+        assert (a.id, a.text, a.sentences, a.tokens) == (b.id, b.text, b.sentences, b.tokens), name
+        assert [(s.key, s.score) for s in a.spans] == [(s.key, s.score) for s in b.spans], name
+        assert relation_keys(a) == relation_keys(b), name
+        for type_name in (xmi.TOKEN, xmi.DEFAULT_LAYERS.span_type, xmi.DEFAULT_LAYERS.relation_type):
+            if ts.contains_type(type_name):
+                assert _annotations(ours, type_name) == _annotations(theirs, type_name), (name, type_name)
+    assert any(s.score is not None for s in a.spans), "the span response carries scores"
+
+
+def test_xmi_cas_writes_what_cassis_would(emoji_doc: Document) -> None:
+    """New spans (offsets after non-BMP characters too) and a relation to an existing span, added with
+    the lxml writer, read back exactly as the same additions made and serialised by cassis."""
+    layers = xmi.DEFAULT_LAYERS
+    request, ts_xml, given = _xmi_cas_pair(emoji_doc)
+    ts = xmi.load_typesystem_xml(ts_xml)
+    ours, theirs = xmi.XmiCas(request, ts), xmi.load_cas(request, ts)
+    n = len(emoji_doc.text)
+    for cas in (ours, theirs):
+        existing = cas.select(layers.span_type)[0]
+        added = []
+        for begin, end, label in ((0, 2, "problem"), (n - 4, n, "test")):
+            features = {"label": label, xmi.PREDICTED: True, "label_score": 0.8125}
+            if cas is ours:
+                added.append(ours.add(layers.span_type, begin, end, features))
+            else:
+                added.append(ts.get_type(layers.span_type)(begin=begin, end=end, **features))
+                theirs.add(added[-1])
+        features = {"Governor": added[0], "Dependent": existing, "label": "hasAttr", xmi.PREDICTED: True}
+        if cas is ours:
+            ours.add(layers.relation_type, existing.begin, existing.end, features)
+        else:
+            theirs.add(ts.get_type(layers.relation_type)(begin=existing.begin, end=existing.end, **features))
+
+    written = ours.to_xmi()
+    a, b = xmi.load_cas(written, ts), xmi.load_cas(theirs.to_xmi(), ts)
     for type_name in (layers.span_type, layers.relation_type, xmi.TOKEN, xmi.SENTENCE):
-        a = xmi.load_cas(spliced, xmi.load_typesystem_xml(ts_xml))
-        b = xmi.load_cas(whole, xmi.load_typesystem_xml(ts_xml))
         assert _annotations(a, type_name) == _annotations(b, type_name), type_name
-    assert len(list(a.select(layers.span_type))) == len(given.spans) + 2
+    assert len(a.select(layers.span_type)) == len(given.spans) + 2
+    assert len(a.select(layers.relation_type)) == len(given.relations) + 1
     # Offsets in the XMI itself are UTF-16 code units, as UIMA counts them.
-    last = etree.fromstring(spliced.encode()).findall(".//{http:///webanno/custom.ecore}ClinicalEntity")
+    spans = etree.fromstring(written.encode()).findall(".//{http:///webanno/custom.ecore}ClinicalEntity")
     utf16_len = len(emoji_doc.text.encode("utf-16-le")) // 2
-    assert any(e.get("end") == str(utf16_len) for e in last) and utf16_len > len(emoji_doc.text)
+    assert any(e.get("end") == str(utf16_len) for e in spans) and utf16_len > n

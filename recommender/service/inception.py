@@ -22,12 +22,13 @@ Train stores every document (deduplicated by the store), asks the retrainer for 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import logging
 from dataclasses import replace
 from typing import Any
 
-from cassis import Cas, TypeSystem
+from cassis import TypeSystem
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,10 +40,10 @@ from recommender.formats.xmi import (
     SENTENCE,
     TOKEN,
     LayerMapping,
+    XmiCas,
+    XmiFeatureStructure,
     cas_to_document,
-    load_cas,
     load_typesystem_xml,
-    with_added,
 )
 from recommender.schema import load_schema
 from recommender.service.state import Service, ServiceDep
@@ -51,6 +52,10 @@ from recommender.settings import RecommenderConfig
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/inception", tags=["INCEpTION"])
+
+# INCEpTION sends the project's whole type system with every request (~60 kB, 23 ms for cassis to
+# read); it changes only when the project's layers do. Nothing downstream modifies it.
+_typesystem = functools.lru_cache(maxsize=32)(load_typesystem_xml)
 
 
 # --- protocol messages (unknown keys are ignored: INCEpTION adds some in new releases) ------------
@@ -108,12 +113,12 @@ class PredictResponse(BaseModel):
 def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResponse:
     rec = service.recommender(name)
     extractor = service.predictor.current
-    ts = load_typesystem_xml(body.typeSystem, source="typeSystem")
+    ts = _typesystem(body.typeSystem, source="typeSystem")
     layers, problem = _resolve(rec, body.metadata, ts)
     if problem is not None:
         _unservable(service, name, body.metadata, problem)
         return PredictResponse(document=body.document.xmi)
-    cas = load_cas(body.document.xmi, ts, source="document.xmi")
+    cas = XmiCas(body.document.xmi, ts, source="document.xmi")
     tags = _tagset(body.tagsets, body.metadata)
     with service.compute:
         if rec.task == "entities":
@@ -128,13 +133,13 @@ def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResp
         len(added),
         extractor.version,
     )
-    return PredictResponse(document=with_added(body.document.xmi, cas, added))
+    return PredictResponse(document=cas.to_xmi())
 
 
 @router.post("/{name}/train", status_code=204, response_class=Response)
 def train(name: str, body: TrainRequest, service: ServiceDep) -> Response:
     rec = service.recommender(name)
-    ts = load_typesystem_xml(body.typeSystem, source="typeSystem")
+    ts = _typesystem(body.typeSystem, source="typeSystem")
     layers, problem = _resolve(rec, body.metadata, ts)
     if problem is not None:
         _unservable(service, name, body.metadata, problem)
@@ -147,7 +152,7 @@ def train(name: str, body: TrainRequest, service: ServiceDep) -> Response:
         digest = hashlib.sha256(item.xmi.encode("utf-8", "surrogatepass")).hexdigest()
         if service.unchanged_resend((project, doc_key, annotator), digest):
             continue
-        cas = load_cas(item.xmi, ts, source=f"documents[{n}].xmi")
+        cas = XmiCas(item.xmi, ts, source=f"documents[{n}].xmi")
         with service.compute:  # segments notes whose CAS has no sentences
             doc = cas_to_document(cas, layers)
         doc.meta["inception"] = {"documentId": item.documentId, "layer": body.metadata.layer}
@@ -214,25 +219,14 @@ def _tagset(tagsets: list[MTagset] | None, meta: MMetadata) -> dict[str, str] | 
     return None
 
 
-def _ensure_features(ts: TypeSystem, type_name: str, feature: str) -> None:
-    """INCEpTION's predict type system has the prediction features; hand-built requests may not."""
-    t = ts.get_type(type_name)
-    present = {f.name for f in t.all_features}
-    for name, range_type in (
-        (PREDICTED, "uima.cas.Boolean"),
-        (f"{feature}_score", "uima.cas.Double"),
-        (f"{feature}_score_explanation", "uima.cas.String"),
-    ):
-        if name not in present:
-            ts.create_feature(t, name, range_type)
-
-
-def _mark(fs: Any, feature: str, label: str, score: float | None, explanation: str) -> None:
-    fs.set(feature, label)
-    fs.set(PREDICTED, True)
-    if score is not None:
-        fs.set(f"{feature}_score", float(score))
-    fs.set(f"{feature}_score_explanation", explanation)
+def _suggestion(feature: str, label: str, score: float | None, explanation: str) -> dict[str, Any]:
+    """The features INCEpTION reads from a suggestion (its prediction type system declares them)."""
+    return {
+        feature: label,
+        PREDICTED: True,
+        f"{feature}_score": None if score is None else float(score),
+        f"{feature}_score_explanation": explanation,
+    }
 
 
 def _explanation(extractor: Extractor) -> str:
@@ -260,7 +254,7 @@ class _Labels:
 
 
 # --- spans ----------------------------------------------------------------------------------------
-def _segments(cas: Cas, type_name: str) -> list[Segment]:
+def _segments(cas: XmiCas, type_name: str) -> list[Segment]:
     if not cas.typesystem.contains_type(type_name, match_exactly=True):
         return []
     return sorted((Segment(a.begin, a.end) for a in cas.select(type_name)), key=lambda s: (s.begin, s.end))
@@ -295,14 +289,11 @@ def _crosses(begin: int, end: int, sentences: list[Segment], starts: list[int]) 
 
 
 def suggest_spans(
-    cas: Cas, extractor: Extractor, layers: LayerMapping, meta: MMetadata, tags: dict[str, str] | None
-) -> list[Any]:
+    cas: XmiCas, extractor: Extractor, layers: LayerMapping, meta: MMetadata, tags: dict[str, str] | None
+) -> list[XmiFeatureStructure]:
     """Add the model's entities and modifiers to ``cas`` as suggestions; returns them."""
     doc = cas_to_document(cas, layers)
     predicted = extractor.predict([doc.without_annotations()])[0]
-    ts = cas.typesystem
-    _ensure_features(ts, layers.span_type, layers.span_feature)
-    span_type = ts.get_type(layers.span_type)
     feature = layers.span_feature
     existing = {(fs.get(feature), fs.begin, fs.end) for fs in cas.select(layers.span_type)}
     tokens = _segments(cas, TOKEN)
@@ -322,27 +313,23 @@ def suggest_spans(
         if label is None or (label, *offsets) in existing:
             continue
         existing.add((label, *offsets))
-        fs = span_type(begin=offsets[0], end=offsets[1])
-        _mark(fs, feature, label, span.score, explanation)
-        cas.add(fs)
-        added.append(fs)
+        added.append(
+            cas.add(layers.span_type, *offsets, _suggestion(feature, label, span.score, explanation))
+        )
     labels.report()
     return added
 
 
 # --- relations ------------------------------------------------------------------------------------
 def suggest_relations(
-    cas: Cas, extractor: Extractor, layers: LayerMapping, tags: dict[str, str] | None
-) -> list[Any]:
+    cas: XmiCas, extractor: Extractor, layers: LayerMapping, tags: dict[str, str] | None
+) -> list[XmiFeatureStructure]:
     """Add hasAttr suggestions between spans already in ``cas``; returns them."""
     schema = load_schema()
     doc = cas_to_document(cas, layers)
     if not doc.spans:
         return []
     predicted = extractor.predict([doc], entities_given=True)[0]
-    ts = cas.typesystem
-    _ensure_features(ts, layers.relation_type, layers.relation_feature)
-    rel_type = ts.get_type(layers.relation_type)
     feature = layers.relation_feature
 
     by_key: dict[tuple[str, int, int], Any] = {}
@@ -381,12 +368,11 @@ def suggest_relations(
         if label is None:
             continue
         present.add((gov.xmiID, dep.xmiID))
-        fs = rel_type(begin=dep.begin, end=dep.end)  # INCEpTION places relations at the Dependent
-        fs.set(layers.governor, gov)
-        fs.set(layers.dependent, dep)
-        _mark(fs, feature, label, rel.score, explanation)
-        cas.add(fs)
-        added.append(fs)
+        features = {layers.governor: gov, layers.dependent: dep} | _suggestion(
+            feature, label, rel.score, explanation
+        )
+        # INCEpTION places a relation at its Dependent's offsets
+        added.append(cas.add(layers.relation_type, dep.begin, dep.end, features))
     labels.report()
     return added
 
