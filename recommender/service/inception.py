@@ -32,9 +32,8 @@ from cassis import TypeSystem
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from recommender.document import Segment, Span
+from recommender.document import Document, Segment, Span
 from recommender.errors import BusyError
-from recommender.extractors.base import Extractor
 from recommender.formats.xmi import (
     PREDICTED,
     SENTENCE,
@@ -119,12 +118,20 @@ def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResp
         _unservable(service, name, body.metadata, problem)
         return PredictResponse(document=body.document.xmi)
     cas = XmiCas(body.document.xmi, ts, source="document.xmi")
+    doc = cas_to_document(cas, layers)
     tags = _tagset(body.tagsets, body.metadata)
-    with service.compute:
-        if rec.task == "entities":
-            added = suggest_spans(cas, extractor, layers, body.metadata, tags)
-        else:
-            added = suggest_relations(cas, extractor, layers, tags)
+    explanation = f"{extractor.info.extractor} {extractor.version}"
+    # Only the model call takes a compute lane: reading and writing the CAS is done by then.
+    if rec.task == "entities":
+        with service.compute:
+            predicted = extractor.predict([doc.without_annotations()])[0]
+        added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
+    elif doc.spans:
+        with service.compute:
+            predicted = extractor.predict([doc], entities_given=True)[0]
+        added = suggest_relations(cas, predicted, layers, tags, explanation)
+    else:
+        added = []
     log.info(
         "inception [%s] project [%s] document [%s]: %d suggestion(s) by [%s]",
         name,
@@ -229,10 +236,6 @@ def _suggestion(feature: str, label: str, score: float | None, explanation: str)
     }
 
 
-def _explanation(extractor: Extractor) -> str:
-    return f"{extractor.info.extractor} {extractor.version}"
-
-
 class _Labels:
     """Maps model labels to the project's tag set spelling; counts what it drops (one log line)."""
 
@@ -289,11 +292,14 @@ def _crosses(begin: int, end: int, sentences: list[Segment], starts: list[int]) 
 
 
 def suggest_spans(
-    cas: XmiCas, extractor: Extractor, layers: LayerMapping, meta: MMetadata, tags: dict[str, str] | None
+    cas: XmiCas,
+    predicted: Document,
+    layers: LayerMapping,
+    meta: MMetadata,
+    tags: dict[str, str] | None,
+    explanation: str,
 ) -> list[XmiFeatureStructure]:
-    """Add the model's entities and modifiers to ``cas`` as suggestions; returns them."""
-    doc = cas_to_document(cas, layers)
-    predicted = extractor.predict([doc.without_annotations()])[0]
+    """Add the ``predicted`` entities and modifiers to ``cas`` as suggestions; returns them."""
     feature = layers.span_feature
     existing = {(fs.get(feature), fs.begin, fs.end) for fs in cas.select(layers.span_type)}
     tokens = _segments(cas, TOKEN)
@@ -301,10 +307,9 @@ def suggest_spans(
     sentences = _segments(cas, SENTENCE)
     sentence_starts = [s.begin for s in sentences]
     labels = _Labels(tags)
-    explanation = _explanation(extractor)
     added = []
     for span in predicted.spans:
-        offsets = snap(span.begin, span.end, meta.anchoringMode, doc.text, tokens, token_starts)
+        offsets = snap(span.begin, span.end, meta.anchoringMode, predicted.text, tokens, token_starts)
         if offsets is None:
             continue
         if not meta.crossSentence and sentences and _crosses(*offsets, sentences, sentence_starts):
@@ -322,14 +327,11 @@ def suggest_spans(
 
 # --- relations ------------------------------------------------------------------------------------
 def suggest_relations(
-    cas: XmiCas, extractor: Extractor, layers: LayerMapping, tags: dict[str, str] | None
+    cas: XmiCas, predicted: Document, layers: LayerMapping, tags: dict[str, str] | None, explanation: str
 ) -> list[XmiFeatureStructure]:
-    """Add hasAttr suggestions between spans already in ``cas``; returns them."""
+    """Add the ``predicted`` hasAttr relations between spans already in ``cas`` as suggestions;
+    returns them."""
     schema = load_schema()
-    doc = cas_to_document(cas, layers)
-    if not doc.spans:
-        return []
-    predicted = extractor.predict([doc], entities_given=True)[0]
     feature = layers.relation_feature
 
     by_key: dict[tuple[str, int, int], Any] = {}
@@ -354,7 +356,6 @@ def suggest_relations(
         return overlapping[0] if len(overlapping) == 1 else None
 
     labels = _Labels(tags)
-    explanation = _explanation(extractor)
     index = predicted.span_index()
     added = []
     for rel in predicted.relations:
