@@ -243,6 +243,7 @@ class XmiCas:
         self._source = source
         self._elements: dict[str, list[Any]] = {}  # type name -> elements, in document order
         self._by_id: dict[int, XmiFeatureStructure] = {}
+        self._selected: dict[str, list[XmiFeatureStructure]] = {}  # select's answers until the next add
         self._index: dict[str, tuple[Any, str]] | None = None  # xmi:id -> element, type; on first use
         self._next_id: int | None = None
         self._features: dict[str, dict[str, Feature]] = {}
@@ -314,17 +315,21 @@ class XmiCas:
 
     def select(self, type_name: str) -> list[XmiFeatureStructure]:
         """The view's feature structures of ``type_name`` and its subtypes, sorted as cassis sorts them."""
-        try:
-            wanted = self.typesystem.get_type(type_name)
-        except TypeNotFoundError:
-            raise FormatError(f"the type system has no type [{type_name}]", source=self._source) from None
-        found = []
-        for t in wanted.descendants:
-            for element in self._elements.get(t.name, ()):
-                if element.get(_XMI_ID) in self._members:
-                    found.append(self._wrap(element, t.name))
-        # cassis: annotations by (begin, end, id), then the rest by id
-        return sorted(found, key=lambda fs: (fs.begin is None, fs.begin or 0, fs.end or 0, fs.xmiID))
+        found = self._selected.get(type_name)
+        if found is None:
+            try:
+                wanted = self.typesystem.get_type(type_name)
+            except TypeNotFoundError:
+                raise FormatError(f"the type system has no type [{type_name}]", source=self._source) from None
+            found = []
+            for t in wanted.descendants:
+                for element in self._elements.get(t.name, ()):
+                    if element.get(_XMI_ID) in self._members:
+                        found.append(self._wrap(element, t.name))
+            # cassis: annotations by (begin, end, id), then the rest by id
+            found.sort(key=lambda fs: (fs.begin is None, fs.begin or 0, fs.end or 0, fs.xmiID))
+            self._selected[type_name] = found
+        return list(found)
 
     # --- writing ------------------------------------------------------------------------------
     def add(self, type_name: str, begin: int, end: int, features: dict[str, Any]) -> XmiFeatureStructure:
@@ -356,6 +361,7 @@ class XmiCas:
         self._view.addprevious(element)
         self._elements.setdefault(type_name, []).append(element)
         self._types.setdefault(type_name, self.typesystem.get_type(type_name))
+        self._selected.clear()
         self._members.add(str(xmi_id))
         self._view.set("members", f"{self._view.get('members', '')} {xmi_id}".strip())
         return self._wrap(element, type_name)
