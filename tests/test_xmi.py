@@ -267,6 +267,8 @@ BAD_XMI = {
     "wrong root": "<typeSystemDescription/>",
     "unknown type": '<xmi:XMI xmlns:xmi="http://www.omg.org/XMI" xmlns:x="http:///x/y.ecore" '
     'xmi:version="2.0"><x:Unknown xmi:id="2"/></xmi:XMI>',
+    "no namespace": '<xmi:XMI xmlns:xmi="http://www.omg.org/XMI" xmi:version="2.0">'
+    '<foo xmi:id="2"/></xmi:XMI>',
 }
 
 

@@ -166,7 +166,6 @@ _CAS_SOFA = f"{{{_CAS_NS}}}Sofa"
 _CAS_VIEW = f"{{{_CAS_NS}}}View"
 _CAS_NULL = f"{{{_CAS_NS}}}NULL"
 _INITIAL_VIEW = "_InitialView"
-_ANNOTATION_FEATURES = frozenset({"sofa", "begin", "end"})
 _INTEGERS = frozenset({"uima.cas.Byte", "uima.cas.Short", "uima.cas.Integer", "uima.cas.Long"})
 _FLOATS = frozenset({"uima.cas.Float", "uima.cas.Double"})
 _PRIMITIVE_RANGES = frozenset({"uima.cas.String", "uima.cas.Boolean"} | _INTEGERS | _FLOATS)
@@ -177,6 +176,8 @@ _XMI_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=
 @functools.lru_cache(maxsize=1024)
 def _type_name(tag: str) -> str:
     """``{http:///de/tudarmstadt/ukp/dkpro/core/api/segmentation/type.ecore}Token`` -> the UIMA type name."""
+    if not tag.startswith("{"):
+        return tag
     url, _, name = tag[1:].partition("}")
     package = url.removeprefix("http:///").removesuffix(".ecore").replace("/", ".")
     return name if package == "uima.noNamespace" or not package else f"{package}.{name}"
