@@ -3,7 +3,8 @@
 Run: ``python bench/bench_service.py [--model DIR] [--requests 96] [--out bench/results/service.json]``.
 Starts ``kiwi serve`` in its own process on a free loopback port, then for each
 client count sends a fixed number of requests per protocol (Label Studio ``/predict`` with one task;
-INCEpTION ``/inception/entities/predict`` with the note as CAS XMI) from that many threads, each
+INCEpTION ``/inception/entities/predict`` with the note as CAS XMI, and ``/inception/relations/predict``
+with the note's gold spans in the CAS, as once an annotator has accepted them) from that many threads, each
 with its own keep-alive connection. Reports p50/p95 latency and throughput in notes per second.
 Without ``--model`` it serves a lexicon model trained on the sample corpus (the encoder is the
 production model: pass its folder). Target: p95 <= 0.5 s at 4 clients.
@@ -33,24 +34,38 @@ from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
 from recommender.document import Document
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
-from recommender.formats.xmi import PREDICTED, document_to_cas, load_typesystem_xml, project_typesystem
+from recommender.formats.xmi import (
+    DEFAULT_LAYERS,
+    PREDICTED,
+    document_to_cas,
+    load_typesystem_xml,
+    project_typesystem,
+)
 from recommender.text import tokenize
 
 TARGET_TOKENS = 650
 
 
 def bench_note() -> Document:
-    """Whole notes from the shared corpus (else the sample) joined until about 650 tokens."""
+    """Whole notes from the shared corpus (else the sample) joined until about 650 tokens, with their
+    gold spans (what an annotator has accepted when the relation recommender runs), no relations."""
     folder = SHARED_MTSAMPLES if SHARED_MTSAMPLES.is_dir() else SAMPLE_DIR
-    parts: list[str] = []
+    parts: list[Document] = []
     for doc in sorted(brat.read(folder), key=lambda d: d.id):
-        parts.append(doc.text)
-        text = "\n\n".join(parts)
+        parts.append(doc)
+        text = "\n\n".join(d.text for d in parts)
         if len(tokenize(text, 0, len(text))) >= TARGET_TOKENS:
             break
     words = tokenize(text, 0, len(text))
     cut = words[min(TARGET_TOKENS, len(words)) - 1].end
-    return Document("bench_note", text[:cut])
+    note = Document("bench_note", text[:cut])
+    offset = 0
+    for doc in parts:
+        for span in doc.spans:
+            if offset + span.end <= cut:
+                note.add_span(span.label, offset + span.begin, offset + span.end)
+        offset += len(doc.text) + 2
+    return note
 
 
 # INCEpTION sends the whole project type system (all DKPro and INCEpTION types, ~60 kB) with every
@@ -58,20 +73,19 @@ def bench_note() -> Document:
 INCEPTION_REQUEST = SHARED_MTSAMPLES.parents[2] / "fixtures/inception/synthetic/predict_span_request.json"
 
 
-def inception_body(doc: Document) -> dict[str, Any]:
+def inception_body(doc: Document, layer: str = DEFAULT_LAYERS.span_type) -> dict[str, Any]:
     if INCEPTION_REQUEST.is_file():
         ts = load_typesystem_xml(json.loads(INCEPTION_REQUEST.read_text(encoding="utf-8"))["typeSystem"])
-        span = ts.get_type("webanno.custom.ClinicalEntity")
     else:
         ts = project_typesystem()
-        span = ts.get_type("webanno.custom.ClinicalEntity")
-        ts.create_feature(span, PREDICTED, "uima.cas.Boolean")
-        ts.create_feature(span, "label_score", "uima.cas.Double")
-        ts.create_feature(span, "label_score_explanation", "uima.cas.String")
+        for name in (DEFAULT_LAYERS.span_type, DEFAULT_LAYERS.relation_type):
+            ts.create_feature(ts.get_type(name), PREDICTED, "uima.cas.Boolean")
+            ts.create_feature(ts.get_type(name), "label_score", "uima.cas.Double")
+            ts.create_feature(ts.get_type(name), "label_score_explanation", "uima.cas.String")
     return {
         "typeSystem": ts.to_xml(),
         "document": {"xmi": document_to_cas(doc, ts).to_xmi(), "documentId": 1, "userId": "bench"},
-        "metadata": {"layer": span.name, "feature": "label", "projectId": 1, "anchoringMode": "tokens"},
+        "metadata": {"layer": layer, "feature": "label", "projectId": 1, "anchoringMode": "tokens"},
     }
 
 
@@ -154,7 +168,11 @@ def main() -> int:
             LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(model)
         bodies = {
             "labelstudio /predict": ("/predict", {"tasks": [{"id": 1, "data": {"text": note.text}}]}),
-            "inception predict": ("/inception/entities/predict", inception_body(note)),
+            "inception entities": ("/inception/entities/predict", inception_body(note.without_annotations())),
+            "inception relations": (
+                "/inception/relations/predict",
+                inception_body(note, DEFAULT_LAYERS.relation_type),
+            ),
         }
         rows = []
         # The server runs in its own process, as `kiwi serve` does: client threads here must not
