@@ -1,14 +1,19 @@
 """INCEpTION's JDK client offers an h2c upgrade on plain HTTP; the body must still reach the app.
 
-A real uvicorn server with ``kiwi serve``'s settings, a raw socket, and the headers the JDK sends
-(``/work/shared/reference/inception_protocol.md``, pitfall 1).
+A real uvicorn server with ``kiwi serve``'s settings, sent the headers the JDK sends from a raw socket
+and, where a JDK is installed, requests from the JDK's own HttpClient
+(``../shared/reference/inception_protocol.md``, pitfall 1).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.extractors.lexicon import LexiconExtractor
@@ -65,3 +70,34 @@ def test_h2c_upgrade_offer_keeps_the_body(tmp_path: Path, fixtures_dir: Path) ->
     document = json.loads(body)["document"]
     assert 'inception_internal_predicted="true"' in document
     assert "Started aspirin 81 mg PO daily." in document
+
+
+JDK_CLIENT = Path(__file__).parent / "jdk" / "InceptionClient.java"
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no JDK (java) on this machine")
+def test_inceptions_own_http_client_gets_suggestions_and_train_answers(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """The JDK HttpClient built as INCEpTION builds it (HTTP/2 by default: an h2c offer on http://)."""
+    LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(tmp_path / "m")
+    settings = Settings(model=tmp_path / "m", model_dir=tmp_path / "models", retrain=False, port=0)
+    synthetic = fixtures_dir / "inception" / "synthetic"
+
+    def java_post(url: str, body: Path) -> tuple[str, str]:
+        done = subprocess.run(
+            ["java", str(JDK_CLIENT), url, str(body)], capture_output=True, text=True, timeout=120, check=True
+        )
+        status, _, answer = done.stdout.partition("\n")
+        return status, answer
+
+    with running_server(create_app(settings), settings) as url:
+        status, answer = java_post(
+            f"{url}/inception/entities/predict", synthetic / "predict_span_request.json"
+        )
+        assert status == "200 HTTP_1_1", answer[:300]
+        document = json.loads(answer)["document"]
+        assert 'inception_internal_predicted="true"' in document
+        assert "Started aspirin 81 mg PO daily." in document
+        status, answer = java_post(f"{url}/inception/entities/train", synthetic / "train_request.json")
+        assert status == "204 HTTP_1_1" and answer == ""
