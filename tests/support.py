@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
-from recommender.document import Document
+from recommender.document import Document, Span
 
 
 def run_kiwi(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -18,15 +19,21 @@ def run_kiwi(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[st
     )
 
 
+def phrase_spans(doc: Document) -> Callable[[str, str], Span]:
+    """``span(label, phrase)`` adds a span over the first occurrence of ``phrase`` in ``doc``."""
+
+    def span(label: str, phrase: str) -> Span:
+        b = doc.text.index(phrase)
+        return doc.add_span(label, b, b + len(phrase))
+
+    return span
+
+
 def emoji_note() -> Document:
     """A note with characters outside the BMP before, inside and after annotations."""
     text = "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache.\nBP 120/80."
     doc = Document(id="emoji_note", text=text)
-
-    def span(label: str, phrase: str) -> object:
-        b = text.index(phrase)
-        return doc.add_span(label, b, b + len(phrase))
-
+    span = phrase_spans(doc)
     neg, pain, loc = span("negation", "denies"), span("problem", "chest pain"), span("bodyloc", "chest")
     drug, strength, freq = span("drug", "aspirin"), span("strength", "81 mg"), span("frequency", "daily")
     span("problem", "𝔥eadache")

@@ -15,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from support import emoji_note  # noqa: E402
+from support import emoji_note, phrase_spans  # noqa: E402
 
 from recommender.document import Document  # noqa: E402
 from recommender.errors import ConfigError, ModelError  # noqa: E402
@@ -33,11 +33,7 @@ def _keys(doc: Document) -> tuple[set, set]:
 def _note() -> Document:
     text = "No fever. Severe back pain since May. Metformin 500 mg twice daily. Glucose 180."
     doc = Document(id="note_b", text=text)
-
-    def span(label: str, phrase: str) -> object:
-        b = text.index(phrase)
-        return doc.add_span(label, b, b + len(phrase))
-
+    span = phrase_spans(doc)
     neg, fever = span("negation", "No"), span("problem", "fever")
     sev, pain, loc = span("severity", "Severe"), span("problem", "back pain"), span("bodyloc", "back")
     tmp = span("temporal", "since May")
