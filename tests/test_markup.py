@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from recommender import markup
 from recommender.document import Document
 from recommender.errors import FormatError
-from recommender.formats import markup
+from recommender.formats import markup as markup_format
 from recommender.schema import load_schema
 from recommender.text import segment
 
@@ -144,9 +145,9 @@ def test_file_round_trip_and_warning(
     emoji_doc.add_span("problem", 1, 2)  # "t" of "Pt": cannot be expressed
     path = tmp_path / "doc.jsonl"
     with caplog.at_level(logging.WARNING):
-        markup.write([emoji_doc], path)
+        markup_format.write([emoji_doc], path)
     assert "1 span(s) and 0 relation(s)" in caplog.text
-    (back,) = markup.read(path)
+    (back,) = markup_format.read(path)
     assert back.text == emoji_doc.text
     assert {s.key for s in back.spans} == {s.key for s in emoji_doc.spans[:-1]}
     pairs = {(back.span(r.head).key, back.span(r.tail).key) for r in back.relations}
@@ -155,11 +156,11 @@ def test_file_round_trip_and_warning(
 
 def test_records_without_doc_text_rebuild_normalised_text(emoji_doc: Document, tmp_path: Path) -> None:
     path = tmp_path / "model.jsonl"
-    rows = markup.records(emoji_doc)
+    rows = markup_format.records(emoji_doc)
     for row in rows:
         row.pop("doc_text", None)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    (back,) = markup.read(path)
+    (back,) = markup_format.read(path)
     assert back.text == "Pt 😀 denies chest pain 🩺. Took aspirin 81 mg daily 💊 for 𝔥eadache .\nBP 120/80 ."
     found = sorted((s.label, back.covered(s)) for s in back.spans)
     assert found == sorted((s.label, emoji_doc.covered(s)) for s in emoji_doc.spans)
@@ -179,4 +180,4 @@ def test_malformed_markup_files(tmp_path: Path, line: str, problem: str) -> None
     path = tmp_path / "bad.jsonl"
     path.write_text(line + "\n", encoding="utf-8")
     with pytest.raises(FormatError, match=f"bad.jsonl.*{problem}"):
-        markup.read(path)
+        markup_format.read(path)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from recommender import markup
 from recommender.document import Document, Segment, Span
-from recommender.formats import bio, brat, jsonl, labelstudio, markup
+from recommender.formats import bio, brat, jsonl, labelstudio
+from recommender.formats import markup as markup_format
 from recommender.schema import load_schema
 from recommender.text import segment
 
@@ -74,8 +76,8 @@ def test_corpus_has_no_overlaps_within_a_column(segmented_docs: list[Document]) 
 
 def test_markup_keeps_all_it_can_express(segmented_docs: list[Document], tmp_path: Path) -> None:
     schema = load_schema()
-    markup.write(segmented_docs, tmp_path / "markup.jsonl")
-    back = {d.id: d for d in markup.read(tmp_path / "markup.jsonl")}
+    markup_format.write(segmented_docs, tmp_path / "markup.jsonl")
+    back = {d.id: d for d in markup_format.read(tmp_path / "markup.jsonl")}
     assert list(back) == [d.id for d in segmented_docs]
     total_lost = 0
     for doc in segmented_docs:
@@ -140,7 +142,7 @@ def test_emoji_note_in_every_format(emoji_doc: Document, tmp_path: Path) -> None
         module.write([emoji_doc], tmp_path / name)
         (back,) = module.read(tmp_path / name)
         assert (back.text, _annotations(back)) == (emoji_doc.text, _annotations(emoji_doc)), name
-    for module, name in ((markup, "m.jsonl"), (bio, "d.bio")):
+    for module, name in ((markup_format, "m.jsonl"), (bio, "d.bio")):
         module.write([emoji_doc], tmp_path / name)
         (back,) = module.read(tmp_path / name)
         assert sorted((s.label, back.covered(s)) for s in back.spans) == sorted(
