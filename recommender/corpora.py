@@ -50,6 +50,19 @@ def split_documents(docs: list[Document]) -> tuple[list[Document], list[Document
     return [d for d in docs if d.id not in dev_ids], [d for d in docs if d.id in dev_ids]
 
 
+def development_split(
+    docs: list[Document], source: Path | None = None
+) -> tuple[list[Document], list[Document]]:
+    """(train, dev) for training a model on ``docs`` read from ``source`` when no dev set is given."""
+    if source is not None and source.resolve() == SHARED_MTSAMPLES.resolve():
+        return split_documents(docs)
+    ordered = sorted(docs, key=lambda d: d.id)  # deterministic: every sixth note by id
+    return (
+        [d for i, d in enumerate(ordered) if i % 6 != 5],
+        [d for i, d in enumerate(ordered) if i % 6 == 5],
+    )
+
+
 def mtsamples_dir() -> Path:
     if not SHARED_MTSAMPLES.is_dir():
         raise NotFoundError(
