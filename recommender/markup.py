@@ -23,7 +23,7 @@ import bisect
 import html
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
@@ -35,9 +35,10 @@ from recommender.text import segment
 log = logging.getLogger(__name__)
 
 # Open and close tags as models write them, loosely: any spacing, quoting or letter case.
-_TAG = re.compile(r"<\s*(/)?\s*span\b([^<>]*)>", re.IGNORECASE)
+_TAG = re.compile(r"<\s*(?P<close>/)?\s*span\b(?P<attrs>[^<>]*)>", re.IGNORECASE)
 _CLASS = re.compile(r"""class\s*=\s*["']?\s*([^"'\s>]+)""", re.IGNORECASE)
-_NOISE = re.compile(r"<\s*/?\s*(?:EOS|s)\s*>", re.IGNORECASE)  # end-of-sequence markers
+_NOISE = r"<\s*/?\s*(?:EOS|s)\s*>"  # end-of-sequence markers
+_TOKEN = re.compile(rf"(?P<noise>{_NOISE})|{_TAG.pattern}", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -189,32 +190,69 @@ def losses(doc: Document, schema: Schema | None = None) -> list[Loss]:
 # --- reading markup ------------------------------------------------------------------------------
 
 
+# What a model's output can get wrong, by kind (``Document.drops`` counts them per predicted note).
+UNKNOWN_TAG = "unknown tag"  # an opening tag whose class is not allowed here, or has none
+UNBALANCED_TAG = "unbalanced tag"  # a closing tag with no open span, or an opening tag never closed
+EMPTY_SPAN = "empty span"  # a span around no text
+UNALIGNED_SPAN = "unaligned span"  # a span whose text is not (mostly) in the sentence: invented words
+REPEATED_SPAN = "repeated entity"  # the same label over the same tokens twice (repeated output)
+
+
+@dataclass(frozen=True)
+class MarkedSpan:
+    """A span read from markup: label, offsets in the note, and where its tags sit in the markup."""
+
+    label: str
+    begin: int
+    end: int
+    markup_begin: int  # start of the opening tag in the markup string
+    markup_end: int  # end of the closing tag
+
+
+@dataclass
+class ReadMarkup:
+    spans: list[MarkedSpan]
+    drops: Counter[str]
+
+
+def _scan(markup: str) -> tuple[str, list[tuple[str | None, int, int, int, int]], Counter[str]]:
+    """Plain text, (class, plain begin, plain end, markup begin, markup end) spans and unbalanced tags."""
+    plain: list[str] = []
+    length = 0
+    stack: list[tuple[str | None, int, int]] = []
+    spans: list[tuple[str | None, int, int, int, int]] = []
+    drops: Counter[str] = Counter()
+    pos = 0
+    for m in _TOKEN.finditer(markup):
+        piece = html.unescape(markup[pos : m.start()])
+        plain.append(piece)
+        length += len(piece)
+        pos = m.end()
+        if m.group("noise") is not None:  # an end-of-sequence marker reads as a space
+            plain.append(" ")
+            length += 1
+        elif m.group("close"):
+            if stack:
+                label, begin, at = stack.pop()
+                spans.append((label, begin, length, at, m.end()))
+            else:
+                drops[UNBALANCED_TAG] += 1
+        else:
+            cls = _CLASS.search(m.group("attrs"))
+            stack.append((cls.group(1).lower() if cls else None, length, m.start()))
+    plain.append(html.unescape(markup[pos:]))
+    drops[UNBALANCED_TAG] += len(stack)
+    return "".join(plain), spans, +drops
+
+
 def strip_markup(markup: str) -> tuple[str, list[tuple[str | None, int, int]]]:
     """Plain text of a markup string and its (class, begin, end) spans in that text.
 
     Tolerant of what a model may produce: any tag spacing or case, HTML-escaped characters, nesting,
     close tags without an open tag (ignored) and open tags never closed (dropped).
     """
-    plain: list[str] = []
-    length = 0
-    stack: list[tuple[str | None, int]] = []
-    spans: list[tuple[str | None, int, int]] = []
-    pos = 0
-    markup = _NOISE.sub(" ", markup)
-    for m in _TAG.finditer(markup):
-        piece = html.unescape(markup[pos : m.start()])
-        plain.append(piece)
-        length += len(piece)
-        pos = m.end()
-        if m.group(1):  # close tag
-            if stack:
-                label, begin = stack.pop()
-                spans.append((label, begin, length))
-        else:
-            cls = _CLASS.search(m.group(2))
-            stack.append((cls.group(1).lower() if cls else None, length))
-    plain.append(html.unescape(markup[pos:]))
-    return "".join(plain), spans
+    plain, spans, _ = _scan(markup)
+    return plain, [(label, b, e) for label, b, e, _, _ in spans]
 
 
 def _fold(text: str) -> str:
@@ -223,23 +261,31 @@ def _fold(text: str) -> str:
     return low if len(low) == len(text) else text
 
 
-def parse_markup(
-    markup: str, doc: Document, sentence: Segment, allowed_labels: Collection[str]
-) -> list[tuple[str, int, int]]:
-    """The (label, begin, end) spans of a markup string, in character offsets of ``doc.text``.
+def read_markup(markup: str, doc: Document, sentence: Segment, allowed_labels: Collection[str]) -> ReadMarkup:
+    """The spans of a model's markup output in character offsets of ``doc.text``, and what was dropped.
 
     The markup's text is aligned to the sentence ignoring whitespace and case, so extra or missing
-    spaces and small changes of wording still align; spans are widened to whole tokens, and spans
-    with a label outside ``allowed_labels`` or with no aligned character are dropped. Never raises on
-    bad model output: it returns what it can align.
+    spaces and small changes of wording still align; spans are widened to whole tokens. Dropped, and
+    counted by kind: tags with a class outside ``allowed_labels`` (or none), unbalanced tags, empty
+    spans, spans of which less than half the characters align to the sentence or whose aligned text
+    is spread over more than twice their length (invented or moved words), and repeats of a span
+    already read. Never raises on bad model output.
     """
+    drops: Counter[str] = Counter()
     if not isinstance(markup, str) or not markup:
-        return []
-    plain, raw = strip_markup(markup)
+        return ReadMarkup([], drops)
+    plain, raw, drops = _scan(markup)
     allowed = {label.lower() for label in allowed_labels}
-    raw = [(label, b, e) for label, b, e in raw if label in allowed and e > b]
-    if not raw:
-        return []
+    kept = []
+    for label, b, e, mb, me in raw:
+        if label not in allowed:
+            drops[UNKNOWN_TAG] += 1
+        elif not plain[b:e].strip():
+            drops[EMPTY_SPAN] += 1
+        else:
+            kept.append((label, b, e, mb, me))
+    if not kept:
+        return ReadMarkup([], drops)
     p_pos = [i for i, c in enumerate(plain) if not c.isspace()]
     s_pos = [i for i in range(sentence.begin, sentence.end) if not doc.text[i].isspace()]
     p_str = _fold("".join(plain[i] for i in p_pos))
@@ -250,14 +296,13 @@ def parse_markup(
         matcher = SequenceMatcher(None, p_str, s_str, autojunk=False)
         mapping = {a + k: b + k for a, b, n in matcher.get_matching_blocks() for k in range(n)}
     tokens = sentence_tokens(doc, sentence)
-    out = set()
-    for label, b, e in raw:
-        inside = [
-            mapping[k]
-            for k in range(bisect.bisect_left(p_pos, b), bisect.bisect_left(p_pos, e))
-            if k in mapping
-        ]
-        if not inside:
+    seen: set[tuple[str, int, int]] = set()
+    out: list[MarkedSpan] = []
+    for label, b, e, mb, me in sorted(kept, key=lambda x: x[3]):
+        chars = range(bisect.bisect_left(p_pos, b), bisect.bisect_left(p_pos, e))
+        inside = [mapping[k] for k in chars if k in mapping]
+        if not inside or 2 * len(inside) < len(chars) or inside[-1] - inside[0] + 1 > 2 * len(chars):
+            drops[UNALIGNED_SPAN] += 1
             continue
         begin, end = s_pos[inside[0]], s_pos[inside[-1]] + 1
         for t in tokens:  # a model may split a token: keep whole tokens
@@ -265,5 +310,18 @@ def parse_markup(
                 begin = t.begin
             if t.begin < end < t.end:
                 end = t.end
-        out.add((label, begin, end))
-    return sorted(out, key=lambda x: (x[1], -x[2], x[0]))
+        if (label, begin, end) in seen:
+            drops[REPEATED_SPAN] += 1
+            continue
+        seen.add((label, begin, end))
+        out.append(MarkedSpan(label, begin, end, mb, me))
+    out.sort(key=lambda x: (x.begin, -x.end, x.label))
+    return ReadMarkup(out, drops)
+
+
+def parse_markup(
+    markup: str, doc: Document, sentence: Segment, allowed_labels: Collection[str]
+) -> list[tuple[str, int, int]]:
+    """The (label, begin, end) spans of a markup string, in character offsets of ``doc.text``
+    (:func:`read_markup` without the drop counts)."""
+    return [(s.label, s.begin, s.end) for s in read_markup(markup, doc, sentence, allowed_labels).spans]
