@@ -52,6 +52,14 @@ class Relation:
 
 @dataclass(slots=True)
 class Document:
+    """A note, its segmentation and its annotations.
+
+    ``uncertainty`` and ``drops`` are set by extractors on the documents they predict: the model's
+    least-confidence uncertainty about the note (0 sure .. 1 unsure; Label Studio's task order and
+    active learning read it) and what the model produced but could not place in the note, counted by
+    kind (``kiwi predict`` and ``kiwi evaluate`` report them).
+    """
+
     id: str
     text: str
     spans: list[Span] = field(default_factory=list)
@@ -59,6 +67,8 @@ class Document:
     sentences: list[Segment] = field(default_factory=list)
     tokens: list[Segment] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    uncertainty: float | None = None
+    drops: dict[str, int] = field(default_factory=dict)
 
     # --- lookups -------------------------------------------------------------------------------
     def span(self, span_id: str) -> Span:
@@ -105,7 +115,7 @@ class Document:
 
     def without_annotations(self) -> Document:
         """The same text and segmentation with no spans or relations (what a model is given)."""
-        return replace(self, spans=[], relations=[], meta=dict(self.meta))
+        return replace(self, spans=[], relations=[], meta=dict(self.meta), uncertainty=None, drops={})
 
     def sort(self) -> Document:
         self.spans.sort(key=lambda s: (s.begin, -s.end, s.label))
@@ -135,6 +145,15 @@ class Document:
                         f"relation [{r.id}] points to missing span [{end}] in document [{self.id}]"
                     )
         return self
+
+
+def total_drops(docs: Iterable[Document]) -> dict[str, int]:
+    """The ``drops`` of many predicted documents added up by kind."""
+    out: dict[str, int] = {}
+    for d in docs:
+        for kind, n in d.drops.items():
+            out[kind] = out.get(kind, 0) + n
+    return dict(sorted(out.items()))
 
 
 def _next_id(prefix: str, ids: Iterable[str]) -> str:

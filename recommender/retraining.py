@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES, split_documents
 from recommender.document import Document
 from recommender.errors import BusyError, ConfigError, KiwiError, NotFoundError
 from recommender.evaluation import evaluate_extractor
-from recommender.extractors import load_extractor
+from recommender.extractors import family, get_extractor_class, load_extractor
 from recommender.extractors.base import ModelInfo
 from recommender.formats import read_documents
 from recommender.registry import ModelRegistry
@@ -61,58 +61,34 @@ class Trainer(Protocol):
     ) -> Path: ...
 
 
-def train_lexicon(
-    train_docs: Sequence[Document],
-    dev_docs: Sequence[Document],
-    out_dir: Path,
-    init_from: Path | None,
-    *,
-    epochs: int | None,
-    track: Track | None = None,
-) -> Path:
-    """``kiwi.lexicon.v1``: rebuilt from all the data in milliseconds, so there is nothing to start from."""
-    from recommender.extractors.lexicon import LexiconExtractor
-
-    LexiconExtractor.train(train_docs).save(out_dir)
-    return out_dir
-
-
-def train_encoder_model(
-    train_docs: Sequence[Document],
-    dev_docs: Sequence[Document],
-    out_dir: Path,
-    init_from: Path | None,
-    *,
-    epochs: int | None,
-    track: Track | None = None,
-) -> Path:
-    """``kiwi.encoder.v1``: fine-tune the promoted encoder (or the base model when there is none)."""
-    from recommender.extractors.encoder.config import EncoderConfig
-    from recommender.extractors.encoder.training import train_encoder
-
-    start = (
-        str(init_from) if init_from is not None and _extractor_name(init_from) == "kiwi.encoder.v1" else None
-    )
-    # None: a first model, trained with the extractor's own defaults (early stopping on dev).
-    config = (
-        EncoderConfig(init_from=start)
-        if epochs is None
-        else EncoderConfig(epochs=epochs, patience=min(epochs, EncoderConfig.patience), init_from=start)
-    )
-    train_encoder(train_docs, dev_docs, config, out_dir=out_dir, progress=track)
-    return out_dir
-
-
-TRAINERS: dict[str, Trainer] = {"kiwi.lexicon.v1": train_lexicon, "kiwi.encoder.v1": train_encoder_model}
-
-
 def get_trainer(name: str) -> Trainer:
-    try:
-        return TRAINERS[name]
-    except KeyError:
-        raise ConfigError(
-            f"no trainer for extractor [{name}]; known: {', '.join(sorted(TRAINERS))}"
-        ) from None
+    """The retraining loop's trainer for an extractor family: its own ``train`` with its default config,
+    started from the promoted model when that is of the same family (its config has ``init_from``), and
+    with ``epochs`` (and patience no longer than that) when a fixed count is asked for."""
+    family(name)  # an unknown name fails now; the family's module (torch) loads with the first job
+
+    def train(
+        train_docs: Sequence[Document],
+        dev_docs: Sequence[Document],
+        out_dir: Path,
+        init_from: Path | None,
+        *,
+        epochs: int | None,
+        track: Track | None = None,
+    ) -> Path:
+        cls = get_extractor_class(name)
+        names = {f.name for f in fields(cls.config_class)}  # type: ignore[arg-type]
+        overrides: dict[str, Any] = {}
+        if "init_from" in names and init_from is not None and _extractor_name(init_from) == cls.name:
+            overrides["init_from"] = str(init_from)
+        if epochs is not None and "epochs" in names:
+            overrides["epochs"] = epochs
+            if "patience" in names:
+                overrides["patience"] = min(epochs, cls.config_class().patience)  # type: ignore[attr-defined]
+        cls.train(train_docs, dev_docs, cls.config_class(**overrides), out_dir, progress=track)
+        return out_dir
+
+    return train
 
 
 @dataclass
@@ -517,7 +493,6 @@ def _brief(e: BaseException) -> str:
 
 
 __all__ = [
-    "TRAINERS",
     "Corpora",
     "Job",
     "Retrainer",
@@ -527,6 +502,4 @@ __all__ = [
     "default_corpora",
     "get_trainer",
     "heldout_split",
-    "train_encoder_model",
-    "train_lexicon",
 ]

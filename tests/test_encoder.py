@@ -108,7 +108,7 @@ def test_overfits_two_notes_and_reloads_identically(trained: Path, docs: list[Do
         assert _keys(pred) == _keys(gold)
         assert all(s.source == ex.version and 0 < s.score <= 1 for s in pred.spans)
         assert all(r.source == ex.version and 0.5 <= r.score <= 1 for r in pred.relations)
-        assert 0 <= pred.meta["uncertainty"] <= 1
+        assert 0 <= pred.uncertainty <= 1
     assert all(not d.spans for d in bare)  # inputs untouched
 
     again = EncoderExtractor.load(trained).predict(bare)

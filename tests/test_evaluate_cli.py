@@ -73,7 +73,8 @@ def test_evaluate_brat_against_brat_json(
     got = json.loads(run.stdout)  # stdout holds the JSON and nothing else
     expected = evaluate(mtsamples_docs, brat.read(pred_dir), resamples=200).to_dict()
     assert got == json.loads(json.dumps(expected))
-    assert set(got) == {"ner", "re", "spans", "documents"} and got["documents"] == 96
+    assert set(got) == {"ner", "re", "spans", "documents", "drops"} and got["documents"] == 96
+    assert got["drops"] == {}, "predictions read from files have no model output to drop"
     assert 0.5 < got["ner"]["exact"]["f1"] < got["ner"]["relaxed"]["f1"] < 1.0
     lo, hi = got["re"]["exact"]["ci"]["f1"]
     assert lo < got["re"]["exact"]["f1"] < hi

@@ -164,7 +164,7 @@ def test_prediction_entry_shape_and_task_score() -> None:
         "score": 0.5,
     }
     assert pred["result"][2] == _rel(pain.id, neg.id)
-    doc.meta["uncertainty"] = 0.9
+    doc.uncertainty = 0.9
     assert ls.document_prediction(doc)["score"] == pytest.approx(0.1)
     doc.meta["score"] = 0.25
     assert ls.document_prediction(doc)["score"] == 0.25

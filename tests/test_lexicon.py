@@ -77,7 +77,7 @@ def test_overfit_two_notes_save_reload(two_notes: list[Document], tmp_path: Path
         assert _rel_keys(p) == _rel_keys(gold), gold.id
         assert all(s.source == model.version and s.score is not None for s in p.spans)
         assert all(r.source == model.version and 0 < (r.score or 0) <= 1 for r in p.relations)
-        assert 0.0 <= p.meta["uncertainty"] < 0.5
+        assert 0.0 <= p.uncertainty < 0.5
 
     model.save(tmp_path / "m")
     info = json.loads((tmp_path / "m" / MODEL_INFO_FILE).read_text())
@@ -98,7 +98,7 @@ def test_predict_has_no_side_effects(two_notes: list[Document]) -> None:
     bare = two_notes[0].without_annotations()
     model.predict([bare])
     assert (
-        bare.spans == [] and bare.relations == [] and bare.sentences == [] and "uncertainty" not in bare.meta
+        bare.spans == [] and bare.relations == [] and bare.sentences == [] and bare.uncertainty is None
     )
 
 
@@ -126,10 +126,10 @@ def test_rare_label_share_filters_common_words() -> None:
     doc = Document(id="x", text=text)
     b = text.index("severe pain") + len("severe ")
     doc.add_span("problem", b, b + 4)
-    model = LexiconExtractor.train([doc], LexiconConfig(min_score=0.3))
+    model = LexiconExtractor.train([doc], config=LexiconConfig(min_score=0.3))
     [p] = model.predict([doc.without_annotations()])
     assert p.spans == []  # "pain" was annotated once in four occurrences: share 0.25 < 0.3
-    low = LexiconExtractor.train([doc], LexiconConfig(min_score=0.2))
+    low = LexiconExtractor.train([doc], config=LexiconConfig(min_score=0.2))
     [q] = low.predict([doc.without_annotations()])
     assert [(s.label, s.score) for s in q.spans] == [("problem", 0.25)] * 4
 
@@ -137,7 +137,7 @@ def test_rare_label_share_filters_common_words() -> None:
 def test_empty_note_is_most_uncertain(two_notes: list[Document]) -> None:
     model = LexiconExtractor.train(two_notes)
     [p] = model.predict([Document(id="e", text="")])
-    assert p.spans == [] and p.meta["uncertainty"] == 1.0
+    assert p.spans == [] and p.uncertainty == 1.0
 
 
 def test_bad_config_and_folders(tmp_path: Path, two_notes: list[Document]) -> None:

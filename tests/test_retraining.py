@@ -19,7 +19,7 @@ from recommender.document import Document
 from recommender.errors import BusyError
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
-from recommender.retraining import Corpora, Retrainer, Track, decide, heldout_split, train_lexicon
+from recommender.retraining import Corpora, Retrainer, Track, decide, get_trainer, heldout_split
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 
@@ -113,7 +113,7 @@ def test_crash_in_training_fails_the_job_not_the_worker(env, sample: list[Docume
         if len(calls) == 1:
             (out / "half-written.bin").write_bytes(b"x")
             raise RuntimeError("CUDA out of memory (simulated)")
-        return train_lexicon(train, dev, out, init, epochs=1)
+        return get_trainer("kiwi.lexicon.v1")(train, dev, out, init, epochs=1)
 
     rt = _retrainer(env, sample, trainer=flaky)
     failed = rt.wait(rt.request("proj", delay=0), timeout=60)
@@ -135,7 +135,7 @@ def test_busy_project_and_debounce(env, sample: list[Document]) -> None:
     ) -> Path:
         entered.set()
         release.wait(30)
-        return train_lexicon(train, dev, out, init, epochs=1)
+        return get_trainer("kiwi.lexicon.v1")(train, dev, out, init, epochs=1)
 
     rt = _retrainer(env, sample, trainer=slow)
     first = rt.request("proj", delay=0)
@@ -264,7 +264,7 @@ def test_trainer_progress_moves_the_job(env, sample: list[Document]) -> None:
         for e in (1, 2):
             for _ in track(range(4), f"epoch {e}/2", 4):
                 seen.append(holder["rt"].status()["running"][0]["progress"])
-        return train_lexicon(train, dev, out, init, epochs=1)
+        return get_trainer("kiwi.lexicon.v1")(train, dev, out, init, epochs=1)
 
     rt = _retrainer(env, sample, trainer=epochs)
     holder["rt"] = rt

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from recommender.cli import app
-from recommender.cli.common import console, err_console, progress
+from recommender.cli.common import console, drops_line, err_console, progress
 from recommender.document import Document
 from recommender.errors import ConfigError
 from recommender.evaluation.matching import MODES
@@ -154,6 +154,8 @@ def _print_evaluation(result: Evaluation, title: str) -> None:
                 f"{r.f1:.3f}",
             )
         console.print(per_type)
+    if result.drops:
+        console.print(drops_line(result.drops), highlight=False)
     if result.speed:
         console.print(
             f"{result.speed['seconds_per_note']:.3f} s per note from text, "

@@ -1,23 +1,26 @@
-"""Model commands: ``kiwi train bert`` and ``kiwi predict``."""
+"""Model commands: ``kiwi train FAMILY`` (one per extractor family) and ``kiwi predict``."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
 from recommender import corpora
 from recommender.cli import app
-from recommender.cli.common import err_console, progress
+from recommender.cli.common import drops_line, err_console, progress
+from recommender.document import total_drops
 from recommender.errors import ConfigError, NotFoundError
-from recommender.extractors.encoder.config import DEFAULT_BASE_MODEL, EncoderConfig
+from recommender.extractors import FAMILIES, Family
+from recommender.extractors.base import ExtractorConfig
 from recommender.formats import FORMATS, detect_format, get_format, read_documents, write_documents
 
 train_app = typer.Typer(help="Train an extractor on an annotated corpus.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
-
-_HELP = EncoderConfig.help()
 
 
 def _set_threads(threads: int | None) -> None:
@@ -27,75 +30,102 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-@train_app.command("bert")
-def train_bert(
-    corpus: Annotated[Path, typer.Option(help="annotated notes (any format kiwi reads)")],
-    out: Annotated[Path, typer.Option(help="model folder to write")],
-    dev: Annotated[
-        Path | None,
-        typer.Option(help="development notes; default: the fixed split of MTSamples, else 1 note in 6"),
-    ] = None,
-    from_: Annotated[str | None, typer.Option("--from", help=f"corpus format: {', '.join(FORMATS)}")] = None,
-    base_model: Annotated[str, typer.Option(help=_HELP["base_model"][1])] = DEFAULT_BASE_MODEL,
-    init_from: Annotated[Path | None, typer.Option(help=_HELP["init_from"][1])] = None,
-    epochs: Annotated[int, typer.Option(help=_HELP["epochs"][1])] = EncoderConfig.epochs,
-    patience: Annotated[int, typer.Option(help=_HELP["patience"][1])] = EncoderConfig.patience,
-    lr: Annotated[float, typer.Option(help=_HELP["lr"][1])] = EncoderConfig.lr,
-    head_lr: Annotated[float, typer.Option(help=_HELP["head_lr"][1])] = EncoderConfig.head_lr,
-    weight_decay: Annotated[float, typer.Option(help=_HELP["weight_decay"][1])] = EncoderConfig.weight_decay,
-    batch_size: Annotated[int, typer.Option(help=_HELP["batch_size"][1])] = EncoderConfig.batch_size,
-    encoder_layers: Annotated[int | None, typer.Option(help=_HELP["encoder_layers"][1])] = None,
-    max_length: Annotated[int, typer.Option(help=_HELP["max_length"][1])] = EncoderConfig.max_length,
-    window_cuts: Annotated[str, typer.Option(help=_HELP["window_cuts"][1])] = EncoderConfig.window_cuts,
-    window_overlap: Annotated[
-        int, typer.Option(help=_HELP["window_overlap"][1])
-    ] = EncoderConfig.window_overlap,
-    seed: Annotated[int, typer.Option(help=_HELP["seed"][1])] = EncoderConfig.seed,
-    precision: Annotated[str, typer.Option(help=_HELP["precision"][1])] = EncoderConfig.precision,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+def train_family(
+    fam: Family,
+    config: ExtractorConfig,
+    corpus: Path,
+    out: Path,
+    dev: Path | None = None,
+    corpus_format: str | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Fine-tune a BERT-style encoder (entities, modifiers, relations) with early stopping on dev."""
-    from recommender.extractors.encoder.training import train_encoder
+    """``kiwi train FAMILY``: read the notes, choose the dev split, train, save, say what came out."""
+    from recommender.extractors import get_extractor_class
 
     _set_threads(threads)
-    config = EncoderConfig(
-        base_model=base_model,
-        init_from=str(init_from) if init_from else None,
-        epochs=epochs,
-        patience=patience,
-        lr=lr,
-        head_lr=head_lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        encoder_layers=encoder_layers,
-        max_length=max_length,
-        window_cuts=window_cuts,
-        window_overlap=window_overlap,
-        seed=seed,
-        precision=precision,
-    )
-    docs = read_documents(corpus, from_)
+    docs = read_documents(corpus, corpus_format)
     if dev is not None:
         train_docs, dev_docs = docs, read_documents(dev)
-    elif corpus.resolve() == corpora.SHARED_MTSAMPLES.resolve():
-        train_docs, dev_docs = corpora.split_documents(docs)
     else:
-        ordered = sorted(docs, key=lambda d: d.id)  # deterministic: every sixth note by id
-        train_docs = [d for i, d in enumerate(ordered) if i % 6 != 5]
-        dev_docs = [d for i, d in enumerate(ordered) if i % 6 == 5]
+        train_docs, dev_docs = corpora.development_split(docs, corpus)
     if not train_docs:
         raise ConfigError("no training notes", source=corpus)
     err_console.print(f"training on {len(train_docs)} notes, {len(dev_docs)} for development")
-    ex = train_encoder(train_docs, dev_docs, config, out, progress=progress)
-    dev_scores = ex.info.metrics.get("dev", {})
+    ex = get_extractor_class(fam.name).train(train_docs, dev_docs, config, out, progress=progress)
+    metrics = ex.info.metrics
+    dev_scores = metrics.get("dev", {})
     summary = ", ".join(
         f"{task.upper()} exact F1 {dev_scores[task]['exact']['f1']:.3f}"
         for task in ("ner", "re", "spans")
         if task in dev_scores
     )
-    err_console.print(
-        f"saved {ex.version} to {out} (best epoch {ex.info.metrics['best_epoch']}; dev {summary})"
-    )
+    best = f"best epoch {metrics['best_epoch']}; " if "best_epoch" in metrics else ""
+    err_console.print(f"saved {ex.version} to {out} ({best}dev {summary or 'not measured'})")
+
+
+def _option_name(f: Field[Any]) -> str:
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    return f"{flag}/--no-{flag[2:]}" if f.type in (bool, "bool") else flag
+
+
+def _train_command(fam: Family) -> Callable[..., None]:
+    """A ``kiwi train`` command whose options are the family config's fields, with their help texts."""
+    config_class = fam.config_class()
+    hints = get_type_hints(config_class)
+    params = [
+        inspect.Parameter(
+            "corpus",
+            KW,
+            annotation=Annotated[Path, typer.Option(help="annotated notes (any format kiwi reads)")],
+        ),
+        inspect.Parameter("out", KW, annotation=Annotated[Path, typer.Option(help="model folder to write")]),
+        inspect.Parameter(
+            "dev",
+            KW,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option(
+                    help="development notes; default: the fixed split of MTSamples, else 1 note in 6"
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "corpus_format",
+            KW,
+            default=None,
+            annotation=Annotated[
+                str | None, typer.Option("--from", help=f"corpus format: {', '.join(FORMATS)}")
+            ],
+        ),
+        inspect.Parameter(
+            "threads",
+            KW,
+            default=None,
+            annotation=Annotated[int | None, typer.Option(help="torch CPU threads")],
+        ),
+    ]
+    for f in fields(config_class):  # type: ignore[arg-type]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        option = typer.Option(_option_name(f), help=f.metadata.get("help", ""))
+        params.append(
+            inspect.Parameter(f.name, KW, default=default, annotation=Annotated[hints[f.name], option])
+        )
+
+    def command(**kwargs: Any) -> None:
+        common = {k: kwargs.pop(k) for k in ("corpus", "out", "dev", "corpus_format", "threads")}
+        train_family(fam, config_class(**kwargs), **common)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = fam.summary[0].upper() + fam.summary[1:] + "."
+    command.__name__ = f"train_{fam.command}"
+    return command
+
+
+KW = inspect.Parameter.KEYWORD_ONLY
+for _family in FAMILIES:
+    train_app.command(_family.command)(_train_command(_family))
 
 
 @app.command()
@@ -133,3 +163,6 @@ def predict(
     n_spans = sum(len(d.spans) for d in out)
     n_rels = sum(len(d.relations) for d in out)
     err_console.print(f"{len(out)} notes, {n_spans} spans, {n_rels} relations by {extractor.version}: {dst}")
+    drops = total_drops(out)
+    if drops:
+        err_console.print(drops_line(drops), highlight=False)

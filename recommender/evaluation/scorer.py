@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from recommender.document import Document
+from recommender.document import Document, total_drops
 from recommender.errors import ConfigError, DocumentError
 from recommender.evaluation.matching import (
     MODES,
@@ -134,6 +134,7 @@ class Evaluation:
     spans: TaskScore
     documents: int
     speed: dict[str, float] | None = field(default=None)
+    drops: dict[str, int] = field(default_factory=dict)  # model output that could not be placed, by kind
 
     def task(self, name: str) -> TaskScore:
         return {"ner": self.ner, "re": self.re, "spans": self.spans}[name]
@@ -143,6 +144,7 @@ class Evaluation:
         out["documents"] = self.documents
         if self.speed is not None:
             out["speed"] = dict(self.speed)
+        out["drops"] = dict(self.drops)
         return out
 
 
@@ -230,7 +232,8 @@ def evaluate(
     """Score ``pred`` against ``gold`` (documents paired by id) on NER, RE and all spans."""
     tasks = count(gold, pred, re_pred=re_pred, schema=schema)
     scores = {name: c.score(resamples, seed, level) for name, c in tasks.items()}
-    return Evaluation(scores["ner"], scores["re"], scores["spans"], len(gold), speed)
+    drops = total_drops([*pred, *(re_pred or [])])
+    return Evaluation(scores["ner"], scores["re"], scores["spans"], len(gold), speed, drops)
 
 
 def _unique_ids(docs: Sequence[Document], side: str) -> list[str]:

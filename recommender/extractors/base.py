@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
@@ -17,10 +17,16 @@ from recommender.schema import load_schema
 
 MODEL_INFO_FILE = "kiwi_model.json"
 
+T = TypeVar("T")
+# Wraps an iterable of work items in a progress display: (items, description, total) -> items.
+Progress = Callable[[Iterable[T], str, int | None], Iterable[T]]
 
-def setting(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by the CLI and saved with the model)."""
-    return field(default=default, metadata={"help": help})
+
+def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A config field with its help text (shown by the CLI and saved with the model); ``flag`` names its
+    ``kiwi train`` option where that is not ``--field-name``."""
+    metadata = {"help": help} | ({"flag": flag} if flag else {})
+    return field(default=default, metadata=metadata)
 
 
 class ExtractorConfig:
@@ -48,6 +54,52 @@ class ExtractorConfig:
         }
 
 
+@dataclass(frozen=True)
+class BaseModelRef:
+    """An external base model a model folder builds on (an adapter-only folder names it instead of
+    holding gigabytes of weights): its name as given (hub name, folder or GGUF file) and a checksum of
+    its weight files, so loading against different weights is refused by name."""
+
+    name: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaseModelRef:
+        try:
+            return cls(str(data["name"]), str(data["sha256"]))
+        except (KeyError, TypeError):
+            raise ModelError(f"base_model must name [name] and [sha256], got [{data}]") from None
+
+    def verify(self, files: Sequence[Path]) -> None:
+        """Raise ModelError unless ``files`` (the resolved base's weight files) have this checksum."""
+        found = file_checksum(files)
+        if found != self.sha256:
+            raise ModelError(
+                f"base model [{self.name}] has checksum [{found[:16]}], the model was trained on "
+                f"[{self.sha256[:16]}]: point it at the same weights"
+            )
+
+
+_CHECKSUMS: dict[tuple[str, int, int], str] = {}
+
+
+def file_checksum(files: Sequence[Path]) -> str:
+    """sha256 over the contents of ``files`` in name order; memoised per file by size and mtime, since
+    a base model's weights are hashed at every load."""
+    h = hashlib.sha256()
+    for path in sorted((Path(f) for f in files), key=lambda p: p.name):
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _CHECKSUMS:
+            with path.open("rb") as f:
+                _CHECKSUMS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+        h.update(f"{path.name}:{_CHECKSUMS[key]}\n".encode())
+    return h.hexdigest()
+
+
 @dataclass
 class ModelInfo:
     """What every model folder says about itself (``kiwi_model.json``)."""
@@ -60,6 +112,11 @@ class ModelInfo:
     data_fingerprint: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    base_model: dict[str, Any] | None = None  # a BaseModelRef when the weights build on an external base
+
+    @property
+    def base(self) -> BaseModelRef | None:
+        return BaseModelRef.from_dict(self.base_model) if self.base_model else None
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,11 +138,17 @@ class Extractor(ABC):
     """Predicts main entities, modifiers and hasAttr relations from documents.
 
     ``predict`` has no side effects: it returns new documents (same id, text and segmentation)
-    holding the predicted spans and relations with scores and ``source`` = the model version.
-    Writing them into a CAS or Label Studio JSON is the adapters' job.
+    holding the predicted spans and relations with ``source`` = the model version, a confidence
+    ``score`` in [0, 1] on every span and relation, ``Document.uncertainty`` (see
+    :func:`least_confidence`) and ``Document.drops``. Writing them into a CAS or Label Studio JSON is
+    the adapters' job.
+
+    A family declares its typed training config (``config_class``) and its trainer (``train``) here,
+    beside the class, so ``kiwi train FAMILY`` and the retraining loop need nothing else.
     """
 
     name: ClassVar[str]  # the registry name
+    config_class: ClassVar[type[ExtractorConfig]]
 
     info: ModelInfo
 
@@ -106,6 +169,29 @@ class Extractor(ABC):
     @abstractmethod
     def load(cls, folder: Path) -> Extractor:
         """Load a model folder written by ``save``."""
+
+    @classmethod
+    def train(
+        cls,
+        train_docs: Sequence[Document],
+        dev_docs: Sequence[Document],
+        config: ExtractorConfig,
+        out_dir: Path,
+        *,
+        progress: Progress[Any] | None = None,
+    ) -> Extractor:
+        """Train a model on ``train_docs`` (early stopping and calibration on ``dev_docs`` where the
+        family does that) and save it to ``out_dir``. A config field ``init_from`` names a model folder
+        of the same family to start from. Extractors that are not trained here (test doubles, remote
+        models) keep this refusal."""
+        raise ConfigError(f"extractor [{cls.name}] cannot be trained")
+
+
+def least_confidence(confidences: Iterable[float]) -> float:
+    """A note's uncertainty: 1 - the mean confidence of the model's decisions in it (1.0 when it made
+    none: nothing is known about the note)."""
+    values = list(confidences)
+    return round(1.0 - sum(values) / len(values), 4) if values else 1.0
 
 
 def fingerprint(docs: Sequence[Document]) -> str:

@@ -20,11 +20,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors import register
-from recommender.extractors.base import Extractor, ExtractorConfig, ModelInfo, fingerprint, setting
+from recommender.extractors.base import (
+    Extractor,
+    ExtractorConfig,
+    ModelInfo,
+    Progress,
+    fingerprint,
+    least_confidence,
+    setting,
+)
 from recommender.schema import Schema, load_schema
 from recommender.text import segment
 
@@ -62,6 +71,8 @@ class _Entry:
 
 @register(NAME)
 class LexiconExtractor(Extractor):
+    config_class = LexiconConfig
+
     def __init__(
         self,
         entries: dict[Key, _Entry],
@@ -80,9 +91,26 @@ class LexiconExtractor(Extractor):
 
     # --- training ------------------------------------------------------------------------------
     @classmethod
-    def train(cls, docs: Sequence[Document], config: LexiconConfig | None = None) -> LexiconExtractor:
-        """Learn the lexicon from annotated documents (unknown labels are ignored)."""
-        config = config or LexiconConfig()
+    def train(
+        cls,
+        train_docs: Sequence[Document],
+        dev_docs: Sequence[Document] = (),
+        config: ExtractorConfig | None = None,
+        out_dir: Path | None = None,
+        *,
+        progress: Progress[Any] | None = None,
+    ) -> LexiconExtractor:
+        """Learn the lexicon from annotated documents (unknown labels are ignored); rebuilt from all the
+        data in milliseconds, so there is no dev-based stopping and nothing to start from."""
+        if config is not None and not isinstance(config, LexiconConfig):
+            raise ConfigError(f"the lexicon trains with a LexiconConfig, not [{type(config).__name__}]")
+        model = cls._learn(train_docs, config or LexiconConfig())
+        if out_dir is not None:
+            model.save(out_dir)
+        return model
+
+    @classmethod
+    def _learn(cls, docs: Sequence[Document], config: LexiconConfig) -> LexiconExtractor:
         schema = load_schema()
         entries: dict[Key, _Entry] = defaultdict(_Entry)
         linked: Counter[str] = Counter()
@@ -179,7 +207,7 @@ class LexiconExtractor(Extractor):
                 out.add_relation(best[2], mod, score=round(score, 4), source=source)
         # Least confidence averaged over every decision; a note where nothing matched is the most
         # uncertain of all, since the lexicon knows nothing about it.
-        out.meta["uncertainty"] = round(1.0 - sum(decisions) / len(decisions), 4) if decisions else 1.0
+        out.uncertainty = least_confidence(decisions)
         return out.sort()
 
     def _match(self, words: list[str], layer: str) -> list[tuple[int, int, str, float]]:

@@ -26,8 +26,10 @@ def from_dict(data: dict[str, Any], *, source: str | Path | None = None) -> Docu
             sentences=[Segment(**s) for s in data.get("sentences", [])],
             tokens=[Segment(**t) for t in data.get("tokens", [])],
             meta=dict(data.get("meta", {})),
+            uncertainty=None if data.get("uncertainty") is None else float(data["uncertainty"]),
+            drops={str(k): int(v) for k, v in (data.get("drops") or {}).items()},
         ).validate(strict_labels=False)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise FormatError(f"not a document record ({e})", source=source) from None
 
 

@@ -397,12 +397,12 @@ def document_prediction(
     """One prediction entry of a ``/predict`` answer.
 
     The task score orders uncertainty sampling (lowest first): ``doc.meta["score"]`` when set, else
-    ``1 - doc.meta["uncertainty"]``, else the mean span score; null when nothing is scored.
+    ``1 - doc.uncertainty`` (the extractor's), else the mean span score; null when nothing is scored.
     """
     if doc.meta.get("score") is not None:
         score: float | None = float(doc.meta["score"])
-    elif doc.meta.get("uncertainty") is not None:
-        score = 1.0 - float(doc.meta["uncertainty"])
+    elif doc.uncertainty is not None:
+        score = 1.0 - doc.uncertainty
     else:
         scores = [s.score for s in doc.spans if s.score is not None]
         score = sum(scores) / len(scores) if scores else None

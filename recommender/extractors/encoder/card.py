@@ -69,7 +69,7 @@ tags cut words such as "Sy|mptomatic"). Decoding takes, per note and head, the m
 sequence in which I-X only follows B-X or I-X (Viterbi over the tag probabilities: 3 points of exact NER
 F1 over per-word argmax). Span score: the mean softmax probability
 of the span's tags; relation score: the sigmoid probability; both temperature-scaled on the
-development split (temperatures {ex.labels.temperatures}). `meta["uncertainty"]` of each predicted
+development split (temperatures {ex.labels.temperatures}). The `uncertainty` of each predicted
 note is 1 - the mean confidence of its decisions (spans kept, candidate pairs judged), for active learning.
 Encoder arithmetic at inference: `{cfg.precision}` (auto = bfloat16 autocast where the CPU has native
 bfloat16, which scores as fp32 at about half its time; else dynamic int8 quantization of the Linear

@@ -18,7 +18,7 @@ from torch import nn
 from recommender.document import Document, Span
 from recommender.errors import ModelError
 from recommender.extractors import register
-from recommender.extractors.base import Extractor, ModelInfo
+from recommender.extractors.base import Extractor, ExtractorConfig, ModelInfo, Progress, least_confidence
 from recommender.extractors.encoder.config import EncoderConfig
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
@@ -174,6 +174,8 @@ def word_tags(
 
 @register(NAME)
 class EncoderExtractor(Extractor):
+    config_class = EncoderConfig
+
     def __init__(
         self,
         model: KiwiEncoderModel,
@@ -349,14 +351,14 @@ class EncoderExtractor(Extractor):
         decisions = [m.score for m in mods] + [max(q, 1 - q) for q in rel_probs]
         decisions += [] if entities_given else [e.score for e in ents]
         if decisions:
-            out.meta["uncertainty"] = round(1 - sum(decisions) / len(decisions), 4)
+            out.uncertainty = least_confidence(decisions)
         else:
             top = (
                 torch.softmax(model.ent_head(h) / temps.get("ent", 1.0), -1).max(-1).values
                 if len(h)
                 else None
             )
-            out.meta["uncertainty"] = round(1 - float(top.mean()), 4) if top is not None else 0.0
+            out.uncertainty = round(1 - float(top.mean()), 4) if top is not None else 0.0
         return out.sort()
 
     # --- persistence ---------------------------------------------------------------------------
@@ -376,6 +378,22 @@ class EncoderExtractor(Extractor):
         self.info.config = self.config.to_dict()
         self.info.save(folder)
         write_card(folder, self)
+
+    @classmethod
+    def train(
+        cls,
+        train_docs: Sequence[Document],
+        dev_docs: Sequence[Document] = (),
+        config: ExtractorConfig | None = None,
+        out_dir: Path | None = None,
+        *,
+        progress: Progress[Any] | None = None,
+    ) -> EncoderExtractor:
+        from recommender.extractors.encoder.training import train_encoder
+
+        if config is not None and not isinstance(config, EncoderConfig):
+            raise ModelError(f"the encoder trains with an EncoderConfig, not [{type(config).__name__}]")
+        return train_encoder(train_docs, dev_docs, config or EncoderConfig(), out_dir, progress)
 
     @classmethod
     def load(cls, folder: Path) -> EncoderExtractor:
