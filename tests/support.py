@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -9,13 +10,16 @@ from collections.abc import Callable
 from recommender.document import Document, Span
 
 
-def run_kiwi(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The `kiwi` console script in a fresh process: exit codes and stderr as a user sees them."""
+def run_kiwi(*args: str, timeout: float = 180, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The `kiwi` console script in a fresh process: exit codes and stderr as a user sees them
+    (``columns``: the terminal width rich lays help tables out for)."""
+    env = None if columns is None else {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-c", "from recommender.cli import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 

@@ -142,3 +142,21 @@ def test_compare(mtsamples_dir: Path, mtsamples_docs: list[Document], pred_dir: 
     assert set(got) == {"ner", "re", "spans"}
     ner = got["ner"]["exact"]
     assert ner["f1_a"] > ner["f1_b"] and ner["p_value"] < 0.001 and ner["resamples"] == 1000
+
+
+def test_compare_runs_model_folders_as_evaluate_does(sample_dir: Path, tmp_path: Path) -> None:
+    """A model folder on either side is predicted on GOLD (RE with gold entities given)."""
+    gold = brat.read(sample_dir)
+    OracleExtractor(gold, ModelInfo(extractor=ORACLE, version="oracle-1")).save(tmp_path / "model")
+    brat.write(perturb(gold, rate=0.5, seed=3), tmp_path / "worse")
+    args = ["compare", str(sample_dir), str(tmp_path / "model"), str(tmp_path / "worse"), "--json"]
+    run = CliRunner().invoke(app, [*args, "--resamples", "200"])
+    assert run.exit_code == 0, run.output
+    got = json.loads(run.stdout)
+    evaluated = CliRunner().invoke(
+        app, ["evaluate", "--model", str(tmp_path / "model"), str(sample_dir), "--json"]
+    )
+    expected = json.loads(evaluated.stdout)
+    for task in ("ner", "re", "spans"):
+        assert got[task]["exact"]["f1_a"] == pytest.approx(expected[task]["exact"]["f1"])
+    assert got["ner"]["exact"]["f1_a"] == 1.0 > got["ner"]["exact"]["f1_b"]

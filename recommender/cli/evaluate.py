@@ -14,10 +14,18 @@ from recommender.cli.common import console, drops_line, err_console, progress
 from recommender.document import Document
 from recommender.errors import ConfigError
 from recommender.evaluation.matching import MODES
-from recommender.evaluation.scorer import TASKS, Evaluation, count, evaluate_extractor
+from recommender.evaluation.scorer import (
+    TASKS,
+    Evaluation,
+    TaskCounts,
+    count,
+    evaluate_extractor,
+    predict_for_scoring,
+)
 from recommender.evaluation.scorer import evaluate as score_documents
 from recommender.evaluation.stats import RESAMPLES, SEED
 from recommender.evaluation.stats import compare as compare_counts
+from recommender.extractors.base import MODEL_INFO_FILE
 from recommender.formats import FORMATS, get_format, read_documents
 
 _FORMATS = ", ".join(FORMATS)
@@ -77,18 +85,23 @@ def evaluate(
 @app.command()
 def compare(
     gold_path: Annotated[Path, typer.Argument(metavar="GOLD", help="gold annotations")],
-    pred_a: Annotated[Path, typer.Argument(metavar="PRED_A", help="predictions of system A")],
-    pred_b: Annotated[Path, typer.Argument(metavar="PRED_B", help="predictions of system B")],
+    pred_a: Annotated[Path, typer.Argument(metavar="A", help="predictions of system A, or its model folder")],
+    pred_b: Annotated[Path, typer.Argument(metavar="B", help="predictions of system B, or its model folder")],
     fmt: GoldFormat = None,
     pred_format: PredFormat = None,
     json_out: JsonOpt = False,
+    batch_size: Annotated[int, typer.Option(help="notes per prediction batch (model folders)")] = 8,
     resamples: Resamples = RESAMPLES,
     seed: Seed = SEED,
 ) -> None:
-    """Is A better than B? One-sided Wilcoxon rank-sum over paired bootstrap resamples (the paper's test)."""
+    """Is A better than B? One-sided Wilcoxon rank-sum over paired bootstrap resamples (the paper's test).
+
+    A model folder (kiwi_model.json) is run on GOLD as `kiwi evaluate --model` runs it: NER and spans
+    from raw text, RE with GOLD's main entities given.
+    """
     gold = _read(gold_path, fmt)
-    counts_a = count(gold, _read(pred_a, pred_format or fmt))
-    counts_b = count(gold, _read(pred_b, pred_format or fmt))
+    counts_a = _counts(gold, pred_a, pred_format or fmt, batch_size)
+    counts_b = _counts(gold, pred_b, pred_format or fmt, batch_size)
     out: dict[str, dict[str, Any]] = {
         task: {
             mode: compare_counts(
@@ -106,6 +119,17 @@ def compare(
         for mode, c in modes.items():
             table.add_row(task, mode, f"{c['f1_a']:.3f}", f"{c['f1_b']:.3f}", f"{c['p_value']:.2g}")
     console.print(table)
+
+
+def _counts(gold: list[Document], path: Path, fmt: str | None, batch_size: int) -> dict[str, TaskCounts]:
+    """Counts of a prediction file, or of a model folder's predictions of ``gold``."""
+    if (path / MODEL_INFO_FILE).is_file():
+        from recommender.extractors import load_extractor
+
+        extractor = load_extractor(path)
+        pred, re_pred, _ = predict_for_scoring(extractor, gold, batch_size=batch_size, track=progress)
+        return count(gold, pred, re_pred=re_pred)
+    return count(gold, _read(path, fmt))
 
 
 def _read(path: Path, fmt: str | None) -> list[Document]:

@@ -258,23 +258,15 @@ def entities_only(doc: Document, schema: Schema | None = None) -> Document:
     )
 
 
-def evaluate_extractor(
+def predict_for_scoring(
     extractor: Extractor,
     gold: Sequence[Document],
     *,
     batch_size: int = 8,
     track: Track | None = None,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
-) -> Evaluation:
-    """Predict ``gold``'s notes with ``extractor`` and score them.
-
-    NER and spans are scored on predictions from raw text; RE on a second pass where the extractor
-    is given the gold main entities (``entities_given=True``), as in the paper. ``speed`` holds the
-    wall-clock seconds per note of both passes. ``track(batches, description, total)`` may wrap the
-    batches in a progress bar.
-    """
+) -> tuple[list[Document], list[Document], dict[str, float]]:
+    """The paper's two prediction passes over ``gold``'s notes: from raw text (NER, spans) and with the
+    gold main entities given (RE); with the wall-clock seconds per note of both."""
     if batch_size < 1:
         raise ConfigError(f"the batch size must be positive, not [{batch_size}]")
     schema = load_schema()
@@ -297,6 +289,28 @@ def evaluate_extractor(
         "re_seconds_per_note": re_seconds / n,
         "batch_size": float(batch_size),
     }
+    return pred, re_pred, speed
+
+
+def evaluate_extractor(
+    extractor: Extractor,
+    gold: Sequence[Document],
+    *,
+    batch_size: int = 8,
+    track: Track | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> Evaluation:
+    """Predict ``gold``'s notes with ``extractor`` (see :func:`predict_for_scoring`) and score them.
+
+    NER and spans are scored on predictions from raw text; RE on a second pass where the extractor
+    is given the gold main entities (``entities_given=True``), as in the paper. ``speed`` holds the
+    wall-clock seconds per note of both passes. ``track(batches, description, total)`` may wrap the
+    batches in a progress bar.
+    """
+    schema = load_schema()
+    pred, re_pred, speed = predict_for_scoring(extractor, gold, batch_size=batch_size, track=track)
     return evaluate(
         gold, pred, re_pred=re_pred, resamples=resamples, seed=seed, level=level, speed=speed, schema=schema
     )
