@@ -1,0 +1,326 @@
+"""QLoRA fine-tuning of the LLaMA extractor on Kiwi's instruction examples, early stopping on dev.
+
+The paper's recipe: 4-bit NF4 base weights (bitsandbytes), LoRA on every linear layer (peft), NER and
+RE examples mixed in one shuffled set, loss on the target tokens only, AdamW with a cosine schedule
+after a linear warm-up, gradient clipping, 2 epochs of batch 4 x accumulation 4. The paper used paged
+AdamW 32-bit, a CUDA memory feature; plain AdamW keeps the same 32-bit state on a CPU. Checkpoints in
+``out_dir/checkpoint`` (adapter, optimizer, schedule, position, best so far) let an interrupted run
+resume where it stopped; the folder is removed when training succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recommender.document import Document
+from recommender.errors import ConfigError, ModelError
+from recommender.extractors.base import ModelInfo, Progress, fingerprint
+from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
+from recommender.extractors.llama.config import LlamaConfig
+from recommender.extractors.llama.extractor import ADAPTER_DIR, NAME, LlamaExtractor
+from recommender.extractors.llama.task import Example, Templates, training_examples
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # cross-entropy's ignore_index: prompt tokens and padding carry no loss
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    labels: list[int]  # IGNORE over the prompt, the target's token ids after it
+
+
+def encode_example(tokenizer: Any, example: Example) -> Encoded:
+    """Token ids of ``prompt + " " + target``, tokenized as generation sees them: the prompt as the
+    engine encodes it, then the continuation the model writes (which starts with the space)."""
+    prompt: list[int] = tokenizer(example.prompt).input_ids
+    target: list[int] = tokenizer(" " + example.target, add_special_tokens=False).input_ids
+    return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
+
+
+def _batch(items: Sequence[Encoded], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(x.ids) for x in items)
+    ids = torch.tensor([x.ids + [pad] * (width - len(x.ids)) for x in items], device=device)
+    labels = torch.tensor([x.labels + [IGNORE] * (width - len(x.ids)) for x in items], device=device)
+    mask = torch.tensor([[1] * len(x.ids) + [0] * (width - len(x.ids)) for x in items], device=device)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def predict_dev(extractor: LlamaExtractor, gold: Sequence[Document]) -> tuple[list[Document], list[Document]]:
+    """Predictions on ``gold`` as the paper scores them: from raw text, and with the gold main entities
+    given (RE mode)."""
+    from recommender.evaluation import entities_only
+
+    pred = extractor.predict([d.without_annotations() for d in gold])
+    return pred, extractor.predict([entities_only(d) for d in gold], entities_given=True)
+
+
+def dev_metrics(
+    gold: Sequence[Document], pred: Sequence[Document], re_pred: Sequence[Document], resamples: int = 1
+) -> dict[str, Any]:
+    """The project scorer (NER, RE with entities given, all spans), and the drops summed by kind."""
+    from recommender.evaluation import evaluate
+
+    metrics = evaluate(gold, pred, re_pred=re_pred, resamples=resamples).to_dict()
+    drops: dict[str, int] = {}
+    for d in (*pred, *re_pred):
+        for kind, n in d.drops.items():
+            drops[kind] = drops.get(kind, 0) + n
+    metrics["drops"] = drops
+    return metrics
+
+
+def _exact_f1(metrics: dict[str, Any], task: str) -> float:
+    return float(metrics[task]["exact"]["f1"])
+
+
+def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def _set_adapter_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, state)
+
+
+def _trainable_model(config: LlamaConfig, cache_dir: Path) -> tuple[Any, Any, Any, str, Templates | None]:
+    """(peft model, tokenizer, base identity, quantization used, templates of init_from)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    dtype = resolve_dtype(config.dtype)
+    templates = None
+    if config.init_from:
+        previous = LlamaExtractor.read_folder(Path(config.init_from))
+        ref, templates = previous.base, previous.templates
+        if ref is None:
+            raise ModelError("the model to fine-tune names no base model", source=config.init_from)
+        base, tokenizer = load_base_for(ref, cache_dir, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(Path(config.init_from) / ADAPTER_DIR), is_trainable=True)
+        return model, tokenizer, ref, "none", templates
+    base, tokenizer, ref, used = load_base(
+        config.base, cache_dir, dtype=dtype, quantization=config.quantization
+    )
+    if used == "nf4":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",  # every linear layer but the output head, as QLoRA does
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, lora)
+    return model, tokenizer, ref, used, templates
+
+
+def _save_checkpoint(folder: Path, model: Any, state: dict[str, Any]) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({**state, "adapter": _adapter_state(model)}, tmp / STATE_FILE)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # a crash while writing keeps the previous checkpoint
+
+
+def train_llama(
+    train_docs: Sequence[Document],
+    dev_docs: Sequence[Document],
+    config: LlamaConfig,
+    out_dir: Path,
+    progress: Progress[Any] | None = None,
+) -> LlamaExtractor:
+    """LoRA-tune a base instruct model (``config.base``, or continue ``config.init_from``) on the Kiwi
+    instruction examples of ``train_docs``; keep the adapter with the best dev score (mean of NER and
+    RE exact F1) and save the model folder to ``out_dir``."""
+    if not train_docs:
+        raise ConfigError("no training documents")
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else out_dir.resolve().parent / CACHE_DIR
+    model, tokenizer, ref, used, templates = _trainable_model(config, cache_dir)
+    templates = templates or Templates.packaged()
+    device = next(model.parameters()).device
+
+    examples = training_examples(train_docs, templates)
+    random.Random(config.seed).shuffle(examples)  # NER and RE mixed
+    if config.max_examples:
+        examples = examples[: config.max_examples]
+    encoded = [encode_example(tokenizer, e) for e in examples]
+    too_long = sum(len(e.ids) > config.max_length for e in encoded)
+    encoded = [e for e in encoded if len(e.ids) <= config.max_length]
+    if not encoded:
+        raise ConfigError(f"no training example fits max_length [{config.max_length}] tokens")
+    if too_long:
+        log.warning("%d examples longer than max_length %d tokens left out", too_long, config.max_length)
+    per_step = config.batch_size * config.grad_accum
+    steps_per_epoch = math.ceil(len(encoded) / per_step)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    log.info("%d examples (%d left out as too long), %d optimizer steps", len(encoded), too_long, total)
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    extractor = LlamaExtractor(
+        model, tokenizer, config, templates, ModelInfo(extractor=NAME, version=""), ref
+    )
+    checkpoint = out_dir / CHECKPOINT_DIR
+    run_key = {"config": config.to_dict(), "data": fingerprint(train_docs), "base": ref.to_dict()}
+    step, history = 0, []
+    best: dict[str, Any] | None = None  # score, step, adapter state, dev metrics
+    since_best = 0
+    if (checkpoint / STATE_FILE).is_file():
+        saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
+        if saved["run"] == run_key:
+            _set_adapter_state(model, saved["adapter"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            step, history, best, since_best = (
+                saved["step"],
+                saved["history"],
+                saved["best"],
+                saved["since_best"],
+            )
+            torch.set_rng_state(saved["rng"])
+            log.info("resuming from the checkpoint at step %d", step)
+        else:
+            log.warning("ignoring %s: it is of another run (settings, data or base differ)", checkpoint)
+
+    def evaluate_now() -> bool:
+        """Evaluate on dev, keep the best adapter; True when patience is exhausted."""
+        nonlocal best, since_best
+        model.eval()
+        extractor.invalidate()
+        preds = predict_dev(extractor, dev_docs) if dev_docs else ([], [])
+        metrics = dev_metrics(dev_docs, *preds) if dev_docs else {}
+        ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
+        recent = [h["loss"] for h in history[-steps_per_epoch:] if "loss" in h]
+        score = (ner + re_) / 2 if metrics else -sum(recent) / max(len(recent), 1)
+        history.append({"step": step, "ner": round(ner, 4), "re": round(re_, 4)})
+        log.info("step %d dev NER %.4f RE %.4f", step, ner, re_)
+        model.train()
+        if best is None or score > best["score"]:
+            best = {"score": score, "step": step, "adapter": _adapter_state(model), "preds": preds}
+            since_best = 0
+            return False
+        since_best += 1
+        return since_best >= config.patience
+
+    def save_checkpoint() -> None:
+        state = {
+            "run": run_key,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "history": history,
+            "best": best,
+            "since_best": since_best,
+            "rng": torch.get_rng_state(),
+        }
+        _save_checkpoint(checkpoint, model, state)
+
+    model.train()
+    stop = step >= total
+    while not stop:
+        epoch = step // steps_per_epoch
+        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(config.seed + epoch))
+        groups = [order[k : k + per_step].tolist() for k in range(0, len(order), per_step)]
+        first = step - epoch * steps_per_epoch  # steps of this epoch done before a resume
+        todo = groups[first : first + total - step]
+        it: Iterable[list[int]] = todo
+        if progress is not None:
+            it = progress(todo, f"epoch {epoch + 1}/{config.epochs}", len(todo))
+        for group in it:
+            loss_sum = 0.0
+            micro = [group[k : k + config.batch_size] for k in range(0, len(group), config.batch_size)]
+            n_target = sum(sum(t != IGNORE for t in encoded[i].labels) for i in group)
+            for idx in micro:
+                batch = _batch([encoded[i] for i in idx], pad, device)
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                # summed over target tokens and divided by the step's target tokens: every token
+                # weighs the same however the examples fall into micro-batches
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(),
+                    batch["labels"][:, 1:].flatten(),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                ) / max(n_target, 1)
+                loss.backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            history.append({"step": step, "loss": round(loss_sum, 4)})
+            end_of_epoch = step % steps_per_epoch == 0 or step == total
+            due = config.eval_steps is not None and step % config.eval_steps == 0
+            if (due or end_of_epoch) and evaluate_now():
+                stop = True
+            if step == total:
+                stop = True
+            if stop:
+                break
+            if step % config.checkpoint_steps == 0 or end_of_epoch:
+                save_checkpoint()
+    if best is None:  # resumed from a checkpoint written after the last step
+        evaluate_now()
+    assert best is not None
+    _set_adapter_state(model, best["adapter"])
+    model.eval()
+    extractor.invalidate()
+    # the best evaluation's predictions scored again, with bootstrap intervals
+    metrics = dev_metrics(dev_docs, *best["preds"], resamples=1000) if dev_docs else {}
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    fp = fingerprint(train_docs)
+    extractor.info = ModelInfo(
+        extractor=NAME,
+        version=f"llama-{stamp}-{fp[:6]}",
+        data_fingerprint=fp,
+        config=config.to_dict(),
+        base_model=ref.to_dict(),
+        metrics={
+            "dev": metrics,
+            "best_step": best["step"],
+            "steps": step,
+            "history": history,
+            "train_notes": len(train_docs),
+            "dev_notes": len(dev_docs),
+            "dev_fingerprint": fingerprint(dev_docs) if dev_docs else "",
+            "train_examples": len(encoded),
+            "examples_too_long": too_long,
+            "quantization": used,
+            "train_seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    extractor.save(out_dir)
+    if config.merge:
+        extractor.save_merged(out_dir, cache_dir)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    log.info("saved %s (%s)", out_dir, json.dumps({"best_step": best["step"], "steps": step}))
+    return extractor

@@ -1,0 +1,195 @@
+"""QLoRA training of the LLaMA extractor on a tiny random Llama and tokenizer built here: the model
+folder, reloading, checkpoints and resuming, merged weights, the base model's checksum."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from recommender.corpora import load_sample  # noqa: E402
+from recommender.document import Document  # noqa: E402
+from recommender.errors import ModelError  # noqa: E402
+from recommender.extractors import load_extractor  # noqa: E402
+from recommender.extractors.base import MODEL_INFO_FILE, ModelInfo, file_checksum  # noqa: E402
+from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
+from recommender.extractors.llama.extractor import LlamaExtractor  # noqa: E402
+from recommender.extractors.llama.task import PACKAGED_PROMPTS, Templates  # noqa: E402
+from recommender.extractors.llama.training import CHECKPOINT_DIR, encode_example  # noqa: E402
+from recommender.extractors.llama.task import training_examples  # noqa: E402
+
+
+def build_tiny_base(folder: Path, docs: Iterable[Document]) -> Path:
+    """A random 2-layer Llama (hidden 64) and a byte-level BPE tokenizer trained on the notes and the
+    prompt templates, saved as a base model folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = [d.text for d in docs]
+    corpus += [p.read_text(encoding="utf-8") for p in sorted(PACKAGED_PROMPTS.rglob("*.txt"))]
+    corpus += ['<span class="drug">x</span> <EOS>'] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    # no pad token, as SmolLM2's: the loader must set one
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,  # bitsandbytes' CPU 4-bit kernels need rows of at least one 64-value block
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[Document]:
+    return load_sample()
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, sample: list[Document]) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("tiny_llama"), sample)
+
+
+def small_config(base: Path, **kw: Any) -> LlamaConfig:
+    return LlamaConfig(base=str(base), max_new_tokens=80, predict_batch_size=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sample: list[Document]) -> Path:
+    out = tmp_path_factory.mktemp("llama_model") / "model"
+    seen: list[tuple[str, int | None]] = []
+
+    def progress(items: Iterable[Any], desc: str, total: int | None) -> Iterable[Any]:
+        seen.append((desc, total))
+        return items
+
+    LlamaExtractor.train(sample[:3], sample[3:], small_config(tiny_base, max_steps=3, merge=True), out, progress=progress)
+    assert seen == [("epoch 1/2", 3)]
+    return out
+
+
+def test_model_folder(trained: Path, tiny_base: Path, sample: list[Document]) -> None:
+    info = ModelInfo.load(trained)
+    assert info.extractor == "kiwi.llama.v1"
+    for part in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "MODEL_CARD.md", MODEL_INFO_FILE):
+        assert (trained / part).is_file(), part
+    assert Templates.read(trained / "prompts") == Templates.packaged()  # the model's own copy
+    assert (trained / "tokenizer").is_dir() and (trained / "merged" / "config.json").is_file()
+    assert not (trained / CHECKPOINT_DIR).exists()  # removed on success
+    assert info.base_model == {
+        "name": str(tiny_base.resolve()),
+        "sha256": file_checksum(sorted(tiny_base.glob("*.safetensors"))),
+    }
+    assert LlamaConfig.from_dict(info.config).max_steps == 3
+    m = info.metrics
+    assert m["steps"] == 3 and m["quantization"] == "nf4"  # bitsandbytes 4-bit works on this CPU
+    assert [h["step"] for h in m["history"] if "loss" in h] == [1, 2, 3]
+    assert "ci" in m["dev"]["ner"]["exact"] and isinstance(m["dev"]["drops"], dict)
+    assert info.data_fingerprint and m["train_notes"] == 3 and m["dev_notes"] == 1
+    adapter = json.loads((trained / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 16 and adapter["lora_alpha"] == 64 and adapter["base_model_name_or_path"] == str(tiny_base.resolve())
+    assert "QLoRA" in (trained / "MODEL_CARD.md").read_text()
+
+
+def test_loss_is_on_the_target_only(tiny_base: Path, sample: list[Document]) -> None:
+    from recommender.extractors.llama.base_model import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_base)
+    assert tokenizer.pad_token is not None  # set by the loader
+    example = training_examples(sample[:1], Templates.packaged())[0]
+    enc = encode_example(tokenizer, example)
+    target = [t for t in enc.labels if t != -100]
+    assert enc.ids[len(enc.ids) - len(target) :] == target
+    assert tokenizer.decode(target) == " " + example.target
+    assert enc.ids[: len(enc.ids) - len(target)] == tokenizer(example.prompt).input_ids
+
+
+def test_reload_and_predict(trained: Path, sample: list[Document]) -> None:
+    import shutil
+
+    unmerged = trained.parent / "unmerged"
+    shutil.copytree(trained, unmerged, ignore=shutil.ignore_patterns("merged"))
+    for folder in (trained, unmerged):
+        ex = load_extractor(folder)
+        assert isinstance(ex, LlamaExtractor)
+        docs = [d.without_annotations() for d in sample]
+        pred = ex.predict(docs)
+        assert [d.id for d in pred] == [d.id for d in sample]
+        for d in pred:
+            d.validate()
+            assert d.uncertainty is not None and 0.0 <= d.uncertainty <= 1.0
+            assert all(isinstance(v, int) and v > 0 for v in d.drops.values())
+            assert all(s.score is not None and 0 <= s.score <= 1 for s in d.spans)
+            assert "llama_prompts" not in d.meta  # keep_prompts is off by default
+        assert all(not d.spans for d in docs)  # no side effects on the input
+        given = ex.predict([d for d in sample[:1]], entities_given=True)[0]
+        gold = sorted(s.key for s in sample[0].entities())
+        assert sorted(s.key for s in given.entities()) == gold
+        given.validate()
+
+
+def test_checksum_of_the_base_is_verified(trained: Path, tiny_base: Path, tmp_path: Path) -> None:
+    import shutil
+
+    moved = tmp_path / "model"
+    shutil.copytree(trained, moved, ignore=shutil.ignore_patterns("merged"))
+    info = ModelInfo.load(moved)
+    info.base_model = {**info.base_model, "sha256": "0" * 64}  # type: ignore[dict-item]
+    info.save(moved)
+    with pytest.raises(ModelError, match=rf"base model \[{tiny_base.resolve()}\] has checksum"):
+        LlamaExtractor.load(moved)
+
+
+def test_training_resumes_from_its_checkpoint(
+    tmp_path: Path, tiny_base: Path, sample: list[Document], trained: Path
+) -> None:
+    out = tmp_path / "model"
+    config = small_config(tiny_base, max_steps=3, checkpoint_steps=1)
+
+    def interrupted(items: Iterable[Any], desc: str, total: int | None) -> Iterator[Any]:
+        for k, item in enumerate(items):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    with pytest.raises(KeyboardInterrupt):
+        LlamaExtractor.train(sample[:3], sample[3:], config, out, progress=interrupted)
+    assert (out / CHECKPOINT_DIR / "state.pt").is_file()
+    steps: list[int | None] = []
+
+    def progress(items: Iterable[Any], desc: str, total: int | None) -> Iterable[Any]:
+        steps.append(total)
+        return items
+
+    LlamaExtractor.train(sample[:3], sample[3:], config, out, progress=progress)
+    assert steps == [1]  # only the third step was left
+    assert not (out / CHECKPOINT_DIR).exists()
+    from safetensors.torch import load_file
+
+    resumed = load_file(out / "adapter" / "adapter_model.safetensors")
+    straight = load_file(trained / "adapter" / "adapter_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    for k in resumed:  # the same run as the uninterrupted one
+        assert torch.equal(resumed[k], straight[k]), k
