@@ -30,7 +30,7 @@ def test_a_freed_lane_goes_to_the_longest_waiter_not_a_newcomer() -> None:
     release_first = threading.Event()
 
     def call(name: str, hold: threading.Event | None = None) -> None:
-        with lanes:
+        with lanes.lane():
             order.append(name)
             if hold is not None:
                 hold.wait(5)
@@ -59,7 +59,7 @@ def test_never_more_calls_than_lanes() -> None:
 
     def call() -> None:
         nonlocal running, peak
-        with lanes:
+        with lanes.lane():
             with lock:
                 running += 1
                 peak = max(peak, running)
@@ -81,7 +81,7 @@ def test_each_lane_gets_its_share_of_the_cores_without_touching_other_threads() 
     seen: list[int] = []
 
     def call(lanes: ComputeLanes) -> None:
-        with lanes:
+        with lanes.lane():
             seen.append(torch.get_num_threads())
 
     for n_lanes, expected in ((2, 2), (4, 1), (8, 1)):

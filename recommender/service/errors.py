@@ -18,8 +18,10 @@ from recommender.errors import (
     DocumentError,
     FormatError,
     KiwiError,
+    LimitError,
     ModelError,
     NotFoundError,
+    OverloadError,
     SchemaError,
 )
 
@@ -31,7 +33,9 @@ STATUS: dict[type[KiwiError], int] = {
     SchemaError: 422,
     NotFoundError: 404,
     BusyError: 429,
+    LimitError: 413,
     ModelError: 503,
+    OverloadError: 503,
     ConfigError: 500,
 }
 
