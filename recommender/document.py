@@ -117,6 +117,19 @@ class Document:
         """The same text and segmentation with no spans or relations (what a model is given)."""
         return replace(self, spans=[], relations=[], meta=dict(self.meta), uncertainty=None, drops={})
 
+    def in_schema(self, schema: Schema | None = None) -> Document:
+        """A copy with only what the schema knows: its labels, and its relation between such spans.
+
+        What training and scoring see; the stored document keeps a team's own labels."""
+        schema = schema or load_schema()
+        known = set(schema.label_names)
+        spans = [s for s in self.spans if s.label in known]
+        kept = {s.id for s in spans}
+        relations = [
+            r for r in self.relations if r.label == schema.relation and r.head in kept and r.tail in kept
+        ]
+        return replace(self, spans=spans, relations=relations, meta=dict(self.meta))
+
     def sort(self) -> Document:
         self.spans.sort(key=lambda s: (s.begin, -s.end, s.label))
         return self

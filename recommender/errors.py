@@ -43,3 +43,11 @@ class NotFoundError(KiwiError):
 
 class BusyError(KiwiError):
     """A training job for the same recommender and project is already running."""
+
+
+class LimitError(KiwiError):
+    """An input over a configured limit (a note longer than the service predicts on at once)."""
+
+
+class OverloadError(KiwiError):
+    """No compute lane came free within the prediction's time budget."""

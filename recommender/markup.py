@@ -79,12 +79,17 @@ def wrap(text: str, tokens: list[Segment], spans: Iterable[Span]) -> tuple[str, 
     opens: dict[int, list[str]] = defaultdict(list)
     closes: dict[int, int] = defaultdict(int)
     stack: list[int] = []  # token index where each open span ends
+    seen: set[tuple[str, int, int]] = set()
     for i, j, s in placed:
         while stack and stack[-1] < i:
             stack.pop()
         if stack and j > stack[-1]:
             lost[s.id] = "crosses another span"
             continue
+        if (s.label, i, j) in seen:  # markup reads one span per label and tokens
+            lost[s.id] = "duplicates another span"
+            continue
+        seen.add((s.label, i, j))
         stack.append(j)
         opens[i].append(s.label)
         closes[j] += 1

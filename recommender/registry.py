@@ -83,7 +83,9 @@ class ModelRegistry:
         return self.folder / version if version else None
 
     def path(self, version: str) -> Path:
-        path = self.folder / _checked(version)
+        if not _SAFE_VERSION.match(version):  # a lookup (API, CLI) of a name no version can have
+            raise NotFoundError(f"no model version [{version}]: not a version name", source=self.folder)
+        path = self.folder / version
         if not (path / MODEL_INFO_FILE).is_file():
             known = ", ".join(v.version for v in self.versions()) or "none"
             raise NotFoundError(f"no model version [{version}]; known: {known}", source=self.folder)

@@ -335,10 +335,11 @@ class Retrainer:
         if self._corpora is None:
             self._corpora = default_corpora(self.settings)  # read once; the seed and dev sets are fixed
         corpora = self._corpora
-        corrections = [_unique(d) for d in self.store.latest()]
+        # Labels outside the schema stay in the store; models learn and are scored on the schema's.
+        corrections = [_unique(d).in_schema() for d in self.store.latest()]
         train_corr, heldout = heldout_split(corrections, self.settings.heldout_fraction)
         blocked = {d.text for d in heldout} | {d.text for d in corpora.dev}
-        train = [d for d in corpora.seed if d.text not in blocked] + [
+        train = [d.in_schema() for d in corpora.seed if d.text not in blocked] + [
             d for d in train_corr if d.text not in blocked
         ]
         if not train:

@@ -76,6 +76,21 @@ class Settings(BaseSettings):
         description="model calls run at once, each on cores / lanes threads; on 2 cores 2 lanes served "
         "30% more notes per second than 1 (1 lane is faster for a lone request: 0.12 s vs 0.19 s)",
     )
+    max_lanes_per_client: int | None = Field(
+        None,
+        gt=0,
+        description="cap on the lanes one client (peer address) holds even when no one else waits; "
+        "without it a freed lane still goes to the waiting client that holds the fewest",
+    )
+    max_note_chars: int = Field(
+        200_000, gt=0, description="longer notes get 413 at once (pre-annotate them with `kiwi predict`)"
+    )
+    predict_budget_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="time a prediction request may take: waiting for a lane past it is 503, and a "
+        "Label Studio batch is answered with the tasks done by then (Label Studio gives up at 100 s)",
+    )
 
     # --- models ----------------------------------------------------------------------------------
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")

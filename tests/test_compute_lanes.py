@@ -30,7 +30,7 @@ def test_a_freed_lane_goes_to_the_longest_waiter_not_a_newcomer() -> None:
     release_first = threading.Event()
 
     def call(name: str, hold: threading.Event | None = None) -> None:
-        with lanes:
+        with lanes.lane():
             order.append(name)
             if hold is not None:
                 hold.wait(5)
@@ -59,7 +59,7 @@ def test_never_more_calls_than_lanes() -> None:
 
     def call() -> None:
         nonlocal running, peak
-        with lanes:
+        with lanes.lane():
             with lock:
                 running += 1
                 peak = max(peak, running)
@@ -81,7 +81,7 @@ def test_each_lane_gets_its_share_of_the_cores_without_touching_other_threads() 
     seen: list[int] = []
 
     def call(lanes: ComputeLanes) -> None:
-        with lanes:
+        with lanes.lane():
             seen.append(torch.get_num_threads())
 
     for n_lanes, expected in ((2, 2), (4, 1), (8, 1)):
@@ -102,3 +102,54 @@ def test_loading_a_model_freezes_the_long_lived_objects(tmp_path: Path) -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def _hold(lanes: ComputeLanes, client: str, order: list[str], release: threading.Event) -> threading.Thread:
+    def call() -> None:
+        with lanes.lane(client):
+            order.append(client)
+            release.wait(5)
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t
+
+
+def test_a_freed_lane_goes_to_the_client_holding_the_fewest() -> None:
+    lanes = ComputeLanes(2, cores=2)
+    order: list[str] = []
+    release_one, release_other = threading.Event(), threading.Event()
+    first = [_hold(lanes, "a", order, release_one), _hold(lanes, "a", order, release_other)]
+    _wait_until(lambda: lanes.held == {"a": 2})
+    again = threading.Event()
+    queued_a = _hold(lanes, "a", order, again)  # waits longest
+    _wait_until(lambda: len(lanes._waiting) == 1)
+    queued_b = _hold(lanes, "b", order, again)
+    _wait_until(lambda: len(lanes._waiting) == 2)
+    release_one.set()  # one lane frees: the newcomer holding none gets it, not client a's third call
+    _wait_until(lambda: len(order) == 3)
+    assert order[2] == "b" and lanes.held == {"a": 1, "b": 1} and len(lanes._waiting) == 1
+    release_other.set()
+    again.set()
+    for t in (*first, queued_a, queued_b):
+        t.join(5)
+    assert lanes.running == 0 and not lanes.held
+
+
+def test_the_per_client_cap_keeps_a_lane_for_others_and_waiting_has_a_deadline() -> None:
+    from recommender.errors import OverloadError
+
+    lanes = ComputeLanes(2, cores=2, per_client=1)
+    order: list[str] = []
+    release = threading.Event()
+    holder = _hold(lanes, "a", order, release)
+    _wait_until(lambda: lanes.held == {"a": 1})
+    started = time.monotonic()
+    with pytest.raises(OverloadError, match=r"within \[0\] s"), lanes.lane("a", timeout=0.05):
+        pass  # a lane is free, but not for client a
+    assert time.monotonic() - started < 2
+    with lanes.lane("b", timeout=0.05):  # another client gets it at once
+        assert lanes.held == {"a": 1, "b": 1}
+    release.set()
+    holder.join(5)
+    assert lanes.running == 0 and not lanes._waiting

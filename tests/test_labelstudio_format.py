@@ -237,12 +237,29 @@ def test_cancelled_and_several_annotators() -> None:
     assert docs[0].spans[0].source == "a@x.org"
 
 
-def test_unknown_labels_are_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    task = _task(_region("t", "tumour", "pain"), _region("n", "negation", "denies"), _rel("t", "n"))
-    with caplog.at_level(logging.WARNING):
-        (doc,) = ls.task_documents(task)
-    assert [s.id for s in doc.spans] == ["n"] and not doc.relations
-    assert "[tumour]" in caplog.text and "dropped region" in caplog.text
+def test_labels_outside_the_schema_are_kept_for_the_store() -> None:
+    task = _task(
+        _region("t", "tumour", "pain"),
+        _region("n", "negation", "denies"),
+        _rel("t", "n"),
+        _rel("n", "t", labels=["negates"]),
+    )
+    (doc,) = ls.task_documents(task)
+    assert [(s.id, s.label) for s in doc.spans] == [("t", "tumour"), ("n", "negation")]
+    assert [(r.head, r.tail, r.label) for r in doc.relations] == [
+        ("t", "n", "hasAttr"),
+        ("n", "t", "negates"),
+    ]
+    known = doc.in_schema()  # what training sees
+    assert [s.id for s in known.spans] == ["n"] and not known.relations
+    back = ls.task_documents({**task, "annotations": [{"result": ls.document_results(doc)}]})[0]
+    assert [(r.head, r.tail, r.label) for r in back.relations] == [
+        (r.head, r.tail, r.label) for r in doc.relations
+    ]
+    with pytest.raises(FormatError, match=r"region \[t\] labels are not a list"):
+        ls.task_documents(
+            _task({"id": "t", "type": "labels", "value": {"start": 0, "end": 4, "labels": "pain"}})
+        )
 
 
 def test_bad_regions_name_the_task() -> None:

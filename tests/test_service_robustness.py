@@ -228,3 +228,17 @@ def test_admin_promote_and_rollback_swap_the_served_model(tmp_path: Path, model_
         assert c.post("/models/rollback").json()["serving"] == first
         assert c.post("/models/nope/promote").status_code == 404
         assert {v["version"] for v in c.get("/models").json()["versions"]} == {first, second}
+
+
+def test_a_batch_past_its_time_budget_is_answered_with_the_tasks_done(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    from recommender.service.labelstudio import CHUNK
+
+    tasks = [{"id": k, "data": {"text": "Patient denies chest pain."}} for k in range(3 * CHUNK)]
+    with TestClient(create_app(settings(tmp_path, model_dir, predict_budget_seconds=0))) as c:
+        results = c.post("/predict", json={"tasks": tasks}).json()["results"]
+        assert len(results) == CHUNK  # the first chunk always runs; the rest wait for Label Studio to ask
+        assert all(r["result"] for r in results)
+    with TestClient(create_app(settings(tmp_path, model_dir))) as c:
+        assert len(c.post("/predict", json={"tasks": tasks}).json()["results"]) == len(tasks)

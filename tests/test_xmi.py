@@ -231,7 +231,9 @@ def test_span_layer_without_its_feature_is_a_format_error() -> None:
         xmi.cas_to_document(cas)
 
 
-def test_labels_outside_the_schema_are_skipped_without_logging_text(caplog: pytest.LogCaptureFixture) -> None:
+def test_labels_outside_the_schema_are_kept_and_unlabelled_spans_skipped_without_logging_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ts = xmi.project_typesystem()
     cas = Cas(typesystem=ts)
     cas.sofa_string = "Secretname reports chest pain."
@@ -240,11 +242,25 @@ def test_labels_outside_the_schema_are_skipped_without_logging_text(caplog: pyte
         ts.get_type(xmi.DEFAULT_LAYERS.relation_type),
     )
     odd, pain = span_type(begin=0, end=10, label="person"), span_type(begin=19, end=29, label="problem")
-    cas.add_all([odd, pain, rel_type(begin=0, end=10, Governor=pain, Dependent=odd, label="hasAttr")])
+    blank = span_type(begin=11, end=18)
+    cas.add_all(
+        [
+            odd,
+            pain,
+            blank,
+            rel_type(begin=0, end=10, Governor=pain, Dependent=odd, label="reportedBy"),
+            rel_type(begin=11, end=18, Governor=pain, Dependent=blank, label="hasAttr"),
+        ]
+    )
     with caplog.at_level(logging.WARNING):
         doc = xmi.cas_to_document(cas, doc_id="n1")
-    assert span_keys(doc) == [("problem", 19, 29)] and doc.relations == []
-    assert "outside the schema" in caplog.text and "missing span" in caplog.text
+    assert span_keys(doc) == [("person", 0, 10), ("problem", 19, 29)]
+    assert [(doc.span(r.head).label, doc.span(r.tail).label, r.label) for r in doc.relations] == [
+        ("problem", "person", "reportedBy")
+    ]
+    known = doc.in_schema()  # what training sees
+    assert span_keys(known) == [("problem", 19, 29)] and known.relations == []
+    assert "without a label" in caplog.text and "missing span" in caplog.text
     assert "Secretname" not in caplog.text and "person" not in caplog.text
 
 

@@ -14,13 +14,21 @@ log = logging.getLogger(__name__)
 
 _TEXT_BOUND = re.compile(r"^(T\d+)\t(\S+) (\d+ \d+(?:;\d+ \d+)*)\t?(.*)$")
 _RELATION = re.compile(r"^(R\d+)\t(\S+) Arg1:(T\d+) Arg2:(T\d+)\s*$")
+_LABEL = re.compile(r"\S+")
+
+
+def _one_line(covered: str) -> str:
+    """The covered text as brat shows it (informative only: offsets are what is read)."""
+    return covered.replace("\r", " ").replace("\n", " ")
 
 
 def parse(text: str, ann: str, doc_id: str, *, source: str | Path | None = None) -> Document:
     """One document from the contents of its ``.txt`` and ``.ann`` files."""
     doc = Document(id=doc_id, text=text)
     where = source or doc_id
-    for lineno, line in enumerate(ann.splitlines(), 1):
+    # Only "\n" ends a line: splitlines() would also break at characters a note may hold (U+2028...).
+    for lineno, line in enumerate(ann.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip() or line[0] in "#AMNE*":  # notes, attributes, events: not in the schema
             continue
         if m := _TEXT_BOUND.match(line):
@@ -36,7 +44,8 @@ def parse(text: str, ann: str, doc_id: str, *, source: str | Path | None = None)
             # A stray line (one exists in the public corpus) loses nothing that brat could show.
             log.warning("%s:%d: line is not a brat text-bound or relation annotation; skipped", where, lineno)
     try:
-        return doc.validate()
+        # Labels outside the schema (a team's own) are kept; training ignores them.
+        return doc.validate(strict_labels=False)
     except DocumentError as e:
         raise DocumentError(str(e), source=source) from None
 
@@ -48,11 +57,22 @@ def _brat_ids(ids: list[str], prefix: str) -> dict[str, str]:
     return {i: f"{prefix}{n}" for n, i in enumerate(ids, 1)}
 
 
+def _label(label: str, item: str, doc: Document) -> str:
+    if not _LABEL.fullmatch(label):
+        raise FormatError(f"{item} of document [{doc.id}] has label [{label}], which brat cannot store")
+    return label
+
+
 def format_ann(doc: Document) -> str:
+    """The ``.ann`` text; FormatError for a label brat cannot store (empty, or with whitespace)."""
+    for s in doc.spans:
+        _label(s.label, f"span [{s.id}]", doc)
+    for r in doc.relations:
+        _label(r.label, f"relation [{r.id}]", doc)
     span_ids = _brat_ids([s.id for s in doc.spans], "T")
     rel_ids = _brat_ids([r.id for r in doc.relations], "R")
     lines = [
-        f"{span_ids[s.id]}\t{s.label} {s.begin} {s.end}\t{doc.text[s.begin : s.end].replace(chr(10), ' ')}"
+        f"{span_ids[s.id]}\t{s.label} {s.begin} {s.end}\t{_one_line(doc.text[s.begin : s.end])}"
         for s in doc.spans
     ]
     lines += [
@@ -64,8 +84,9 @@ def format_ann(doc: Document) -> str:
 def read_file(txt: Path) -> Document:
     ann = txt.with_suffix(".ann")
     try:
-        text = txt.read_text(encoding="utf-8")
-        ann_text = ann.read_text(encoding="utf-8") if ann.exists() else ""
+        # Bytes decoded as they are: universal newlines would turn "\r\n" into "\n" and shift offsets.
+        text = txt.read_bytes().decode("utf-8")
+        ann_text = ann.read_bytes().decode("utf-8") if ann.exists() else ""
     except UnicodeDecodeError as e:
         raise FormatError(f"not UTF-8 text ({e.reason})", source=txt) from None
     return parse(text, ann_text, txt.stem, source=ann)

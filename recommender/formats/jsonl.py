@@ -38,7 +38,8 @@ def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such file", source=path)
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # Only "\n" ends a record: JSON leaves U+2028, U+0085... unescaped, and splitlines() breaks there.
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

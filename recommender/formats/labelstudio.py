@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,8 +239,7 @@ def _fill(
     where: str,
     span_source: str | None,
 ) -> None:
-    regions: dict[str, str | None] = {}  # region id -> span id kept for it (None: label dropped)
-    dropped: Counter[str] = Counter()
+    regions: dict[str, str | None] = {}  # region id -> its first span id (None: a region without labels)
     relations = []
     for n, item in enumerate(results):
         if not isinstance(item, Mapping):
@@ -256,25 +254,29 @@ def _fill(
             if not isinstance(value, Mapping):
                 raise FormatError(f"task [{where}]: region [{region_id}] has no value")
             begin, end = _offsets(doc.text, value, where, region_id)
-            for k, name in enumerate(value.get("labels") or []):
-                label = config.schema_label(str(name), schema)
-                if label is None:
-                    dropped[str(name)] += 1
-                    continue
+            for k, name in enumerate(_labels(value.get("labels"), f"region [{region_id}]", where)):
+                # A label outside the schema (the team's own) is kept as spelled; training ignores it.
+                label = config.schema_label(name, schema) or name
                 span_id = region_id if regions[region_id] is None else f"{region_id}:{k}"
                 score = item.get("score")
                 doc.spans.append(Span(span_id, label, begin, end, _float(score), span_source))
                 regions[region_id] = regions[region_id] or span_id
         # Other result types (choices, textarea...) are not in the schema. Labels regions are read
         # whatever their from_name, so an export reads without its project's config.
-    for name, count in dropped.items():
-        log.warning("task [%s]: %d region(s) with label [%s] not in the schema; dropped", where, count, name)
     for item in relations:
         _relation(doc, item, regions, config, schema, where, span_source)
     try:
-        doc.validate(schema)
+        doc.validate(schema, strict_labels=False)
     except DocumentError as e:
         raise DocumentError(f"task [{where}]: {e}") from None
+
+
+def _labels(value: Any, item: str, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise FormatError(f"task [{where}]: {item} labels are not a list of strings")
+    return value
 
 
 def _offsets(text: str, value: Mapping[str, Any], where: str, region_id: str) -> tuple[int, int]:
@@ -332,24 +334,29 @@ def _relation(
         if region not in regions:
             raise DocumentError(f"task [{where}]: relation {key} [{item.get(key)}] points to no region")
         ends.append(regions[region])
-    labels = [str(x) for x in item.get("labels") or []]
-    if labels and _norm(config.relation_label) not in {_norm(x) for x in labels}:
-        log.warning(
-            "task [%s]: relation labelled %s is not [%s]; dropped", where, labels, config.relation_label
-        )
-        return
+    # One relation per label; none is the schema's relation. Other labels (the team's own) are kept.
+    labels = [
+        schema.relation if _norm(x) == _norm(config.relation_label) else x
+        for x in _labels(item.get("labels"), "relation", where)
+    ] or [schema.relation]
     head_id, tail_id = ends
     if head_id is None or tail_id is None:
-        log.warning("task [%s]: relation to a dropped region; dropped", where)
+        log.warning("task [%s]: relation to a region without labels; dropped", where)
         return
     if item.get("direction") == "left":
         head_id, tail_id = tail_id, head_id
     index = doc.span_index()
-    if schema.is_modifier(index[head_id].label) and schema.is_entity(index[tail_id].label):
-        head_id, tail_id = tail_id, head_id  # drawn from the modifier, or "bi": hasAttr starts at the entity
-    doc.relations.append(
-        Relation(doc.new_relation_id(), head_id, tail_id, schema.relation, _float(item.get("score")), source)
-    )
+    for label in labels:
+        head, tail = head_id, tail_id
+        if (
+            label == schema.relation
+            and schema.is_modifier(index[head].label)
+            and schema.is_entity(index[tail].label)
+        ):
+            head, tail = tail, head  # drawn from the modifier, or "bi": hasAttr starts at the entity
+        doc.relations.append(
+            Relation(doc.new_relation_id(), head, tail, label, _float(item.get("score")), source)
+        )
 
 
 def _float(x: Any) -> float | None:
@@ -378,16 +385,26 @@ def document_results(doc: Document, config: LabelStudioConfig = DEFAULT_CONFIG) 
         if s.score is not None:
             region["score"] = s.score
         results.append(region)
-    results += [
-        {
-            "type": "relation",
-            "from_id": r.head,
-            "to_id": r.tail,
-            "direction": "right",
-            "labels": [config.relation_label],
-        }
-        for r in doc.relations
-    ]
+    schema = load_schema()
+    index = doc.span_index()
+    for r in doc.relations:
+        if r.label == schema.relation and (
+            schema.is_modifier(index[r.head].label) and schema.is_entity(index[r.tail].label)
+        ):
+            raise DocumentError(
+                f"relation [{r.id}] of document [{doc.id}] runs from modifier [{r.head}] to main "
+                f"entity [{r.tail}]; Label Studio's reader starts [{r.label}] at the entity, so it "
+                "cannot carry this one: fix its direction"
+            )
+        results.append(
+            {
+                "type": "relation",
+                "from_id": r.head,
+                "to_id": r.tail,
+                "direction": "right",
+                "labels": [config.relation_label if r.label == schema.relation else r.label],
+            }
+        )
     return results
 
 

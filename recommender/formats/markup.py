@@ -37,6 +37,18 @@ log = logging.getLogger(__name__)
 
 
 def _records(doc: Document, sentences: list[SentenceMarkup]) -> list[dict[str, Any]]:
+    if not doc.sentences:  # a blank note: one empty record, so that the note itself is not lost
+        return [
+            {
+                "doc_id": doc.id,
+                "sentence_index": 0,
+                "begin": 0,
+                "end": 0,
+                "ner": "",
+                "re": [],
+                "doc_text": doc.text,
+            }
+        ]
     out = []
     for k, (segment_, sentence) in enumerate(zip(doc.sentences, sentences, strict=True)):
         record: dict[str, Any] = {

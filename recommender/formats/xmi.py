@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -419,7 +420,9 @@ def cas_to_document(
     doc_id: str | None = None,
     schema: Schema | None = None,
 ) -> Document:
-    """The note, its segmentation and its Kiwi annotations; layers missing from the type system give none."""
+    """The note, its segmentation and its Kiwi annotations; layers missing from the type system give none.
+
+    Labels outside the schema (a team's own span or relation types) are kept: training ignores them."""
     schema = schema or load_schema()
     view = _text_view(cas)
     doc = Document(id=doc_id or _document_id(view) or "document", text=view.sofa_string)
@@ -436,8 +439,8 @@ def cas_to_document(
         n = len(doc.text)
         for fs in view.select(layers.span_type):
             label = fs.get(layers.span_feature)
-            if label not in schema.label_names:
-                skipped["span label outside the schema"] += 1
+            if not label:
+                skipped["span without a label"] += 1
                 continue
             if not 0 <= fs.begin < fs.end <= n:
                 skipped["empty or out-of-range span"] += 1
@@ -454,9 +457,7 @@ def cas_to_document(
             label = fs.get(layers.relation_feature) or schema.relation
             head = by_fs.get(gov.xmiID) if gov is not None else None
             tail = by_fs.get(dep.xmiID) if dep is not None else None
-            if label != schema.relation:
-                skipped["relation label outside the schema"] += 1
-            elif head is None or tail is None:
+            if head is None or tail is None:
                 skipped["relation to a skipped or missing span"] += 1
             else:
                 score = _feature_or_none(fs, f"{layers.relation_feature}_score")
@@ -471,6 +472,7 @@ def document_to_cas(
     doc: Document, typesystem: TypeSystem | None = None, layers: LayerMapping = DEFAULT_LAYERS
 ) -> Cas:
     """A new CAS with the note as sofa, DKPro Sentence/Token, metadata, and the Kiwi spans and relations."""
+    _xml_safe(doc)
     ts = typesystem or project_typesystem(layers)
     cas = Cas(typesystem=ts)
     cas.sofa_string = doc.text
@@ -485,6 +487,26 @@ def document_to_cas(
             cas.add_all([make(begin=s.begin, end=s.end) for s in segments])
     add_document_annotations(cas, doc, layers)
     return cas
+
+
+# XML 1.0 cannot hold C0 controls but tab and line ends, U+FFFE/U+FFFF, or lone surrogates.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(doc: Document) -> None:
+    """FormatError naming the first character of the text or a label that XMI cannot carry."""
+    for where, value in [("text", doc.text), *((f"label of span [{s.id}]", s.label) for s in doc.spans)]:
+        if m := _NOT_XML.search(value):
+            raise FormatError(
+                f"document [{doc.id}]: {where} holds [U+{ord(m.group()):04X}] at {m.start()}, "
+                "which XML (and so XMI) cannot carry"
+            )
+    for r in doc.relations:
+        if m := _NOT_XML.search(r.label):
+            raise FormatError(
+                f"document [{doc.id}]: label of relation [{r.id}] holds [U+{ord(m.group()):04X}], "
+                "which XML (and so XMI) cannot carry"
+            )
 
 
 def add_document_annotations(
@@ -513,12 +535,11 @@ def add_document_annotations(
     by_id: dict[str, Any] = {}
     for span in doc.spans:
         fs = existing.get(span.key)
-        if fs is None:
+        if fs is None:  # two equal spans of ``doc`` stay two (only what the CAS had is reused)
             fs = span_type(begin=span.begin, end=span.end)
             fs.set(layers.span_feature, span.label)
             _mark(fs, layers.span_feature, span.score, predicted)
             view.add(fs)
-            existing[span.key] = fs
         by_id[span.id] = fs
 
     if not doc.relations:
@@ -549,7 +570,6 @@ def add_document_annotations(
         fs.set(layers.relation_feature, rel.label)
         _mark(fs, layers.relation_feature, rel.score, predicted)
         view.add(fs)
-        present.add((id(gov), id(dep), rel.label))
 
 
 def _mark(fs: Any, feature: str, score: float | None, predicted: bool) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from recommender.errors import NotFoundError
+from recommender.service.bodies import CleanJsonRoute
 from recommender.service.state import ServiceDep
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=CleanJsonRoute)
 
 
 @router.get("/status")

@@ -112,10 +112,8 @@ def create_app(
     app.state.service = service
     app.state.settings = settings
     errors.install(app)
-    app.include_router(inception.router)
-    app.include_router(labelstudio.router)
-    app.include_router(admin.router)
-    app.include_router(reports.router)
+    for router in (inception.router, labelstudio.router, admin.router, reports.router):
+        app.include_router(router, responses=errors.ERROR_RESPONSES)
     # Added last = outermost: authenticate before reading a body, limit it before parsing it.
     app.add_middleware(CatchAllMiddleware, log_note_text=settings.log_note_text)
     app.add_middleware(StatsMiddleware, stats=service.stats)

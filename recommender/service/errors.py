@@ -7,10 +7,12 @@ validation errors keep the location and message of each problem but drop the off
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from recommender.errors import (
     BusyError,
@@ -18,8 +20,10 @@ from recommender.errors import (
     DocumentError,
     FormatError,
     KiwiError,
+    LimitError,
     ModelError,
     NotFoundError,
+    OverloadError,
     SchemaError,
 )
 
@@ -31,8 +35,23 @@ STATUS: dict[type[KiwiError], int] = {
     SchemaError: 422,
     NotFoundError: 404,
     BusyError: 429,
+    LimitError: 413,
     ModelError: 503,
+    OverloadError: 503,
     ConfigError: 500,
+}
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx body: a message, or the validation problems (location, message, type)."""
+
+    detail: str | list[dict[str, Any]]
+    error: str | None = None
+
+
+# Declared on every route, so the OpenAPI schema says what a refusal looks like.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 429, 503)
 }
 
 

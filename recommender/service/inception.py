@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from cassis import TypeSystem
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from recommender.document import Document, Segment, Span
@@ -45,12 +45,13 @@ from recommender.formats.xmi import (
     load_typesystem_xml,
 )
 from recommender.schema import load_schema
-from recommender.service.state import Service, ServiceDep
+from recommender.service.bodies import CleanJsonRoute
+from recommender.service.state import Service, ServiceDep, client_of
 from recommender.settings import RecommenderConfig
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/inception", tags=["INCEpTION"])
+router = APIRouter(prefix="/inception", tags=["INCEpTION"], route_class=CleanJsonRoute)
 
 # INCEpTION sends the project's whole type system with every request (~60 kB, 23 ms for cassis to
 # read); it changes only when the project's layers do. Nothing downstream modifies it.
@@ -109,7 +110,8 @@ class PredictResponse(BaseModel):
 
 # --- routes ---------------------------------------------------------------------------------------
 @router.post("/{name}/predict", response_model=PredictResponse)
-def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResponse:
+def predict(name: str, body: PredictRequest, request: Request, service: ServiceDep) -> PredictResponse:
+    deadline = service.deadline()
     rec = service.recommender(name)
     extractor = service.predictor.current
     ts = _typesystem(body.typeSystem, source="typeSystem")
@@ -118,16 +120,18 @@ def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResp
         _unservable(service, name, body.metadata, problem)
         return PredictResponse(document=body.document.xmi)
     cas = XmiCas(body.document.xmi, ts, source="document.xmi")
+    service.check_note(cas.sofa_string, f"document {body.document.documentId}")
+    client = client_of(request)
     doc = cas_to_document(cas, layers)
     tags = _tagset(body.tagsets, body.metadata)
     explanation = f"{extractor.info.extractor} {extractor.version}"
     # Only the model call takes a compute lane: reading and writing the CAS is done by then.
     if rec.task == "entities":
-        with service.compute:
+        with service.model_call(client, deadline):
             predicted = extractor.predict([doc.without_annotations()])[0]
         added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
     elif doc.spans:
-        with service.compute:
+        with service.model_call(client, deadline):
             predicted = extractor.predict([doc], entities_given=True)[0]
         added = suggest_relations(cas, predicted, layers, tags, explanation)
     else:
@@ -144,7 +148,7 @@ def predict(name: str, body: PredictRequest, service: ServiceDep) -> PredictResp
 
 
 @router.post("/{name}/train", status_code=204, response_class=Response)
-def train(name: str, body: TrainRequest, service: ServiceDep) -> Response:
+def train(name: str, body: TrainRequest, request: Request, service: ServiceDep) -> Response:
     rec = service.recommender(name)
     ts = _typesystem(body.typeSystem, source="typeSystem")
     layers, problem = _resolve(rec, body.metadata, ts)
@@ -160,7 +164,7 @@ def train(name: str, body: TrainRequest, service: ServiceDep) -> Response:
         if service.unchanged_resend((project, doc_key, annotator), digest):
             continue
         cas = XmiCas(item.xmi, ts, source=f"documents[{n}].xmi")
-        with service.compute:  # segments notes whose CAS has no sentences
+        with service.model_call(client_of(request), service.deadline()):  # segments sentence-less CASes
             doc = cas_to_document(cas, layers)
         doc.meta["inception"] = {"documentId": item.documentId, "layer": body.metadata.layer}
         if service.store.add(project, doc_key, annotator, "inception", doc) is not None:

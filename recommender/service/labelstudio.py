@@ -25,6 +25,7 @@ Corrections are stored per project as ``labelstudio-<project id>``, document ``a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -32,11 +33,12 @@ from typing import Annotated, Any
 import httpx
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
-from fastapi import APIRouter, BackgroundTasks, Body
+from fastapi import APIRouter, BackgroundTasks, Body, Request
 from pydantic import BaseModel, ConfigDict
 
 from recommender.document import Document
-from recommender.errors import BusyError, FormatError, KiwiError
+from recommender.errors import BusyError, FormatError, KiwiError, OverloadError
+from recommender.extractors.base import Extractor
 from recommender.formats.labelstudio import (
     LabelStudioConfig,
     document_prediction,
@@ -45,14 +47,16 @@ from recommender.formats.labelstudio import (
     task_text,
 )
 from recommender.guidelines import labelstudio_config
+from recommender.service.bodies import CleanJsonRoute
 from recommender.service.labelstudio_client import backend_authorization
-from recommender.service.state import Service, ServiceDep
+from recommender.service.state import Service, ServiceDep, client_of
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["Label Studio"])
+router = APIRouter(tags=["Label Studio"], route_class=CleanJsonRoute)
 
 NO_MODEL = "no-model"
+CHUNK = 8  # tasks per model call in a batch: large enough for the encoder to batch them
 
 
 # --- the project's labeling config ----------------------------------------------------------------
@@ -124,7 +128,10 @@ def setup(service: ServiceDep, body: Annotated[dict[str, Any] | None, Body()] = 
 
 
 @router.post("/predict")
-def predict(body: PredictRequest, background: BackgroundTasks, service: ServiceDep) -> dict[str, Any]:
+def predict(
+    body: PredictRequest, background: BackgroundTasks, request: Request, service: ServiceDep
+) -> dict[str, Any]:
+    deadline = service.deadline()
     extractor = service.predictor.current
     view = project_view(body.label_config)
     version = extractor.version
@@ -138,16 +145,21 @@ def predict(body: PredictRequest, background: BackgroundTasks, service: ServiceD
     todo = [
         Document(id=str(body.tasks[n].get("id", n)), text=t) for n, t in enumerate(texts) if t and t.strip()
     ]
-    with service.compute:
-        predicted = iter(extractor.predict(todo)) if todo else iter(())
+    for doc in todo:  # before any model work: a long note is refused at once
+        service.check_note(doc.text, f"task {doc.id}")
+    predicted = _predict_in_chunks(service, extractor, todo, client_of(request), deadline)
     results = []
     dropped: dict[str, int] = {}
+    done = 0
     for text in texts:
         if not text or not text.strip():
             # Nothing to annotate is nothing to be unsure about: such tasks sort last.
             results.append({"model_version": version, "score": 1.0, "result": []})
             continue
-        doc = _restrict(next(predicted), view, dropped)
+        if done == len(predicted):
+            break  # past the time budget: Label Studio asks for the rest when they are opened
+        doc = _restrict(predicted[done], view, dropped)
+        done += 1
         results.append(document_prediction(doc, view.config, version))
     if dropped:
         log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
@@ -162,6 +174,34 @@ def predict(body: PredictRequest, background: BackgroundTasks, service: ServiceD
                 client.authorize_webhooks, pid, authorization, basic_user=settings.basic_auth_user
             )
     return {"results": results, "model_version": version}
+
+
+def _predict_in_chunks(
+    service: Service, extractor: Extractor, docs: list[Document], client: str, deadline: float
+) -> list[Document]:
+    """Predictions for a prefix of ``docs``: all of them unless the time budget ran out first.
+
+    Each chunk takes a lane of its own, so other clients' requests run between the chunks of a big
+    batch. The first chunk always runs (or its lane wait raises OverloadError).
+    """
+    out: list[Document] = []
+    for k in range(0, len(docs), CHUNK):
+        if k and time.monotonic() > deadline:
+            log.warning(
+                "predict: time budget of %.0f s spent after %d of %d task(s); answering those",
+                service.settings.predict_budget_seconds,
+                k,
+                len(docs),
+            )
+            break
+        try:
+            with service.model_call(client, deadline):
+                out += extractor.predict(docs[k : k + CHUNK])
+        except OverloadError:
+            if not k:
+                raise
+            break
+    return out
 
 
 def _restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
@@ -199,7 +239,10 @@ def webhook(
         return {"status": "stored", "new": n}
     if action == "ANNOTATIONS_DELETED":
         removed = 0
-        for item in body.get("annotations") or []:
+        items = body.get("annotations") or []
+        if not isinstance(items, list):
+            raise FormatError("ANNOTATIONS_DELETED payload needs an [annotations] list")
+        for item in items:
             if isinstance(item, dict) and item.get("id") is not None:
                 removed += _delete_annotation(service, store_project, item["id"])
         return {"status": "deleted", "removed": removed}

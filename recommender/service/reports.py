@@ -5,21 +5,23 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from recommender.agreement import add_model_rater, agreement_report
 from recommender.agreement.render import html_report, markdown_report
 from recommender.document import Document
 from recommender.errors import DocumentError, NotFoundError
-from recommender.service.state import ServiceDep
+from recommender.service.bodies import CleanJsonRoute
+from recommender.service.state import ServiceDep, client_of
 
-router = APIRouter(tags=["reports"])
+router = APIRouter(tags=["reports"], route_class=CleanJsonRoute)
 
 
 @router.get("/projects/{project}/agreement", response_model=None)
 def project_agreement(
     project: str,
+    request: Request,
     service: ServiceDep,
     format: Literal["json", "html", "markdown"] = "json",
     include_model: bool = False,
@@ -36,7 +38,7 @@ def project_agreement(
     if not raters:
         raise NotFoundError(f"no stored corrections for project [{project}]")
     if include_model:
-        with service.compute:
+        with service.model_call(client_of(request), service.deadline()):
             add_model_rater(raters, service.predictor.current)
     if len(raters) < 2:
         raise DocumentError(

@@ -6,13 +6,16 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from recommender.errors import ModelError, NotFoundError
+from recommender.errors import LimitError, ModelError, NotFoundError, OverloadError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import Extractor
 from recommender.registry import ModelRegistry
@@ -63,19 +66,24 @@ class Predictor:
 
 
 class ComputeLanes:
-    """Admits at most ``lanes`` model calls at once, first come first served, each on
-    ``cores // lanes`` intra-op threads.
+    """Admits at most ``lanes`` model calls at once, each on ``cores // lanes`` intra-op threads, and
+    shares them fairly between clients.
 
     On 2 cores two requests on one thread each serve more notes per second than one request on two
     threads (small matrices scale poorly across threads), and one request's Python work (XMI
     parsing) overlaps the other's model time. Threads are not shared out by how many calls run: a
     call that started alone on both cores and then shared them with a newcomer stalls at OpenMP
     barriers (INCEpTION p95 at 4 clients 0.69 s that way, 0.54 s with fixed threads). Torch's thread
-    count is per calling thread, so the retrainer keeps its own. A freed lane is handed to the
-    longest waiter, so a newly arrived request cannot barge ahead.
+    count is per calling thread, so the retrainer keeps its own.
+
+    Sharing: a freed lane goes to the waiting client that holds the fewest lanes, and among its
+    waiters to the longest one, so a newly arrived request cannot barge ahead and a client with many
+    requests queued holds all lanes only while nobody else waits (for at most one model call, which
+    the note length limit and the per-chunk calls keep short). ``per_client`` caps a client's lanes
+    even then. A call that gets no lane within ``timeout`` raises OverloadError.
     """
 
-    def __init__(self, lanes: int, cores: int | None = None) -> None:
+    def __init__(self, lanes: int, cores: int | None = None, *, per_client: int | None = None) -> None:
         try:
             import torch
         except ImportError:  # extractors without torch need no thread setting
@@ -84,32 +92,62 @@ class ComputeLanes:
         # torch's default honours OMP_NUM_THREADS and counts physical cores
         cores = cores or (torch.get_num_threads() if torch else os.cpu_count() or 1)
         self.lanes = lanes
+        self.per_client = min(per_client or lanes, lanes)
         self.threads = max(1, cores // lanes)
         self.running = 0
+        self.held: dict[str, int] = {}  # client -> lanes it holds
         self._lock = threading.Lock()
-        self._waiting: deque[threading.Event] = deque()
+        self._waiting: deque[tuple[str, threading.Event]] = deque()
 
-    def __enter__(self) -> ComputeLanes:
-        """Waits for a lane."""
+    def _admit(self, client: str) -> None:
+        self.running += 1
+        self.held[client] = self.held.get(client, 0) + 1
+
+    def _next_waiter(self) -> int | None:
+        """Index of the waiter a free lane goes to: fewest lanes held, then longest waiting."""
+        best: int | None = None
+        for i, (client, _) in enumerate(self._waiting):
+            held = self.held.get(client, 0)
+            if held < self.per_client and (best is None or held < self.held.get(self._waiting[best][0], 0)):
+                best = i
+        return best
+
+    @contextmanager
+    def lane(self, client: str = "", timeout: float | None = None) -> Iterator[ComputeLanes]:
+        """Hold a lane for ``client`` while the block runs; OverloadError when none frees in ``timeout``."""
         with self._lock:
             turn = None
-            if self.running < self.lanes and not self._waiting:
-                self.running += 1
+            if self.running < self.lanes and self.held.get(client, 0) < self.per_client:
+                self._admit(client)  # a free lane means no waiter could take it
             else:
                 turn = threading.Event()
-                self._waiting.append(turn)
-        if turn is not None:
-            turn.wait()  # the releasing call passed its lane on: running already counts this one
+                self._waiting.append((client, turn))
+        if turn is not None and not turn.wait(timeout):
+            with self._lock:
+                if not turn.is_set():  # else the lane was handed over just now: take it
+                    self._waiting.remove((client, turn))
+                    raise OverloadError(
+                        f"no compute lane came free within [{timeout:.0f}] s "
+                        f"({self.lanes} lane(s), {len(self._waiting)} call(s) waiting); retry later"
+                    )
         if self._torch is not None and self._torch.get_num_threads() != self.threads:
             self._torch.set_num_threads(self.threads)
-        return self
+        try:
+            yield self
+        finally:
+            self._release(client)
 
-    def __exit__(self, *exc: object) -> None:
+    def _release(self, client: str) -> None:
         with self._lock:
-            if self._waiting:
-                self._waiting.popleft().set()
-            else:
-                self.running -= 1
+            self.running -= 1
+            self.held[client] -= 1
+            if not self.held[client]:
+                del self.held[client]
+            if (i := self._next_waiter()) is not None:
+                waiter, turn = self._waiting[i]
+                del self._waiting[i]
+                self._admit(waiter)  # counted before it wakes, so no newcomer takes this lane
+                turn.set()
 
 
 class Service:
@@ -131,10 +169,28 @@ class Service:
         self.retrainer = retrainer
         self.labelstudio = labelstudio
         self.stats = RequestStats()
-        self.compute = ComputeLanes(settings.predict_lanes)
+        self.compute = ComputeLanes(settings.predict_lanes, per_client=settings.max_lanes_per_client)
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
         self._raw_lock = threading.Lock()
+
+    def deadline(self) -> float:
+        """When a prediction starting now must be done (``time.monotonic()``)."""
+        return time.monotonic() + self.settings.predict_budget_seconds
+
+    def model_call(self, client: str, deadline: float) -> AbstractContextManager[ComputeLanes]:
+        """A compute lane for ``client``, waiting no later than ``deadline``."""
+        return self.compute.lane(client, timeout=max(0.0, deadline - time.monotonic()))
+
+    def check_note(self, text: str, where: str) -> None:
+        """LimitError for a note too long to predict on within a request."""
+        limit = self.settings.max_note_chars
+        if len(text) > limit:
+            raise LimitError(
+                f"note [{where}] has {len(text)} characters, over the limit of [{limit}] "
+                "(KIWI_MAX_NOTE_CHARS); pre-annotate long notes in batch with "
+                "`kiwi predict --model DIR NOTES OUT` and import the result"
+            )
 
     def recommender(self, name: str) -> RecommenderConfig:
         try:
@@ -190,10 +246,15 @@ class Service:
         }
 
 
+def client_of(request: Request) -> str:
+    """Who is asking, for sharing the compute lanes: the peer address."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
-__all__ = ["Predictor", "Service", "ServiceDep", "get_service"]
+__all__ = ["ComputeLanes", "Predictor", "Service", "ServiceDep", "client_of", "get_service"]
