@@ -10,7 +10,9 @@ from collections.abc import Callable
 from recommender.document import Document, Span
 
 
-def run_kiwi(*args: str, timeout: float = 180, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+def run_kiwi(
+    *args: str, timeout: float = 180, columns: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """The `kiwi` console script in a fresh process: exit codes and stderr as a user sees them
     (``columns``: the terminal width rich lays help tables out for)."""
     env = None if columns is None else {**os.environ, "COLUMNS": str(columns)}

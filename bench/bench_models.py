@@ -1,0 +1,332 @@
+"""The paper's trade-off (Tables 2-4 in miniature): every model family on the fixed MTSamples split.
+
+Run: ``python bench/bench_models.py [--families bert llama] [--reuse] [--set llama.max_examples=800]``.
+Each family is trained on the 80 training notes (``kiwi train FAMILY`` defaults, plus ``--set``
+overrides) and run on the 16 development notes as ``kiwi evaluate --model`` runs it: NER and all spans
+from raw text, RE with the gold main entities given. Training and evaluation each run in a process of
+their own, so peak memory and CPU time are per step. Printed, and written to
+``bench/results/models.json``: NER exact and relaxed F1, RE F1, end-to-end F1 (all 20 span types), each
+with a 95% bootstrap interval; per-type NER F1; the paper's one-sided Wilcoxon test between every two
+families; training time; seconds per note; peak memory; energy and CO2.
+
+Energy: from the CPU's RAPL counters (``/sys/class/powercap``) where they are readable; otherwise
+estimated as CPU-seconds x ``--watts-per-core`` (default 5 W: the TDP of current 64-96-core server CPUs
+divided by their cores), which the output says. CO2 at the paper's 0.39 kg per kWh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KG_CO2_PER_KWH = 0.39  # the paper's carbon factor
+POWERCAP = Path("/sys/class/powercap")
+# What the paper measured on an A100 (MTSamples test split, trained on all training notes).
+PAPER = {
+    "bert": {"model": "BiomedBERT", "ner": 0.833, "re": 0.670, "s_per_note": 0.4, "train_h": 4.1},
+    "llama": {"model": "LLaMA-3-8B", "ner": 0.869, "re": 0.787, "s_per_note": 4.6, "train_h": 1.6},
+}
+# Overrides that make a family fit about an hour of 2-core CPU (said in the output; --set replaces them).
+CPU_DEFAULTS: dict[str, dict[str, str]] = {"llama": {"max_examples": "1200", "epochs": "1"}}
+
+
+class EnergyMeter:
+    """Joules used by the CPU packages between start and stop (RAPL), else an estimate from CPU time."""
+
+    def __init__(self, watts_per_core: float) -> None:
+        self.watts_per_core = watts_per_core
+        self.domains = sorted(POWERCAP.glob("intel-rapl:[0-9]*/energy_uj")) if POWERCAP.is_dir() else []
+        readable = []
+        for d in self.domains:
+            try:
+                int(d.read_text())
+                readable.append(d)
+            except (OSError, ValueError):
+                pass
+        self.domains = readable
+
+    def _read(self) -> int:
+        return sum(int(d.read_text()) for d in self.domains)
+
+    def measure(self, started_uj: int | None, cpu_seconds: float) -> dict[str, Any]:
+        if self.domains and started_uj is not None:
+            joules = (self._read() - started_uj) / 1e6
+            method = "RAPL package counters"
+        else:
+            joules = cpu_seconds * self.watts_per_core
+            method = f"estimate: {cpu_seconds:.0f} CPU-seconds x {self.watts_per_core:g} W per busy core"
+        kwh = joules / 3.6e6
+        return {"kwh": kwh, "kg_co2": kwh * KG_CO2_PER_KWH, "method": method}
+
+    def start(self) -> int | None:
+        return self._read() if self.domains else None
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _overrides(family: str, sets: list[str]) -> dict[str, str]:
+    out = dict(CPU_DEFAULTS.get(family, {}))
+    for item in sets:
+        key, _, value = item.partition("=")
+        fam, _, field = key.partition(".")
+        if fam == family:
+            out[field] = value
+    return out
+
+
+def _config(family: str, overrides: dict[str, str]) -> Any:
+    """The family's config with ``overrides`` parsed by the field's type (as the CLI would)."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from recommender.extractors import family as get_family
+
+    cls = get_family(family).config_class()
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in names:
+            raise SystemExit(f"error: {family} has no setting [{key}]; known: {', '.join(sorted(names))}")
+        kind = hints[key]
+        if raw.lower() == "none":
+            values[key] = None
+        elif kind in (bool,):
+            values[key] = raw.lower() in ("1", "true", "yes")
+        elif int in getattr(kind, "__args__", (kind,)):
+            values[key] = int(raw)
+        elif float in getattr(kind, "__args__", (kind,)):
+            values[key] = float(raw)
+        else:
+            values[key] = raw
+    return cls(**values)
+
+
+def _split() -> tuple[list[Any], list[Any]]:
+    from recommender.corpora import SHARED_MTSAMPLES, split_documents
+    from recommender.formats import brat
+
+    if not SHARED_MTSAMPLES.is_dir():
+        raise SystemExit(
+            f"error: {SHARED_MTSAMPLES} is absent: the benchmark needs the shared MTSamples notes"
+        )
+    return split_documents(brat.read(SHARED_MTSAMPLES))
+
+
+def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) -> dict[str, Any]:
+    import torch
+
+    from recommender.cli.common import progress
+    from recommender.extractors import get_extractor_class
+
+    torch.set_num_threads(2)
+    train, dev = _split()
+    config = _config(family, _overrides(family, sets))
+    started, cpu0, t0 = meter.start(), _cpu_seconds(), time.perf_counter()
+    ex = get_extractor_class(family).train(train, dev, config, folder, progress=progress)
+    seconds = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
+    return {
+        "version": ex.version,
+        "train_notes": len(train),
+        "config": config.to_dict(),
+        "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu, 1),
+        "train_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "train_energy": meter.measure(started, cpu),
+    }
+
+
+def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int) -> dict[str, Any]:
+    import torch
+
+    from recommender.cli.common import progress
+    from recommender.evaluation.scorer import evaluate, predict_for_scoring
+    from recommender.extractors import load_extractor
+    from recommender.formats import jsonl
+
+    torch.set_num_threads(2)
+    _, dev = _split()
+    ex = load_extractor(folder)
+    started, cpu0 = meter.start(), _cpu_seconds()
+    pred, re_pred, speed = predict_for_scoring(ex, dev, batch_size=batch_size, track=progress)
+    cpu = _cpu_seconds() - cpu0
+    jsonl.write(pred, folder.parent / f"{folder.name}.pred.jsonl")
+    jsonl.write(re_pred, folder.parent / f"{folder.name}.re_pred.jsonl")
+    ev = evaluate(dev, pred, re_pred=re_pred, resamples=1000, speed=speed).to_dict()
+    per_type = {t: round(s["exact"]["f1"], 3) for t, s in ev["ner"]["per_type"].items()}
+    return {
+        "version": ex.version,
+        "dev_notes": len(dev),
+        "scores": {t: {m: _slim(ev[t][m]) for m in ("exact", "relaxed")} for t in ("ner", "re", "spans")},
+        "ner_per_type_exact_f1": per_type,
+        "drops": ev["drops"],
+        "seconds_per_note": round(speed["seconds_per_note"], 3),
+        "re_seconds_per_note": round(speed["re_seconds_per_note"], 3),
+        "eval_cpu_seconds": round(cpu, 1),
+        "eval_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "eval_energy": meter.measure(started, cpu),
+        "eval_notes_energy_scope": "both passes over the 16 notes (from text, then entities given)",
+    }
+
+
+def _slim(score: dict[str, Any]) -> dict[str, Any]:
+    lo, hi = score["ci"]["f1"]
+    return {
+        "f1": round(score["f1"], 4),
+        "ci": [round(lo, 4), round(hi, 4)],
+        **{k: score[k] for k in ("tp", "fp", "fn")},
+    }
+
+
+def _child(*args: str) -> dict[str, Any]:
+    out = RESULTS / f".phase-{os.getpid()}.json"
+    cmd = [sys.executable, __file__, "--phase-out", str(out), *args]
+    subprocess.run(cmd, check=True)
+    data: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    out.unlink()
+    return data
+
+
+def significance(families: list[str], models: Path) -> dict[str, Any]:
+    """One-sided Wilcoxon rank-sum over 1,000 paired bootstrap resamples, every ordered pair."""
+    from recommender.corpora import SHARED_MTSAMPLES, split_documents
+    from recommender.evaluation.scorer import count
+    from recommender.evaluation.stats import SEED, compare
+    from recommender.formats import brat, jsonl
+
+    _, dev = split_documents(brat.read(SHARED_MTSAMPLES))
+    counts = {
+        f: count(
+            dev, jsonl.read(models / f"{f}.pred.jsonl"), re_pred=jsonl.read(models / f"{f}.re_pred.jsonl")
+        )
+        for f in families
+    }
+    out: dict[str, Any] = {}
+    for a in families:
+        for b in families:
+            if a != b:
+                out[f"{a} > {b}"] = {
+                    task: compare(
+                        counts[a][task].micro("exact"), counts[b][task].micro("exact"), 1000, SEED
+                    ).to_dict()
+                    for task in ("ner", "re", "spans")
+                }
+    return out
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = report["models"]
+    cols = [
+        "NER exact",
+        "NER relaxed",
+        "RE exact",
+        "end-to-end",
+        "train min",
+        "s/note",
+        "peak GB",
+        "kWh",
+        "g CO2",
+    ]
+    print(f"\n{'model':<34}" + "".join(f"{c:>13}" for c in cols))
+
+    def f1(s: dict[str, Any]) -> str:
+        return f"{s['f1']:.3f}"
+
+    for name, r in rows.items():
+        e = r["eval"]
+        kwh = r["train"]["train_energy"]["kwh"] + e["eval_energy"]["kwh"]
+        cells = [
+            f1(e["scores"]["ner"]["exact"]),
+            f1(e["scores"]["ner"]["relaxed"]),
+            f1(e["scores"]["re"]["exact"]),
+            f1(e["scores"]["spans"]["exact"]),
+            f"{r['train']['train_seconds'] / 60:.1f}",
+            f"{e['seconds_per_note']:.2f}",
+            f"{max(r['train']['train_peak_rss_mb'], e['eval_peak_rss_mb']) / 1024:.1f}",
+            f"{kwh:.4f}",
+            f"{kwh * KG_CO2_PER_KWH * 1000:.1f}",
+        ]
+        label = f"{name} ({r['eval']['version']})"[:33]
+        print(f"{label:<34}" + "".join(f"{c:>13}" for c in cells))
+        cis = "  ".join(
+            f"{t} {e['scores'][t]['exact']['ci'][0]:.3f}-{e['scores'][t]['exact']['ci'][1]:.3f}"
+            for t in ("ner", "re", "spans")
+        )
+        print(f"{'':<34}95% CI (exact): {cis}")
+        print(f"{'':<34}NER per type: {e['ner_per_type_exact_f1']}")
+        if e["drops"]:
+            print(f"{'':<34}dropped model output: {e['drops']}")
+        print(f"{'':<34}energy, evaluation: {e['eval_energy']['method']}")
+    for pair, tasks in report["significance"].items():
+        ps = ", ".join(f"{t} p={c['p_value']:.3g}" for t, c in tasks.items())
+        print(f"Wilcoxon one-sided, {pair}: {ps}")
+    print("paper (A100, MTSamples test):", json.dumps(PAPER))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", nargs="+", default=["bert", "llama"], help="kiwi train commands")
+    ap.add_argument(
+        "--set", action="append", default=[], help="FAMILY.SETTING=VALUE (e.g. llama.max_steps=50)"
+    )
+    ap.add_argument("--reuse", action="store_true", help="keep a family's trained model from an earlier run")
+    ap.add_argument("--models", type=Path, default=RESULTS / "models")
+    ap.add_argument("--out", type=Path, default=RESULTS / "models.json")
+    ap.add_argument("--batch-size", type=int, default=16, help="notes per prediction call")
+    ap.add_argument("--watts-per-core", type=float, default=5.0)
+    ap.add_argument("--phase", nargs=2, metavar=("STEP", "FAMILY"), help=argparse.SUPPRESS)
+    ap.add_argument("--phase-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    meter = EnergyMeter(args.watts_per_core)
+
+    if args.phase:  # a child: one step of one family
+        step, fam = args.phase
+        folder = args.models / fam
+        data = (
+            phase_train(fam, folder, args.set, meter)
+            if step == "train"
+            else phase_eval(folder, meter, args.batch_size)
+        )
+        args.phase_out.write_text(json.dumps(data), encoding="utf-8")
+        return 0
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.models.mkdir(parents=True, exist_ok=True)
+    common = ["--models", str(args.models), "--watts-per-core", str(args.watts_per_core)]
+    common += [f"--set={s}" for s in args.set] + ["--batch-size", str(args.batch_size)]
+    report: dict[str, Any] = {"models": {}, "cpu_defaults": CPU_DEFAULTS, "paper": PAPER}
+    for fam in args.families:
+        folder = args.models / fam
+        saved = folder.with_suffix(".train.json")
+        if args.reuse and saved.is_file() and (folder / "kiwi_model.json").is_file():
+            train = json.loads(saved.read_text(encoding="utf-8"))
+        else:
+            print(f"== training {fam} ({_overrides(fam, args.set) or 'defaults'})", flush=True)
+            train = _child("--phase", "train", fam, *common)
+            saved.write_text(json.dumps(train, indent=2), encoding="utf-8")
+        print(f"== evaluating {fam} on the development notes", flush=True)
+        report["models"][fam] = {"train": train, "eval": _child("--phase", "eval", fam, *common)}
+    report["significance"] = significance(args.families, args.models) if len(args.families) > 1 else {}
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print_table(report)
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
