@@ -12,6 +12,7 @@ files) and loading refuses a base whose checksum differs.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -127,8 +128,12 @@ def _converted(source: BaseSource, cache_dir: Path) -> Path:
         raise ModelError(
             f"cannot read GGUF base ({type(e).__name__}: {str(e)[:200]})", source=source.path
         ) from None
-    # transformers refuses to save a model loaded from GGUF: rebuild it from its config and weights.
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # transformers refuses to save a model loaded from GGUF: rebuild it from its config and (already
+    # dequantized) weights, without the GGUF quantization entry, which would make loads refuse 4-bit.
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
