@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import LocalPostgres, start_or_skip
 from support import emoji_note
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
@@ -47,3 +49,19 @@ def sample_dir() -> Path:
 def emoji_doc() -> Document:
     """A note with characters outside the BMP before, inside and after annotations."""
     return emoji_note()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server on loopback for the whole session (skips when it cannot start)."""
+    server = start_or_skip(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on SQLite and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db/corrections.sqlite3"
+    return request.getfixturevalue("postgres").new_database()

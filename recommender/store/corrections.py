@@ -17,39 +17,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from recommender.document import Document
 from recommender.errors import ConfigError, FormatError
 from recommender.formats.jsonl import from_dict, to_dict
+from recommender.store.database import IMMEDIATE, is_postgres, migrate, open_engine
+from recommender.store.schema import corrections
 
 log = logging.getLogger(__name__)
 
 _RETRIES = 5
-_IMMEDIATE = "kiwi_immediate"
-
-metadata = sa.MetaData()
-corrections = sa.Table(
-    "corrections",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("project", sa.String(200), nullable=False),
-    sa.Column("document_id", sa.String(500), nullable=False),
-    sa.Column("annotator", sa.String(200), nullable=False),
-    sa.Column("tool", sa.String(50), nullable=False),
-    sa.Column("revision", sa.Integer, nullable=False),
-    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
-    sa.Column("document", sa.Text, nullable=True),  # None for a tombstone
-    sa.UniqueConstraint("project", "document_id", "annotator", "revision", name="uq_revision"),
-    sa.Index("ix_corrections_project_id", "project", "id"),
-)
 
 
 @dataclass(frozen=True)
@@ -82,22 +64,13 @@ def content_hash(doc: Document) -> str:
 class CorrectionStore:
     """``CorrectionStore("sqlite:///kiwi_models/corrections.sqlite3")`` or any SQLAlchemy URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = url
-        try:
-            parsed = sa.engine.make_url(url)
-        except sa.exc.ArgumentError:
-            raise ConfigError(f"not a database URL [{url}]") from None
-        self._sqlite = parsed.get_backend_name() == "sqlite"
-        if self._sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = sa.create_engine(url, future=True)
-        if self._sqlite:
-            _sqlite_pragmas(self.engine)
-        try:
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as e:
-            raise ConfigError(f"cannot open the correction store ({type(e).__name__})", source=url) from None
+        self._sqlite = not is_postgres(url)
+        if engine is None:
+            engine = open_engine(url)
+            migrate(engine)
+        self.engine: Engine = engine
 
     def close(self) -> None:
         self.engine.dispose()
@@ -241,7 +214,7 @@ class CorrectionStore:
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A write transaction (BEGIN IMMEDIATE on SQLite), committed on leaving the block."""
-        with self.engine.connect().execution_options(**{_IMMEDIATE: True}) as conn, conn.begin():
+        with self.engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
             yield conn
 
     def _rows(self, query: sa.Select[Any]) -> list[StoredCorrection]:
@@ -280,26 +253,6 @@ def _to_stored(row: dict[str, Any]) -> StoredCorrection:
         deleted=bool(row["deleted"]),
         document=doc,
     )
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    """WAL + synchronous=FULL: a commit is on disk when it returns. Writes BEGIN IMMEDIATE: writers
-    queue on the database lock at the start of a transaction instead of failing when a read
-    transaction tries to become a write one; reads BEGIN deferred and never block writers."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN itself
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 __all__ = ["CorrectionStore", "StoredCorrection", "content_hash"]
