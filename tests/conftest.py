@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,11 +54,17 @@ def emoji_doc() -> Document:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    """A real PostgreSQL server on loopback for the whole session (skips when it cannot start)."""
-    server = start_or_skip(tmp_path_factory.mktemp("postgres"))
-    yield server
-    server.stop()
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server on loopback for the whole session (skips when it cannot start).
+    Its folder is outside pytest's, which pytest keeps private to root (PostgreSQL runs as another
+    user when the tests run as root)."""
+    folder = Path(tempfile.mkdtemp(prefix="kiwi-postgres-"))
+    try:
+        server = start_or_skip(folder)
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

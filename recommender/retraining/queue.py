@@ -63,14 +63,15 @@ class JobQueue:
             settings, store, registry, trainer or get_trainer(settings.trainer), corpora, on_promote
         )
         self._dsn = libpq_dsn(store.url)
-        self._app = self._make_app()
+        self._app, self._task = self._make_app()
         self._opened = False
         self._open_lock = threading.Lock()
         self._worker_loop: asyncio.AbstractEventLoop | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._worker_thread: threading.Thread | None = None
 
-    def _make_app(self) -> Any:
+    def _make_app(self) -> tuple[Any, Any]:
+        """A procrastinate app and its training task; each event loop (API thread, worker) has its own."""
         p = self._procrastinate
         app = p.App(connector=p.PsycopgConnector(conninfo=self._dsn, min_size=1, max_size=4))
 
@@ -78,8 +79,7 @@ class JobQueue:
         async def train(job_id: int) -> None:
             await asyncio.to_thread(self._run, job_id)
 
-        self._task = train
-        return app
+        return app, train
 
     # --- triggers (any replica) ------------------------------------------------------------------
     def busy(self, project: str) -> bool:
@@ -174,7 +174,7 @@ class JobQueue:
         asyncio.run(self._worker(signals))
 
     async def _worker(self, signals: bool) -> None:
-        app = self._make_app()  # its own connection pool on this thread's event loop
+        app, _ = self._make_app()  # its own connection pool on this thread's event loop
         async with app.open_async():
             self._worker_loop = asyncio.get_running_loop()
             await self._retry_stalled(app)
