@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from recommender.document import Document
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, UnavailableError
 from recommender.formats.jsonl import to_dict
 from recommender.store import CorrectionStore, content_hash
 from recommender.store.database import head_revision, open_engine, schema_revision
@@ -214,3 +214,23 @@ def test_replicas_starting_together_migrate_once(database_url: str) -> None:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     for s in stores:
         s.close()
+
+
+def test_database_outage_is_unavailable_then_recovers(postgres) -> None:
+    """PostgreSQL stopped: the store says 503-unavailable (not a crash); started again: it works on,
+    and every correction acknowledged before the outage is there."""
+    store = CorrectionStore(postgres.new_database())
+    acknowledged = store.add("p", "n1", "ann", "inception", _doc())
+    assert acknowledged is not None
+    postgres.stop()
+    try:
+        with pytest.raises(UnavailableError, match="retry later"):
+            store.add("p", "n2", "ann", "inception", _doc("n2"))
+        with pytest.raises(UnavailableError):
+            store.latest("p")
+    finally:
+        postgres.start()
+    assert store.get(acknowledged.id) is not None
+    assert store.add("p", "n2", "ann", "inception", _doc("n2")) is not None
+    assert sorted(d.id for d in store.latest("p")) == ["n1", "n2"]
+    store.close()

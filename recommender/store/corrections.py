@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from recommender.document import Document
 from recommender.errors import ConfigError, FormatError
 from recommender.formats.jsonl import from_dict, to_dict
-from recommender.store.database import IMMEDIATE, is_postgres, migrate, open_engine
+from recommender.store.database import IMMEDIATE, is_postgres, migrate, open_engine, outage_is_unavailable
 from recommender.store.schema import corrections
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class CorrectionStore:
         self.engine.dispose()
 
     # --- writing -------------------------------------------------------------------------------
+    @outage_is_unavailable
     def add(
         self, project: str, document_id: str, annotator: str, tool: str, doc: Document
     ) -> StoredCorrection | None:
@@ -84,6 +85,7 @@ class CorrectionStore:
         payload = json.dumps(to_dict(doc), ensure_ascii=False)
         return self._append(project, document_id, annotator, tool, digest, payload, deleted=False)
 
+    @outage_is_unavailable
     def delete(
         self, project: str, document_id: str, annotator: str, tool: str = ""
     ) -> StoredCorrection | None:
@@ -137,6 +139,7 @@ class CorrectionStore:
         raise ConfigError(f"could not store a correction after {_RETRIES} attempts", source=self.url)
 
     # --- reading -------------------------------------------------------------------------------
+    @outage_is_unavailable
     def latest(self, project: str | None = None) -> list[Document]:
         """The newest version per (document, annotator), tombstones left out; all projects for None.
 
@@ -156,6 +159,7 @@ class CorrectionStore:
             docs.append(stored.document)
         return docs
 
+    @outage_is_unavailable
     def history(self, project: str, document_id: str) -> list[StoredCorrection]:
         """Every stored version of one document (all annotators, tombstones included), oldest first."""
         return self._rows(
@@ -164,10 +168,12 @@ class CorrectionStore:
             .order_by(corrections.c.id)
         )
 
+    @outage_is_unavailable
     def get(self, correction_id: int) -> StoredCorrection | None:
         rows = self._rows(sa.select(corrections).where(corrections.c.id == correction_id))
         return rows[0] if rows else None
 
+    @outage_is_unavailable
     def count_since(self, project: str | None, since_id: int) -> int:
         """How many versions (tombstones included) were stored after ``since_id``."""
         query = sa.select(sa.func.count()).select_from(corrections).where(corrections.c.id > since_id)
@@ -176,6 +182,7 @@ class CorrectionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    @outage_is_unavailable
     def last_id(self, project: str | None = None) -> int:
         query = sa.select(sa.func.max(corrections.c.id))
         if project is not None:
@@ -183,6 +190,7 @@ class CorrectionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
+    @outage_is_unavailable
     def projects(self) -> list[str]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(corrections.c.project).distinct().order_by(corrections.c.project))

@@ -7,9 +7,11 @@ transaction holds the database's write lock.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -19,10 +21,29 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, UnavailableError
 
 IMMEDIATE = "kiwi_immediate"
 _MIGRATION_LOCK = 0x6B697769  # "kiwi": the advisory lock id migrations wait on
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def outage_is_unavailable(method: Callable[P, R]) -> Callable[P, R]:
+    """A database that cannot be reached (stopped, restarting, network gone) is UnavailableError
+    (503, retry later) instead of an internal error; the pool replaces broken connections itself."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            raise UnavailableError(
+                f"the database is unavailable ({type(e.orig).__name__ if e.orig else type(e).__name__}); "
+                "retry later"
+            ) from None
+
+    return wrapper
 
 
 def parse_url(url: str) -> sa.engine.URL:
@@ -121,6 +142,7 @@ __all__ = [
     "libpq_dsn",
     "migrate",
     "open_engine",
+    "outage_is_unavailable",
     "parse_url",
     "schema_revision",
 ]

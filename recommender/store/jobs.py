@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from recommender.store.database import outage_is_unavailable
 from recommender.store.schema import training_jobs
 
 _FIELDS = ("state", "outcome", "stage", "progress", "candidate", "message", "triggers", "attempts")
@@ -24,6 +25,7 @@ class JobRecords:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @outage_is_unavailable
     def create(self, project: str, reason: str, last_correction: int) -> int | None:
         """A new queued job; None when one is queued for ``project`` already."""
         row = {
@@ -44,6 +46,7 @@ class JobRecords:
         except IntegrityError:
             return None
 
+    @outage_is_unavailable
     def join(self, project: str, last_correction: int) -> int | None:
         """Count one more trigger on the queued job of ``project``; its id, None when none is queued."""
         queued = (training_jobs.c.project == project) & (training_jobs.c.state == "queued")
@@ -63,6 +66,7 @@ class JobRecords:
             )
             return int(job_id)
 
+    @outage_is_unavailable
     def claim(self, job_id: int, last_correction: int) -> dict[str, Any] | None:
         """Mark the job running (again, when a dead worker's run is retried); None if it is gone.
         ``last_correction`` is the newest correction the run will see: later ones count for the next."""
@@ -81,6 +85,7 @@ class JobRecords:
             ).rowcount
         return self.get(job_id) if done else None
 
+    @outage_is_unavailable
     def save(self, job_id: int, values: dict[str, Any]) -> None:
         row = {k: values[k] for k in _FIELDS if k in values}
         if "metrics" in values:
@@ -101,15 +106,18 @@ class JobRecords:
             },
         )
 
+    @outage_is_unavailable
     def get(self, job_id: int) -> dict[str, Any] | None:
         rows = self._rows(sa.select(training_jobs).where(training_jobs.c.id == job_id))
         return rows[0] if rows else None
 
+    @outage_is_unavailable
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` jobs, oldest first."""
         newest = sa.select(training_jobs).order_by(training_jobs.c.id.desc()).limit(limit)
         return list(reversed(self._rows(newest)))
 
+    @outage_is_unavailable
     def running(self, project: str) -> bool:
         query = sa.select(sa.func.count()).where(
             training_jobs.c.project == project, training_jobs.c.state == "running"
@@ -117,6 +125,7 @@ class JobRecords:
         with self.engine.connect() as conn:
             return bool(conn.execute(query).scalar_one())
 
+    @outage_is_unavailable
     def last_correction(self, project: str) -> int:
         """The newest correction id any job of ``project`` was queued with (0 before the first)."""
         query = sa.select(sa.func.max(training_jobs.c.last_correction)).where(
