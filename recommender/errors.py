@@ -45,6 +45,14 @@ class BusyError(KiwiError):
     """A training job for the same recommender and project is already running."""
 
 
+class ConflictError(KiwiError):
+    """A change refused because what it was based on changed meanwhile (the promoted model)."""
+
+
+class UnavailableError(KiwiError):
+    """A service the request needs (the database) cannot be reached right now; retry later."""
+
+
 class LimitError(KiwiError):
     """An input over a configured limit (a note longer than the service predicts on at once)."""
 

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,12 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recommender.errors import ConfigError, ModelError, NotFoundError
+from recommender.errors import ConfigError, ConflictError, ModelError, NotFoundError
 from recommender.extractors.base import MODEL_INFO_FILE, ModelInfo
 
 REGISTRY_FILE = "registry.json"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".registry.lock"
+LEASE_SUFFIX = ".lease"
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
@@ -133,11 +135,11 @@ class ModelRegistry:
     def staging(self) -> Iterator[Path]:
         """An empty folder on the registry's file system to build a candidate in; removed on exit
         unless ``add`` moved it in."""
-        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.folder / STAGING_DIR))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        with _lease(self.folder / STAGING_DIR) as path:
+            try:
+                yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
 
     def add(self, source: Path) -> str:
         """Register the model folder ``source`` as a new version; returns the version name.
@@ -147,15 +149,18 @@ class ModelRegistry:
         ``kiwi_model.json`` is rewritten to match the folder so that predictions name it."""
         source = Path(source)
         info = ModelInfo.load(source)
-        staged = source.resolve().parent == (self.folder / STAGING_DIR).resolve()
-        if not staged:
-            tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.folder / STAGING_DIR))
+        if source.resolve().parent == (self.folder / STAGING_DIR).resolve():
+            return self._add(source, info)
+        with _lease(self.folder / STAGING_DIR) as tmp:
             try:
                 shutil.copytree(source, tmp, dirs_exist_ok=True)
+                return self._add(tmp, info)
             except OSError as e:
-                shutil.rmtree(tmp, ignore_errors=True)
                 raise ModelError(f"cannot copy the model folder ({e.strerror})", source=source) from None
-            source = tmp
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _add(self, source: Path, info: ModelInfo) -> str:
         with self._lock():
             version = self._free_name(_checked(info.version))
             if version != info.version:
@@ -171,10 +176,27 @@ class ModelRegistry:
 
     def promote(self, version: str, *, reason: str = "") -> Path:
         """Point the registry at ``version``; returns its folder."""
+        return self._promote(version, reason, None)
+
+    def promote_if_current(self, version: str, expected: str | None, *, reason: str = "") -> Path:
+        """Compare and swap: promote ``version`` only while ``expected`` is still the promoted version
+        (the one it was gated against).
+
+        Raises:
+            ConflictError: another version was promoted or rolled back to meanwhile.
+        """
+        return self._promote(version, reason, (expected,))
+
+    def _promote(self, version: str, reason: str, expected: tuple[str | None] | None) -> Path:
         path = self.path(version)
         ModelInfo.load(path)  # refuse a damaged folder before pointing at it
         with self._lock():
             state = self._read()
+            if expected is not None and state.promoted != expected[0]:
+                raise ConflictError(
+                    f"version [{state.promoted}] is promoted now, not [{expected[0]}] "
+                    f"that [{version}] was gated against"
+                )
             if state.promoted != version:
                 state.stack = [v for v in state.stack if v != version] + [version]
                 state.promoted = version
@@ -259,27 +281,56 @@ class ModelRegistry:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _clean_staging(self) -> None:
-        """Remove candidates half-built by processes that died (their pid is the folder prefix)."""
-        for path in (self.folder / STAGING_DIR).iterdir():
-            pid = path.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+        """Remove candidates half-built by processes that died. Liveness is the owner's lock on the
+        folder's lease file, which the kernel drops with the process: unlike a process id it holds
+        across containers sharing the model volume."""
+        staging = self.folder / STAGING_DIR
+        for path in staging.iterdir():
+            if path.suffix == LEASE_SUFFIX:
+                continue
+            lease = path.with_name(path.name + LEASE_SUFFIX)
+            try:
+                with open(lease, "a") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    shutil.rmtree(path, ignore_errors=True)
+                    lease.unlink(missing_ok=True)
+            except BlockingIOError:
+                continue  # its owner is alive and still building it
+        for lease in staging.glob(f"*{LEASE_SUFFIX}"):
+            if not lease.with_suffix("").exists():
+                _drop_free_lease(lease)
+
+
+@contextmanager
+def _lease(staging: Path) -> Iterator[Path]:
+    """A new folder under ``staging`` and an exclusive lock on its lease file, held while it is built.
+    The lease is locked before the folder exists, so a cleaner never sees an unowned new folder."""
+    name = uuid.uuid4().hex
+    lease = staging / f"{name}{LEASE_SUFFIX}"
+    with open(lease, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            path = staging / name
+            path.mkdir()
+            yield path
+        finally:
+            lease.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _drop_free_lease(lease: Path) -> None:
+    try:
+        with open(lease, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lease.unlink(missing_ok=True)
+    except (BlockingIOError, FileNotFoundError):
+        pass
 
 
 def _checked(version: str) -> str:
     if not _SAFE_VERSION.match(version):
         raise ConfigError(f"unusable model version name [{version}]")
     return version
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     retrain_debounce_seconds: float = Field(30.0, ge=0, description="wait for more corrections first")
     promotion_margin: float = Field(0.0, ge=0, description="candidate may be this much worse (F1)")
     heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of corrections held out")
+    role: Literal["all", "api", "trainer"] = Field(
+        "all",
+        description="all: serve and train (one process); api: serve, queue jobs for trainers "
+        "(PostgreSQL); trainer: run the queued jobs (PostgreSQL)",
+    )
+    job_heartbeat_seconds: float = Field(5.0, gt=0, description="trainer heartbeat (PostgreSQL jobs)")
+    job_stalled_seconds: float = Field(
+        60.0, gt=0, description="a job whose trainer sent no heartbeat this long is run again elsewhere"
+    )
+    registry_poll_seconds: float = Field(
+        2.0, gt=0, description="how often a replica looks for a promotion or rollback made elsewhere"
+    )
 
     # --- INCEpTION -------------------------------------------------------------------------------
     recommenders: dict[str, RecommenderConfig] = Field(default_factory=_default_recommenders)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import LocalPostgres, start_or_skip
 from support import emoji_note
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
@@ -47,3 +51,25 @@ def sample_dir() -> Path:
 def emoji_doc() -> Document:
     """A note with characters outside the BMP before, inside and after annotations."""
     return emoji_note()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server on loopback for the whole session (skips when it cannot start).
+    Its folder is outside pytest's, which pytest keeps private to root (PostgreSQL runs as another
+    user when the tests run as root)."""
+    folder = Path(tempfile.mkdtemp(prefix="kiwi-postgres-"))
+    try:
+        server = start_or_skip(folder)
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on SQLite and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db/corrections.sqlite3"
+    return request.getfixturevalue("postgres").new_database()

@@ -71,13 +71,20 @@ def test_staged_candidate_is_moved_and_failed_one_vanishes(tmp_path: Path) -> No
 
 
 def test_leftovers_of_dead_processes_are_cleaned(tmp_path: Path) -> None:
+    """A staging folder whose lease nobody holds is a dead builder's; one being built stays, whatever
+    process id its name or its builder has (another container's ids mean nothing here)."""
     reg = ModelRegistry(tmp_path / "models")
     dead = tmp_path / "models" / STAGING_DIR / "999999999-abc"
-    mine = tmp_path / "models" / STAGING_DIR / f"{os.getpid()}-abc"
+    unlocked = tmp_path / "models" / STAGING_DIR / "cafe"
     _model(dead, "half")
-    _model(mine, "building")
-    ModelRegistry(tmp_path / "models")
-    assert not dead.exists() and mine.exists()
+    _model(unlocked, "half")
+    (unlocked.parent / "cafe.lease").touch()
+    with reg.staging() as building:
+        _model(building, "building")
+        ModelRegistry(tmp_path / "models")
+        assert building.exists()
+    assert not dead.exists() and not unlocked.exists()
+    assert list((tmp_path / "models" / STAGING_DIR).iterdir()) == []
     assert reg.versions() == []
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from recommender.corpora import load_sample
 from recommender.document import Document
-from recommender.errors import BusyError
+from recommender.errors import BusyError, ConflictError
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
 from recommender.retraining import Corpora, Retrainer, Track, decide, get_trainer, heldout_split
@@ -222,8 +222,12 @@ def test_kill_during_training_leaves_the_registry_consistent(tmp_path: Path, sam
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "training"
-    staged = list((model_dir / STAGING_DIR).iterdir())
+    staged = [p for p in (model_dir / STAGING_DIR).iterdir() if p.is_dir()]
     assert len(staged) == 1 and (staged[0] / "kiwi_model.json").is_file()
+    # Another process opening the registry leaves a live trainer's candidate alone: liveness is the
+    # trainer's lock on the folder's lease, not a process id another container could not see.
+    ModelRegistry(model_dir)
+    assert (staged[0] / "kiwi_model.json").is_file()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
 
@@ -270,4 +274,34 @@ def test_trainer_progress_moves_the_job(env, sample: list[Document]) -> None:
     holder["rt"] = rt
     rt.wait(rt.request("proj", delay=0), timeout=60)
     assert seen == sorted(seen) and seen[0] < 0.3 and 0.6 < seen[-1] <= 0.8
+    rt.shutdown()
+
+
+def test_promotion_is_compare_and_swap(env, sample: list[Document]) -> None:
+    """A version promoted elsewhere while the job trained is not overwritten blindly: the candidate
+    is gated again against it, and the job says so."""
+    _, store, registry = env
+    _add_corrections(store, sample[1:3])
+    elsewhere: list[str] = []
+
+    def racing(
+        train: Sequence[Document], dev: Sequence[Document], out: Path, init: Path | None, **kw: object
+    ) -> Path:
+        with registry.staging() as tmp:  # an operator promotes another model meanwhile
+            LexiconExtractor.train(sample[:1]).save(tmp)
+            elsewhere.append(registry.add(tmp))
+        registry.promote(elsewhere[0], reason="by hand")
+        return get_trainer("kiwi.lexicon.v1")(train, dev, out, init, epochs=1)
+
+    rt = _retrainer(env, sample, trainer=racing)
+    job = rt.wait(rt.request("proj", delay=0), timeout=60)
+    assert job.outcome == "promoted", job.message
+    assert "not [None]" in job.metrics["regated"] and job.metrics["current_version"] == elsewhere[0]
+    assert registry.current_version() == job.candidate
+    assert [e["version"] for e in registry.events() if e["action"] == "promote"] == [
+        elsewhere[0],
+        job.candidate,
+    ]
+    with pytest.raises(ConflictError, match=r"\[" + job.candidate + r"\]"):
+        registry.promote_if_current(elsewhere[0], None)
     rt.shutdown()

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from recommender.document import Document
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, UnavailableError
+from recommender.formats.jsonl import to_dict
 from recommender.store import CorrectionStore, content_hash
+from recommender.store.database import head_revision, open_engine, schema_revision
+from recommender.store.schema import corrections
 
 
 def _doc(doc_id: str = "n1", label: str = "problem") -> Document:
@@ -27,8 +35,8 @@ def _doc(doc_id: str = "n1", label: str = "problem") -> Document:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> CorrectionStore:
-    s = CorrectionStore(f"sqlite:///{tmp_path}/db/corrections.sqlite3")
+def store(database_url: str) -> Iterator[CorrectionStore]:
+    s = CorrectionStore(database_url)
     yield s
     s.close()
 
@@ -128,12 +136,11 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    db = tmp_path / "c.sqlite3"
+def test_kill_9_loses_nothing_acknowledged(tmp_path: Path, database_url: str) -> None:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), f"sqlite:///{db}", "100000"],
+        [sys.executable, str(script), database_url, "100000"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -149,7 +156,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
     acknowledged += [int(x) for x in rest.split("\n")[:-1] if x.strip()]
     assert proc.returncode == -signal.SIGKILL
 
-    store = CorrectionStore(f"sqlite:///{db}")
+    store = CorrectionStore(database_url)
     assert store.check() == []
     for i in acknowledged:
         stored = store.get(i)
@@ -157,4 +164,73 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert store.last_id() >= acknowledged[-1]
     # The store still works after the crash.
     assert store.add("p", "fresh", "a0", "inception", _doc()) is not None
+    store.close()
+
+
+def test_migrations_from_an_empty_database(database_url: str) -> None:
+    store = CorrectionStore(database_url)
+    assert schema_revision(store.engine) == head_revision()
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert {"corrections", "training_jobs", "alembic_version"} <= tables
+    assert ("procrastinate_jobs" in tables) == database_url.startswith("postgresql")
+    store.close()
+
+
+def test_migrations_adopt_a_database_made_before_them(database_url: str) -> None:
+    """Today's schema (made by create_all, no alembic_version) with data in it is migrated in place."""
+    engine = open_engine(database_url)
+    corrections.create(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(corrections).values(
+                project="p",
+                document_id="n1",
+                annotator="ann",
+                tool="inception",
+                revision=1,
+                created=datetime.now(UTC),
+                content_hash=content_hash(_doc()),
+                deleted=False,
+                document=json.dumps(to_dict(_doc())),
+            )
+        )
+    assert schema_revision(engine) is None
+    engine.dispose()
+    store = CorrectionStore(database_url)
+    assert schema_revision(store.engine) == head_revision()
+    assert [d.id for d in store.latest("p")] == ["n1"]
+    assert store.add("p", "n1", "ann", "inception", _doc()) is None  # the old row is the newest version
+    assert store.add("p", "n2", "ann", "inception", _doc("n2")).revision == 1  # type: ignore[union-attr]
+    assert store.check() == []
+    store.close()
+
+
+def test_replicas_starting_together_migrate_once(database_url: str) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: CorrectionStore(database_url), range(4)))
+    for s in stores:
+        assert schema_revision(s.engine) == head_revision()
+    with stores[0].engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    for s in stores:
+        s.close()
+
+
+def test_database_outage_is_unavailable_then_recovers(postgres) -> None:
+    """PostgreSQL stopped: the store says 503-unavailable (not a crash); started again: it works on,
+    and every correction acknowledged before the outage is there."""
+    store = CorrectionStore(postgres.new_database())
+    acknowledged = store.add("p", "n1", "ann", "inception", _doc())
+    assert acknowledged is not None
+    postgres.stop()
+    try:
+        with pytest.raises(UnavailableError, match="retry later"):
+            store.add("p", "n2", "ann", "inception", _doc("n2"))
+        with pytest.raises(UnavailableError):
+            store.latest("p")
+    finally:
+        postgres.start()
+    assert store.get(acknowledged.id) is not None
+    assert store.add("p", "n2", "ann", "inception", _doc("n2")) is not None
+    assert sorted(d.id for d in store.latest("p")) == ["n1", "n2"]
     store.close()

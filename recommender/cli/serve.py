@@ -10,8 +10,8 @@ import typer
 
 from recommender.cli import app
 from recommender.cli.common import err_console, progress
-from recommender.errors import ModelError
-from recommender.settings import load_settings
+from recommender.errors import ConfigError, ModelError
+from recommender.settings import Settings, load_settings
 
 
 @app.command()
@@ -27,6 +27,13 @@ def serve(
     bootstrap: Annotated[
         bool, typer.Option(help="with no promoted model, first train one on the seed corpus")
     ] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all: serve and train (default, KIWI_ROLE); api: serve and queue training jobs; "
+            "trainer: run the queued jobs (api and trainer need KIWI_DATABASE_URL=postgresql://...)"
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve pre-annotations to INCEpTION (/inception/{name}/predict|train) and Label Studio."""
@@ -36,10 +43,11 @@ def serve(
     from recommender.retraining import bootstrap as train_first_model
     from recommender.service.app import create_app, uvicorn_config
 
-    overrides = {"model": model, "host": host, "port": port, "model_dir": model_dir}
+    overrides = {"model": model, "host": host, "port": port, "model_dir": model_dir, "role": role}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("recommender").setLevel(log_level.upper())
-    if settings.model is None:
+    # A trainer needs no model to start: its first job trains one unless --bootstrap asks for it now.
+    if settings.model is None and (bootstrap or settings.role != "trainer"):
         registry = ModelRegistry(settings.model_dir)
         if registry.current() is None:
             if not bootstrap:
@@ -54,5 +62,28 @@ def serve(
             )
             path = train_first_model(settings, registry, track=progress)
             err_console.print(f"Promoted {path.name}.", markup=False)
+    if settings.role == "trainer":
+        _run_trainer(settings)
+        return
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level=log_level.lower()))
     server.run()
+
+
+def _run_trainer(settings: Settings) -> None:
+    """Run queued training jobs until SIGINT/SIGTERM."""
+    from recommender.registry import ModelRegistry
+    from recommender.retraining.queue import JobQueue
+    from recommender.store import CorrectionStore
+    from recommender.store.database import is_postgres
+
+    assert settings.database_url is not None  # filled in by Settings
+    if not is_postgres(settings.database_url):
+        raise ConfigError(
+            "the trainer role takes its jobs from PostgreSQL: set KIWI_DATABASE_URL=postgresql://..."
+        )
+    store = CorrectionStore(settings.database_url)
+    try:
+        err_console.print(f"Trainer ({settings.trainer}) waiting for jobs.", markup=False)
+        JobQueue(settings, store, ModelRegistry(settings.model_dir)).run_worker()
+    finally:
+        store.close()

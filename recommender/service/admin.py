@@ -53,6 +53,13 @@ def jobs(service: ServiceDep) -> dict[str, Any]:
     return {key: status[key] for key in ("queued", "running", "finished")}
 
 
+@router.get("/jobs/{job_id}")
+def job(job_id: int, service: ServiceDep) -> dict[str, Any]:
+    if service.retrainer is None:
+        raise NotFoundError(f"no training job [{job_id}]: the retraining worker is off")
+    return service.retrainer.job(job_id).to_dict()
+
+
 @router.post("/jobs")
 def request_job(service: ServiceDep, project: str = "api") -> dict[str, Any]:
     job = service.request_training(project, "requested through the API")

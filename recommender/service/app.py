@@ -1,8 +1,8 @@
 """``create_app(settings)``: the FastAPI application behind ``kiwi serve``.
 
 The served model is ``settings.model`` when given, else the registry's promoted version; a promotion
-(by the retraining loop, the API, or ``kiwi models promote`` in another process, seen by polling the
-registry) swaps it without a restart.
+(by the retraining loop, the API, a trainer or ``kiwi models promote`` in another process, seen by
+polling the registry every ``registry_poll_seconds``) swaps it without a restart or a dropped request.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from recommender import __version__
+from recommender.errors import ConfigError
 from recommender.registry import ModelRegistry
 from recommender.retraining import Corpora, Retrainer, Trainer
+from recommender.retraining.queue import JobQueue
 from recommender.service import admin, errors, inception, labelstudio, reports
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import (
@@ -31,16 +33,21 @@ from recommender.service.middleware import (
 from recommender.service.state import Service
 from recommender.settings import Settings, get_settings
 from recommender.store import CorrectionStore
+from recommender.store.database import is_postgres
 
 log = logging.getLogger(__name__)
-
-REGISTRY_POLL_SECONDS = 5.0
 
 
 def build_service(
     settings: Settings, *, corpora: Corpora | None = None, trainer: Trainer | None = None
 ) -> Service:
-    """The store, registry, retrainer and the model to serve, as ``settings`` say."""
+    """The store, registry, scheduler and the model to serve, as ``settings`` say.
+
+    On SQLite the in-process retrainer runs in ``--role all``; an API-only replica there only stores
+    corrections. On PostgreSQL jobs go through the job library: every role queues them, and ``all``
+    also runs a trainer in a background thread."""
+    if settings.role == "trainer":
+        raise ConfigError("the trainer role serves no requests: run `kiwi serve --role trainer`")
     assert settings.database_url is not None  # filled in by Settings
     registry = ModelRegistry(settings.model_dir)
     store = CorrectionStore(settings.database_url)
@@ -50,7 +57,17 @@ def build_service(
         else None
     )
     service = Service(settings, store=store, registry=registry, retrainer=None, labelstudio=client)
-    if settings.retrain:
+    if settings.retrain and is_postgres(settings.database_url):
+        queue = JobQueue(
+            settings,
+            store,
+            registry,
+            on_promote=service.on_promote if settings.role == "all" else None,
+            corpora=corpora,
+            trainer=trainer,
+        )
+        service.retrainer = queue
+    elif settings.retrain and settings.role == "all":
         service.retrainer = Retrainer(
             settings, store, registry, on_promote=service.on_promote, corpora=corpora, trainer=trainer
         )
@@ -63,8 +80,9 @@ def build_service(
 
 
 def _watch_registry(service: Service, stop: threading.Event) -> None:
-    """Pick up promotions made by another process (``kiwi models promote``)."""
-    while not stop.wait(REGISTRY_POLL_SECONDS):
+    """Pick up promotions and rollbacks made by another process (a trainer, another replica,
+    ``kiwi models promote``): the new model is loaded once, beside the old one, and swapped in."""
+    while not stop.wait(service.settings.registry_poll_seconds):
         try:
             current = service.registry.current_version()
             if current is not None and current != service.predictor.version:
@@ -85,6 +103,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
+        if isinstance(service.retrainer, JobQueue) and settings.role == "all":
+            service.retrainer.start_worker()
         if settings.model is None:
             threading.Thread(
                 target=_watch_registry, args=(service, stop), name="kiwi-registry-watch", daemon=True

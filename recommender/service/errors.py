@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from recommender.errors import (
     BusyError,
     ConfigError,
+    ConflictError,
     DocumentError,
     FormatError,
     KiwiError,
@@ -25,6 +26,7 @@ from recommender.errors import (
     NotFoundError,
     OverloadError,
     SchemaError,
+    UnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ STATUS: dict[type[KiwiError], int] = {
     SchemaError: 422,
     NotFoundError: 404,
     BusyError: 429,
+    ConflictError: 409,
+    UnavailableError: 503,
     LimitError: 413,
     ModelError: 503,
     OverloadError: 503,
@@ -51,7 +55,7 @@ class ErrorBody(BaseModel):
 
 # Declared on every route, so the OpenAPI schema says what a refusal looks like.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 429, 503)
+    status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 422, 429, 503)
 }
 
 

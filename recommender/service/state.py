@@ -20,6 +20,7 @@ from recommender.extractors import load_extractor
 from recommender.extractors.base import Extractor
 from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
+from recommender.retraining.queue import JobQueue
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
 from recommender.settings import RecommenderConfig, Settings
@@ -159,14 +160,14 @@ class Service:
         *,
         store: CorrectionStore,
         registry: ModelRegistry,
-        retrainer: Retrainer | None,
+        retrainer: Retrainer | JobQueue | None,
         labelstudio: LabelStudioClient | None,
     ) -> None:
         self.settings = settings
         self.predictor = Predictor()
         self.store = store
         self.registry = registry
-        self.retrainer = retrainer
+        self.retrainer: Retrainer | JobQueue | None = retrainer
         self.labelstudio = labelstudio
         self.stats = RequestStats()
         self.compute = ComputeLanes(settings.predict_lanes, per_client=settings.max_lanes_per_client)

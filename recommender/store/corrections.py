@@ -17,39 +17,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from recommender.document import Document
 from recommender.errors import ConfigError, FormatError
 from recommender.formats.jsonl import from_dict, to_dict
+from recommender.store.database import IMMEDIATE, is_postgres, migrate, open_engine, outage_is_unavailable
+from recommender.store.schema import corrections
 
 log = logging.getLogger(__name__)
 
 _RETRIES = 5
-_IMMEDIATE = "kiwi_immediate"
-
-metadata = sa.MetaData()
-corrections = sa.Table(
-    "corrections",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("project", sa.String(200), nullable=False),
-    sa.Column("document_id", sa.String(500), nullable=False),
-    sa.Column("annotator", sa.String(200), nullable=False),
-    sa.Column("tool", sa.String(50), nullable=False),
-    sa.Column("revision", sa.Integer, nullable=False),
-    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
-    sa.Column("document", sa.Text, nullable=True),  # None for a tombstone
-    sa.UniqueConstraint("project", "document_id", "annotator", "revision", name="uq_revision"),
-    sa.Index("ix_corrections_project_id", "project", "id"),
-)
 
 
 @dataclass(frozen=True)
@@ -82,27 +64,19 @@ def content_hash(doc: Document) -> str:
 class CorrectionStore:
     """``CorrectionStore("sqlite:///kiwi_models/corrections.sqlite3")`` or any SQLAlchemy URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = url
-        try:
-            parsed = sa.engine.make_url(url)
-        except sa.exc.ArgumentError:
-            raise ConfigError(f"not a database URL [{url}]") from None
-        self._sqlite = parsed.get_backend_name() == "sqlite"
-        if self._sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = sa.create_engine(url, future=True)
-        if self._sqlite:
-            _sqlite_pragmas(self.engine)
-        try:
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as e:
-            raise ConfigError(f"cannot open the correction store ({type(e).__name__})", source=url) from None
+        self._sqlite = not is_postgres(url)
+        if engine is None:
+            engine = open_engine(url)
+            migrate(engine)
+        self.engine: Engine = engine
 
     def close(self) -> None:
         self.engine.dispose()
 
     # --- writing -------------------------------------------------------------------------------
+    @outage_is_unavailable
     def add(
         self, project: str, document_id: str, annotator: str, tool: str, doc: Document
     ) -> StoredCorrection | None:
@@ -111,6 +85,7 @@ class CorrectionStore:
         payload = json.dumps(to_dict(doc), ensure_ascii=False)
         return self._append(project, document_id, annotator, tool, digest, payload, deleted=False)
 
+    @outage_is_unavailable
     def delete(
         self, project: str, document_id: str, annotator: str, tool: str = ""
     ) -> StoredCorrection | None:
@@ -164,6 +139,7 @@ class CorrectionStore:
         raise ConfigError(f"could not store a correction after {_RETRIES} attempts", source=self.url)
 
     # --- reading -------------------------------------------------------------------------------
+    @outage_is_unavailable
     def latest(self, project: str | None = None) -> list[Document]:
         """The newest version per (document, annotator), tombstones left out; all projects for None.
 
@@ -183,6 +159,7 @@ class CorrectionStore:
             docs.append(stored.document)
         return docs
 
+    @outage_is_unavailable
     def history(self, project: str, document_id: str) -> list[StoredCorrection]:
         """Every stored version of one document (all annotators, tombstones included), oldest first."""
         return self._rows(
@@ -191,10 +168,12 @@ class CorrectionStore:
             .order_by(corrections.c.id)
         )
 
+    @outage_is_unavailable
     def get(self, correction_id: int) -> StoredCorrection | None:
         rows = self._rows(sa.select(corrections).where(corrections.c.id == correction_id))
         return rows[0] if rows else None
 
+    @outage_is_unavailable
     def count_since(self, project: str | None, since_id: int) -> int:
         """How many versions (tombstones included) were stored after ``since_id``."""
         query = sa.select(sa.func.count()).select_from(corrections).where(corrections.c.id > since_id)
@@ -203,6 +182,7 @@ class CorrectionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    @outage_is_unavailable
     def last_id(self, project: str | None = None) -> int:
         query = sa.select(sa.func.max(corrections.c.id))
         if project is not None:
@@ -210,6 +190,7 @@ class CorrectionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
+    @outage_is_unavailable
     def projects(self) -> list[str]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(corrections.c.project).distinct().order_by(corrections.c.project))
@@ -241,7 +222,7 @@ class CorrectionStore:
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A write transaction (BEGIN IMMEDIATE on SQLite), committed on leaving the block."""
-        with self.engine.connect().execution_options(**{_IMMEDIATE: True}) as conn, conn.begin():
+        with self.engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
             yield conn
 
     def _rows(self, query: sa.Select[Any]) -> list[StoredCorrection]:
@@ -280,26 +261,6 @@ def _to_stored(row: dict[str, Any]) -> StoredCorrection:
         deleted=bool(row["deleted"]),
         document=doc,
     )
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    """WAL + synchronous=FULL: a commit is on disk when it returns. Writes BEGIN IMMEDIATE: writers
-    queue on the database lock at the start of a transaction instead of failing when a read
-    transaction tries to become a write one; reads BEGIN deferred and never block writers."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN itself
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 __all__ = ["CorrectionStore", "StoredCorrection", "content_hash"]
