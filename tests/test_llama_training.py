@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from dataclasses import replace  # noqa: E402
+
 from recommender.corpora import load_sample  # noqa: E402
 from recommender.document import Document  # noqa: E402
 from recommender.errors import ModelError  # noqa: E402
@@ -21,9 +23,13 @@ from recommender.extractors import load_extractor  # noqa: E402
 from recommender.extractors.base import MODEL_INFO_FILE, ModelInfo, file_checksum  # noqa: E402
 from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
 from recommender.extractors.llama.extractor import LlamaExtractor  # noqa: E402
-from recommender.extractors.llama.task import PACKAGED_PROMPTS, Templates  # noqa: E402
+from recommender.extractors.llama.task import (  # noqa: E402
+    PACKAGED_PROMPTS,
+    Templates,
+    training_examples,
+)
 from recommender.extractors.llama.training import CHECKPOINT_DIR, encode_example  # noqa: E402
-from recommender.extractors.llama.task import training_examples  # noqa: E402
+from recommender.text import segment  # noqa: E402
 
 
 def build_tiny_base(folder: Path, docs: Iterable[Document]) -> Path:
@@ -73,11 +79,30 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, sample: list[Document]) 
 
 
 def small_config(base: Path, **kw: Any) -> LlamaConfig:
-    return LlamaConfig(base=str(base), max_new_tokens=80, predict_batch_size=8, **kw)
+    """Few examples and short generations: a random model writes until max_new_tokens."""
+    settings = {"batch_size": 2, "grad_accum": 2, "max_examples": 12, "max_new_tokens": 24}
+    return LlamaConfig(base=str(base), predict_batch_size=32, **(settings | kw))
+
+
+def head(doc: Document, sentences: int) -> Document:
+    """The first sentences of a note with the annotations inside them."""
+    segment(doc)
+    end = doc.sentences[sentences - 1].end
+    out = Document(doc.id, doc.text[:end], [replace(s) for s in doc.spans if s.end <= end])
+    keep = {s.id for s in out.spans}
+    out.relations = [replace(r) for r in doc.relations if r.head in keep and r.tail in keep]
+    return segment(out.validate())
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sample: list[Document]) -> Path:
+def dev(sample: list[Document]) -> list[Document]:
+    return [head(sample[3], 3)]
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sample: list[Document], dev: list[Document]
+) -> Path:
     out = tmp_path_factory.mktemp("llama_model") / "model"
     seen: list[tuple[str, int | None]] = []
 
@@ -85,7 +110,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sample: l
         seen.append((desc, total))
         return items
 
-    LlamaExtractor.train(sample[:3], sample[3:], small_config(tiny_base, max_steps=3, merge=True), out, progress=progress)
+    config = small_config(tiny_base, max_steps=3, merge=True)
+    LlamaExtractor.train(sample[:3], dev, config, out, progress=progress)
     assert seen == [("epoch 1/2", 3)]
     return out
 
@@ -93,7 +119,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sample: l
 def test_model_folder(trained: Path, tiny_base: Path, sample: list[Document]) -> None:
     info = ModelInfo.load(trained)
     assert info.extractor == "kiwi.llama.v1"
-    for part in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "MODEL_CARD.md", MODEL_INFO_FILE):
+    parts = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "MODEL_CARD.md")
+    for part in (*parts, MODEL_INFO_FILE):
         assert (trained / part).is_file(), part
     assert Templates.read(trained / "prompts") == Templates.packaged()  # the model's own copy
     assert (trained / "tokenizer").is_dir() and (trained / "merged" / "config.json").is_file()
@@ -109,7 +136,8 @@ def test_model_folder(trained: Path, tiny_base: Path, sample: list[Document]) ->
     assert "ci" in m["dev"]["ner"]["exact"] and isinstance(m["dev"]["drops"], dict)
     assert info.data_fingerprint and m["train_notes"] == 3 and m["dev_notes"] == 1
     adapter = json.loads((trained / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 16 and adapter["lora_alpha"] == 64 and adapter["base_model_name_or_path"] == str(tiny_base.resolve())
+    assert adapter["r"] == 16 and adapter["lora_alpha"] == 64
+    assert adapter["base_model_name_or_path"] == str(tiny_base.resolve())
     assert "QLoRA" in (trained / "MODEL_CARD.md").read_text()
 
 
@@ -126,7 +154,7 @@ def test_loss_is_on_the_target_only(tiny_base: Path, sample: list[Document]) -> 
     assert enc.ids[: len(enc.ids) - len(target)] == tokenizer(example.prompt).input_ids
 
 
-def test_reload_and_predict(trained: Path, sample: list[Document]) -> None:
+def test_reload_and_predict(trained: Path, sample: list[Document], dev: list[Document]) -> None:
     import shutil
 
     unmerged = trained.parent / "unmerged"
@@ -134,9 +162,9 @@ def test_reload_and_predict(trained: Path, sample: list[Document]) -> None:
     for folder in (trained, unmerged):
         ex = load_extractor(folder)
         assert isinstance(ex, LlamaExtractor)
-        docs = [d.without_annotations() for d in sample]
+        docs = [d.without_annotations() for d in (*dev, head(sample[0], 2))]
         pred = ex.predict(docs)
-        assert [d.id for d in pred] == [d.id for d in sample]
+        assert [d.id for d in pred] == [d.id for d in docs]
         for d in pred:
             d.validate()
             assert d.uncertainty is not None and 0.0 <= d.uncertainty <= 1.0
@@ -144,8 +172,8 @@ def test_reload_and_predict(trained: Path, sample: list[Document]) -> None:
             assert all(s.score is not None and 0 <= s.score <= 1 for s in d.spans)
             assert "llama_prompts" not in d.meta  # keep_prompts is off by default
         assert all(not d.spans for d in docs)  # no side effects on the input
-        given = ex.predict([d for d in sample[:1]], entities_given=True)[0]
-        gold = sorted(s.key for s in sample[0].entities())
+        given = ex.predict(dev, entities_given=True)[0]
+        gold = sorted(s.key for s in dev[0].entities())
         assert sorted(s.key for s in given.entities()) == gold
         given.validate()
 
@@ -163,7 +191,7 @@ def test_checksum_of_the_base_is_verified(trained: Path, tiny_base: Path, tmp_pa
 
 
 def test_training_resumes_from_its_checkpoint(
-    tmp_path: Path, tiny_base: Path, sample: list[Document], trained: Path
+    tmp_path: Path, tiny_base: Path, sample: list[Document], dev: list[Document], trained: Path
 ) -> None:
     out = tmp_path / "model"
     config = small_config(tiny_base, max_steps=3, checkpoint_steps=1)
@@ -175,7 +203,7 @@ def test_training_resumes_from_its_checkpoint(
             yield item
 
     with pytest.raises(KeyboardInterrupt):
-        LlamaExtractor.train(sample[:3], sample[3:], config, out, progress=interrupted)
+        LlamaExtractor.train(sample[:3], dev, config, out, progress=interrupted)
     assert (out / CHECKPOINT_DIR / "state.pt").is_file()
     steps: list[int | None] = []
 
@@ -183,7 +211,7 @@ def test_training_resumes_from_its_checkpoint(
         steps.append(total)
         return items
 
-    LlamaExtractor.train(sample[:3], sample[3:], config, out, progress=progress)
+    LlamaExtractor.train(sample[:3], dev, config, out, progress=progress)
     assert steps == [1]  # only the third step was left
     assert not (out / CHECKPOINT_DIR).exists()
     from safetensors.torch import load_file
@@ -193,3 +221,32 @@ def test_training_resumes_from_its_checkpoint(
     assert resumed.keys() == straight.keys()
     for k in resumed:  # the same run as the uninterrupted one
         assert torch.equal(resumed[k], straight[k]), k
+
+
+def test_shared_prefix_pass_gives_the_same_loss_and_gradients(
+    tiny_base: Path, sample: list[Document]
+) -> None:
+    from recommender.extractors.llama.base_model import load_tokenizer
+    from recommender.extractors.llama.training import _batch, shared_prefix_loss, target_loss
+
+    tokenizer = load_tokenizer(tiny_base)
+    model = transformers.LlamaForCausalLM.from_pretrained(tiny_base, dtype=torch.float64)
+    templates = Templates.packaged()
+    examples = [e for e in training_examples(sample[:1], templates) if e.kind == "ner"][:3]
+    prefix = tokenizer(templates.split("ner", "")[0]).input_ids
+    items = [encode_example(tokenizer, e, prefix) for e in examples]
+    assert all(x.shared == len(prefix) for x in items) and len({len(x.ids) for x in items}) > 1
+
+    def run(loss_fn: Any) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    pad = tokenizer.pad_token_id
+    whole, g_whole = run(lambda: target_loss(model, _batch(items, pad, torch.device("cpu"))))
+    shared, g_shared = run(lambda: shared_prefix_loss(model, items, pad, torch.device("cpu")))
+    assert shared == pytest.approx(whole, rel=1e-9)
+    names = [n for n, _ in model.named_parameters()]
+    for name, a, b in zip(names, g_whole, g_shared, strict=True):  # float64: summation order only
+        assert float((a - b).abs().max()) <= 1e-8 * max(1.0, float(a.abs().max())), name

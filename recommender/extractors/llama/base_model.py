@@ -12,6 +12,7 @@ files) and loading refuses a base whose checksum differs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import logging
@@ -38,7 +39,7 @@ CACHE_DIR = ".kiwi_base_cache"
 
 @dataclass(frozen=True)
 class BaseSource:
-    """Where a base model's weights are: a GGUF file, a local folder, or a hub name (in the local hub cache)."""
+    """Where a base model's weights are: a GGUF file, a local folder, or a hub name (in the hub cache)."""
 
     name: str  # what the model folder records: the alias, hub name, or absolute path
     kind: str  # "gguf", "folder" or "hub"
@@ -102,10 +103,8 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     """``auto`` is bf16 where it is fast (a GPU, or a CPU with native bfloat16), else fp32."""
     if dtype == "auto":
         native = torch.cuda.is_available()
-        try:
+        with contextlib.suppress(AttributeError, RuntimeError):
             native = native or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            pass
         dtype = "bf16" if native else "fp32"
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 

@@ -1,4 +1,4 @@
-"""Hyper-parameters of the LLaMA extractor: the paper's QLoRA settings as defaults, checked on construction."""
+"""Hyper-parameters of the LLaMA extractor: the paper's QLoRA settings as defaults, checked when built."""
 
 from __future__ import annotations
 

@@ -43,14 +43,20 @@ STATE_FILE = "state.pt"
 class Encoded:
     ids: list[int]
     labels: list[int]  # IGNORE over the prompt, the target's token ids after it
+    kind: str = ""
+    shared: int = 0  # leading tokens that are the prompt type's instruction prefix (0: none)
 
 
-def encode_example(tokenizer: Any, example: Example) -> Encoded:
+def encode_example(tokenizer: Any, example: Example, prefix: Sequence[int] = ()) -> Encoded:
     """Token ids of ``prompt + " " + target``, tokenized as generation sees them: the prompt as the
-    engine encodes it, then the continuation the model writes (which starts with the space)."""
+    engine encodes it, then the continuation the model writes (which starts with the space).
+    ``prefix``: the token ids of the prompt type's instruction, when the prompt starts with them."""
     prompt: list[int] = tokenizer(example.prompt).input_ids
     target: list[int] = tokenizer(" " + example.target, add_special_tokens=False).input_ids
-    return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
+    shared = (
+        len(prefix) if prefix and prompt[: len(prefix)] == list(prefix) and len(prompt) > len(prefix) else 0
+    )
+    return Encoded(prompt + target, [IGNORE] * len(prompt) + target, example.kind, shared)
 
 
 def _batch(items: Sequence[Encoded], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -70,6 +76,52 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     keep = labels != IGNORE
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum")
+
+
+def shared_prefix_loss(model: Any, items: Sequence[Encoded], pad: int, device: torch.device) -> torch.Tensor:
+    """:func:`target_loss` of examples that start with the same instruction prefix, which is encoded
+    once for all of them: its keys and values are shared by every row, and the gradients of all rows
+    flow back into that one pass. The same loss and gradients as encoding each example whole (the
+    prefix does not see what follows it), at a fraction of the cost: the instruction is most of a
+    Kiwi prompt."""
+    from transformers import DynamicCache
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = inner.get_decoder()
+    n, rows = items[0].shared, len(items)
+    prefix = torch.tensor([items[0].ids[:n]], device=device)
+    cache = DynamicCache(config=inner.config)
+    decoder(input_ids=prefix, use_cache=True, past_key_values=cache)
+    shared = DynamicCache(config=inner.config)
+    for layer, c in enumerate(cache.layers):
+        shared.update(c.keys.expand(rows, -1, -1, -1), c.values.expand(rows, -1, -1, -1), layer)
+    width = max(len(x.ids) - n for x in items)
+    ids = torch.tensor([x.ids[n:] + [pad] * (width - len(x.ids) + n) for x in items], device=device)
+    labels = torch.tensor([x.labels[n:] + [IGNORE] * (width - len(x.ids) + n) for x in items], device=device)
+    real = torch.tensor(
+        [[1] * (len(x.ids) - n) + [0] * (width - len(x.ids) + n) for x in items], device=device
+    )
+    mask = torch.cat([torch.ones(rows, n, dtype=real.dtype, device=device), real], dim=1)
+    pos = torch.arange(n, n + width, device=device).expand(rows, -1)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=shared)[0]
+    # the first token after the prefix is a prompt token (no loss), so predictions come from the suffix
+    keep = labels[:, 1:] != IGNORE
+    logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep], reduction="sum")
+
+
+def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -> list[list[int]]:
+    """A step's examples as micro-batches: those of one prompt type together (they share the prefix
+    pass), the rest by length in ``size``; the summed gradient of the step does not depend on this."""
+    by_kind: dict[str, list[int]] = {}
+    rest = []
+    for i in group:
+        if encoded[i].shared:
+            by_kind.setdefault(encoded[i].kind, []).append(i)
+        else:
+            rest.append(i)
+    rest.sort(key=lambda i: len(encoded[i].ids))
+    return [*by_kind.values(), *(rest[k : k + size] for k in range(0, len(rest), size))]
 
 
 def predict_dev(extractor: LlamaExtractor, gold: Sequence[Document]) -> tuple[list[Document], list[Document]]:
@@ -176,7 +228,8 @@ def train_llama(
     random.Random(config.seed).shuffle(examples)  # NER and RE mixed
     if config.max_examples:
         examples = examples[: config.max_examples]
-    encoded = [encode_example(tokenizer, e) for e in examples]
+    prefixes = {kind: tokenizer(templates.split(kind, "")[0]).input_ids for kind in templates.texts}
+    encoded = [encode_example(tokenizer, e, prefixes[e.kind]) for e in examples]
     too_long = sum(len(e.ids) > config.max_length for e in encoded)
     encoded = [e for e in encoded if len(e.ids) <= config.max_length]
     if not encoded:
@@ -268,14 +321,16 @@ def train_llama(
             it = progress(todo, f"epoch {epoch + 1}/{config.epochs}", len(todo))
         for group in it:
             loss_sum = 0.0
-            # the step's examples by length into micro-batches: less padding, the same summed gradient
-            group = sorted(group, key=lambda i: len(encoded[i].ids))
-            micro = [group[k : k + config.batch_size] for k in range(0, len(group), config.batch_size)]
             n_target = sum(sum(t != IGNORE for t in encoded[i].labels) for i in group)
-            for idx in micro:
+            for idx in micro_batches(group, encoded, config.batch_size):
+                items = [encoded[i] for i in idx]
+                if items[0].shared:
+                    loss = shared_prefix_loss(model, items, pad, device)
+                else:
+                    loss = target_loss(model, _batch(items, pad, device))
                 # summed over target tokens and divided by the step's target tokens: every token
                 # weighs the same however the examples fall into micro-batches
-                loss = target_loss(model, _batch([encoded[i] for i in idx], pad, device)) / max(n_target, 1)
+                loss = loss / max(n_target, 1)
                 loss.backward()
                 loss_sum += loss.item()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
