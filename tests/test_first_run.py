@@ -98,7 +98,7 @@ def _github_listing(folder: Path, base: str) -> list[dict[str, object]]:
                 "type": "file",
             }
         )
-    return out + [{"name": "README.md", "path": f"{path}/README.md", "type": "dir", "size": 0}]
+    return [*out, {"name": "docs", "path": f"{path}/docs", "type": "dir", "size": 0}]
 
 
 @pytest.fixture
