@@ -27,7 +27,7 @@ from recommender.document import Document
 from recommender.evaluation import evaluate_extractor
 from recommender.extractors import load_extractor
 from recommender.formats import brat
-from recommender.retraining import train_encoder_model, train_lexicon
+from recommender.retraining import get_trainer
 
 SEEDS = ("sample", "synthetic", "mtsamples")
 
@@ -55,7 +55,7 @@ def main() -> int:
     runs = [(s, "kiwi.lexicon.v1") for s in SEEDS] + [(s, "kiwi.encoder.v1") for s in args.encoder]
     for seed, extractor in runs:
         train, own_dev = corpora.development_split(seed_notes(seed, shared_train))
-        trainer = train_lexicon if extractor == "kiwi.lexicon.v1" else train_encoder_model
+        trainer = get_trainer(extractor)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             trainer(train, own_dev, Path(tmp), None, epochs=args.epochs)
