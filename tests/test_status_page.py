@@ -36,7 +36,9 @@ def settings(tmp_path: Path) -> Settings:
 
 def _app_with_history(settings: Settings) -> TestClient:
     train, dev = development_split(generate(40, seed=5))
-    client = TestClient(create_app(settings, corpora=Corpora(train, dev), trainer=get_trainer("kiwi.lexicon.v1")))
+    client = TestClient(
+        create_app(settings, corpora=Corpora(train, dev), trainer=get_trainer("kiwi.lexicon.v1"))
+    )
     store = client.app.state.service.store  # type: ignore[attr-defined]
     for annotator in ("alice", "bob"):
         for doc in generate(6, seed=7):
@@ -82,7 +84,9 @@ def test_page_shows_the_figures_of_status(settings: Settings) -> None:
 
 def test_page_needs_the_same_auth(settings: Settings) -> None:
     secured = Settings(**(settings.model_dump() | {"auth_token": "s3cret-status-page-token"}))
-    with TestClient(create_app(secured, corpora=Corpora([], []), trainer=get_trainer("kiwi.lexicon.v1"))) as client:
+    with TestClient(
+        create_app(secured, corpora=Corpora([], []), trainer=get_trainer("kiwi.lexicon.v1"))
+    ) as client:
         assert client.get("/").status_code == 401
         assert (
             client.get("/", headers={"Authorization": "Bearer s3cret-status-page-token"}).status_code == 200
