@@ -1,5 +1,6 @@
 """Run every benchmark in turn (`make bench`): encoder, then the service on the trained encoder,
-then correction-to-promotion. Each prints its own table and writes bench/results/<name>.json."""
+then correction-to-promotion, then what each first-run seed gives. Each prints its own table and
+writes bench/results/<name>.json."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def main() -> None:
     run("bench_encoder.py", "--out", str(RESULTS / "encoder.json"), "--model-out", str(ENCODER_MODEL))
     run("bench_service.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "service.json"))
     run("bench_retraining.py", "--out", str(RESULTS / "retraining.json"))
+    run("bench_seed.py", "--out", str(RESULTS / "seed.json"))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     )
     seed_corpus: Path | None = Field(None, description="annotated notes every retraining job adds")
     dev_corpus: Path | None = Field(None, description="fixed development notes for the promotion gate")
+    seed_fetch: bool = Field(
+        True,
+        description="with no seed corpus, fetch the public MTSamples notes for a first model (cached "
+        "under model_dir/corpora); without internet the generated synthetic corpus is the seed",
+    )
+    corpus_api: str = Field(
+        "https://api.github.com/repos/BIDS-Xu-Lab/Kiwi-LLaMA",
+        description="GitHub contents API of the public Kiwi repository (a mirror, or a test server)",
+    )
 
     # --- retraining ------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in model_dir")

@@ -1,4 +1,5 @@
-"""Build corpora/sample/ (brat) from hand-written synthetic notes.
+"""Build corpora/sample/ (brat) from hand-written synthetic notes; with ``--synthetic DIR``, write the
+generated synthetic corpus (``recommender.synthetic``, the offline seed of a first model) there to read.
 
 The notes are the team's own invented text; annotations are written here as phrases and located in
 the text, so the offsets are always right. Run again after editing: `python scripts/make_sample_corpus.py`.
@@ -7,10 +8,13 @@ Each annotation is (label, phrase, occurrence) and each relation (head index, ta
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from recommender.corpora import SYNTHETIC_NOTES
 from recommender.document import Document
 from recommender.formats import brat
+from recommender.synthetic import generate
 
 NOTES: list[tuple[str, str, list[tuple[str, str, int]], list[tuple[int, int]]]] = [
     (
@@ -245,6 +249,13 @@ def build(name: str, text: str, spans: list[tuple[str, str, int]], rels: list[tu
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--synthetic", type=Path, help="write the generated corpus as brat here instead")
+    ap.add_argument("--notes", type=int, default=SYNTHETIC_NOTES, help="generated notes")
+    args = ap.parse_args()
+    if args.synthetic is not None:
+        brat.write(generate(args.notes), args.synthetic)
+        return
     out = Path(__file__).resolve().parents[1] / "corpora" / "sample"
     docs = [build(*note) for note in NOTES]
     brat.write(docs, out)

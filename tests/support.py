@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from recommender.document import Document, Span
 
@@ -22,6 +24,38 @@ def run_kiwi(
         text=True,
         timeout=timeout,
         env=env,
+    )
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_screenshot(
+    browser: str, url: str, shot: Path, profile: Path, size: tuple[int, int] = (1280, 2000)
+) -> subprocess.CompletedProcess[str]:
+    """Render ``url`` in headless Chromium into the PNG ``shot``; stderr carries the page's console
+    messages (``CONSOLE`` lines) for the caller to check."""
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            f"--window-size={size[0]},{size[1]}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

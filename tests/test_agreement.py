@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -16,7 +14,7 @@ import krippendorff
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
-from support import run_kiwi
+from support import chromium, chromium_screenshot, run_kiwi
 from test_scorer import perturb
 
 from recommender.agreement import add_model_rater, agreement_report, load_raters
@@ -334,31 +332,13 @@ def test_cli_errors(rater_dirs: list[Path], tmp_path: Path) -> None:
 
 @pytest.mark.external
 def test_html_renders_in_headless_chromium(report: dict, three_raters: dict, tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to read the screenshot")
     write_report(agreement_report(three_raters, resamples=50), tmp_path / "r")
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,2000",
-            (tmp_path / "r" / "agreement.html").as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    chromium_screenshot(browser, (tmp_path / "r" / "agreement.html").as_uri(), shot, tmp_path / "profile")
     assert shot.is_file(), "chromium wrote no screenshot"
     pixels = np.asarray(PIL.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (2000, 1280)

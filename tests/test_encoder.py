@@ -325,7 +325,8 @@ def test_cli_train_bert_writes_a_model_with_the_chosen_settings(tiny_base: Path,
     args += ["--epochs", "1", "--max-length", "32", "--window-overlap", "8", "--threads", "1"]
     result = CliRunner().invoke(app, [*args, "--window-cuts", "fixed", "--encoder-layers", "1"])
     assert result.exit_code == 0, result.output
-    assert "(best epoch 1; dev NER exact F1 " in " ".join(result.output.split())
+    # 6 notes are too few for a development split: the scores are "not measured", never 0.0
+    assert "(best epoch 1; dev not measured)" in " ".join(result.output.split())
     config = json.loads((out / "kiwi_model.json").read_text(encoding="utf-8"))["config"]
     assert config["window_cuts"] == "fixed" and config["condition_modifiers"] is True
     assert config["encoder_layers"] == 1

@@ -98,7 +98,7 @@ def test_margin_lets_a_slightly_worse_candidate_through() -> None:
     assert decide(cand, cur, 0.0)[0] is False
     assert decide(cand, cur, 0.05)[0] is True
     assert decide({}, cur, 0.0)[0] is True
-    assert decide(cand, None, 0.0) == (True, "no model was promoted yet")
+    assert decide(cand, None, 0.0) == (True, "the first model: promoted as the baseline")
 
 
 def test_crash_in_training_fails_the_job_not_the_worker(env, sample: list[Document]) -> None:

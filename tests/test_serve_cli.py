@@ -57,6 +57,13 @@ def test_bootstrap_trains_promotes_and_serves_real_predictions(tmp_path: Path) -
         assert {"problem", "drug"} <= labels
         versions = httpx.get(f"{base}/models", timeout=5).json()
         assert versions["current"] == prediction["model_version"]
+        page = httpx.get(f"{base}/", timeout=5)
+        assert page.status_code == 200 and prediction["model_version"] in page.text
     finally:
         server.terminate()
         server.wait(timeout=30)
+    said = " ".join((server.stdout.read() if server.stdout else "").split())
+    # every step said in words; 4 notes are too few to measure anything on, and it says so
+    assert "Training kiwi.lexicon.v1 on 4 notes of KIWI_SEED_CORPUS" in said, said
+    assert "too few for a development split" in said and "not measured" in said
+    assert "as the baseline" in said and f"Serving on http://127.0.0.1:{port}/" in said

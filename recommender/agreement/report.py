@@ -10,7 +10,7 @@ entities. Unitizing alpha works on character spans (see ``measures``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,12 +71,13 @@ def agreement_report(
     level: float = LEVEL,
     context: int = 60,
     schema: Schema | None = None,
+    track: Callable[[Iterable[Any], str, int | None], Iterable[Any]] | None = None,
 ) -> AgreementReport:
     """Compare every rater with every other on the documents they share.
 
     ``raters`` maps a rater name (annotator, ``curation``, a model version) to its documents; the
     same document id must carry the same text for every rater. The service's correction store
-    feeds this function directly.
+    feeds this function directly. ``track`` wraps the long loops (a progress bar or log lines).
 
     Raises:
         ConfigError: fewer than two raters.
@@ -98,7 +99,11 @@ def agreement_report(
         return weights_cache[n]
 
     # --- token labels: (raters, tokens) per document and layer, MISSING where a rater lacks the note
-    tokens = {i: _tokens(next(by_rater[r][i] for r in names if i in by_rater[r])) for i in doc_ids}
+    track = track or (lambda items, _description, _total: items)
+    tokens = {
+        i: _tokens(next(by_rater[r][i] for r in names if i in by_rater[r]))
+        for i in track(doc_ids, "tokenizing notes", len(doc_ids))
+    }
     token_labels = {
         layer: {
             i: np.stack(
@@ -119,7 +124,8 @@ def agreement_report(
     pair_counts: list[dict[str, TaskCounts]] = []
     confusion = {layer: np.zeros((len(labels) + 1,) * 2, dtype=np.int64) for layer, labels in layers.items()}
     disagreements: list[dict[str, Any]] = []
-    for ia, ib in itertools.combinations(range(len(names)), 2):
+    rater_pairs = list(itertools.combinations(range(len(names)), 2))
+    for ia, ib in track(rater_pairs, "comparing rater pairs", len(rater_pairs)):
         a, b = names[ia], names[ib]
         shared = [i for i in doc_ids if i in by_rater[a] and i in by_rater[b]]
         docs = [(by_rater[a][i], by_rater[b][i]) for i in shared]

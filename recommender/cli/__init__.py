@@ -29,6 +29,8 @@ from recommender.cli import serve as _serve  # noqa: E402,F401
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The project's own progress and results (epoch losses, dev scores) are what a user waits for.
+    logging.getLogger("recommender").setLevel(logging.INFO)
     try:
         app()
     except KiwiError as e:

@@ -12,7 +12,7 @@ from recommender.agreement.inputs import INPUT_FORMATS, add_model_rater, load_ra
 from recommender.agreement.render import EXAMPLES, write_report
 from recommender.agreement.report import agreement_report
 from recommender.cli import app
-from recommender.cli.common import err_console
+from recommender.cli.common import err_console, progress
 from recommender.evaluation.stats import RESAMPLES, SEED
 
 
@@ -49,7 +49,7 @@ def agreement(
         name = add_model_rater(raters, load_extractor(model))
         err_console.print(f"added model rater {name}", highlight=False, markup=False)
     err_console.print(f"{len(raters)} raters: {', '.join(raters)}", highlight=False, markup=False)
-    report = agreement_report(raters, resamples=resamples, seed=seed)
+    report = agreement_report(raters, resamples=resamples, seed=seed, track=progress)
     if out is not None:
         for path in write_report(report, out, examples=examples):
             err_console.print(f"wrote {path}", highlight=False, markup=False)

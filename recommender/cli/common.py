@@ -8,6 +8,8 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import track
 
+from recommender.progress import reporting
+
 T = TypeVar("T")
 
 console = Console()
@@ -15,8 +17,16 @@ err_console = Console(stderr=True)
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """A progress bar on stderr, so stdout stays clean for --json."""
-    yield from track(items, description=description, total=total, console=err_console, transient=True)
+    """A progress bar on stderr, so stdout stays clean for --json; where stderr is no terminal (docker
+    logs, a service, CI) a line at least every 30 seconds with the step, the rate and an ETA."""
+    if err_console.is_terminal:
+        yield from track(items, description=description, total=total, console=err_console, transient=True)
+    else:
+        yield from reporting(items, description, total, _print_line)
+
+
+def _print_line(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def drops_line(drops: dict[str, int]) -> str:

@@ -61,8 +61,16 @@ def corpus_list() -> None:
 @corpus_app.command("fetch")
 def corpus_fetch(
     out: Annotated[Path, typer.Argument(help="folder to write the brat notes to")],
-    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    split: Annotated[str, typer.Option(help=f"one of: {', '.join(corpora.KIWI_SPLITS)}")] = "train",
 ) -> None:
-    """Download the public MTSamples Kiwi corpus (train split by default); needs internet."""
-    n = corpora.fetch_kiwi(out, split)
-    err_console.print(f"fetched {n} notes into {out}")
+    """Download the public MTSamples Kiwi corpus (train split by default), checksums checked; needs
+    internet (KIWI_CORPUS_API points at a mirror)."""
+    from recommender.settings import load_settings
+
+    got = corpora.fetch_kiwi(out, split, api=load_settings().corpus_api)
+    for line in (
+        f"fetched {got.notes} notes into {out} (checksums in {got.manifest.name})",
+        f"licence: {got.licence}",
+        f"cite: {corpora.KIWI_CITATION}",
+    ):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)

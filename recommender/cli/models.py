@@ -45,7 +45,9 @@ def train_family(
     _set_threads(threads)
     docs = read_documents(corpus, corpus_format)
     if dev is not None:
-        train_docs, dev_docs = docs, read_documents(dev)
+        dev_docs = read_documents(dev)
+        dev_texts = {d.text for d in dev_docs}  # a card never scores notes the model trained on
+        train_docs = [d for d in docs if d.text not in dev_texts]
     else:
         train_docs, dev_docs = corpora.development_split(docs, corpus)
     if not train_docs:
@@ -86,7 +88,7 @@ def _train_command(fam: Family) -> Callable[..., None]:
             annotation=Annotated[
                 Path | None,
                 typer.Option(
-                    help="development notes; default: the fixed split of MTSamples, else 1 note in 6"
+                    help="development notes; default: corpora.development_split (see corpora/README.md)"
                 ),
             ],
         ),

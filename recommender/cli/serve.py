@@ -14,6 +14,10 @@ from recommender.errors import ConfigError, ModelError
 from recommender.settings import Settings, load_settings
 
 
+def say(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def serve(
     model: Annotated[
@@ -55,16 +59,13 @@ def serve(
                     f"no promoted model in [{settings.model_dir}]: run `kiwi serve --bootstrap` to train "
                     "one on the seed corpus first, or pass --model DIR"
                 )
-            err_console.print(
-                f"No promoted model in {settings.model_dir}: training a first one ({settings.trainer}) "
-                "on the seed corpus.",
-                markup=False,
-            )
-            path = train_first_model(settings, registry, track=progress)
-            err_console.print(f"Promoted {path.name}.", markup=False)
+            say(f"No promoted model in {settings.model_dir}: training a first one ({settings.trainer}).")
+            path = train_first_model(settings, registry, track=progress, say=say)
+            say(f"Promoted {path.name} as the baseline.")
     if settings.role == "trainer":
         _run_trainer(settings)
         return
+    say(f"Serving on http://{settings.host}:{settings.port}/ (status page; OpenAPI docs at /docs).")
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level=log_level.lower()))
     server.run()
 

@@ -21,9 +21,9 @@ def decide(
     """Promote unless the candidate is worse than the current model by more than ``margin`` on any
     evaluation set with notes. Returns (promote, reason)."""
     if current is None:
-        return True, "no model was promoted yet"
+        return True, "the first model: promoted as the baseline"
     if not candidate:
-        return True, "no held-out corrections or dev notes to compare on"
+        return True, "not measured (no held-out corrections and no development notes): promoted untested"
     worse = []
     parts = []
     for name, cand in candidate.items():

@@ -23,6 +23,7 @@ from typing import Any
 from recommender.errors import ConflictError, KiwiError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
+from recommender.progress import reporting
 from recommender.registry import ModelRegistry
 from recommender.retraining.data import Corpora, assemble, default_corpora
 from recommender.retraining.gate import decide, scores
@@ -213,7 +214,8 @@ def tracker(job: Job, save: Callable[[Job], None]) -> Track:
     def track(items: Iterable[Any], description: str, total: int | None) -> Iterable[Any]:
         job.stage = f"training: {description}"
         save(job)
-        for i, item in enumerate(items, 1):
+        lines = reporting(items, f"job {job.id} {description}", total, log.info)
+        for i, item in enumerate(lines, 1):
             if total:
                 job.progress = max(
                     job.progress, min(0.8, 0.05 + 0.75 * i / total * _epoch_share(description))

@@ -5,21 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
 
+from recommender import __version__
 from recommender.errors import NotFoundError
 from recommender.service.bodies import CleanJsonRoute
 from recommender.service.state import ServiceDep
+from recommender.service.status_page import render_status_page, status_view
 
 router = APIRouter(tags=["admin"], route_class=CleanJsonRoute)
 
 
 @router.get("/status")
 def status(service: ServiceDep) -> dict[str, Any]:
+    """The service's state; ``page`` holds every figure of the status page (``GET /``)."""
     return {
         "model": service.model_info(),
         "retraining": service.retrainer.status() if service.retrainer is not None else None,
         "recommenders": {name: rec.model_dump() for name, rec in service.settings.recommenders.items()},
+        "page": status_view(service),
     }
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def status_page(service: ServiceDep) -> HTMLResponse:
+    """The status page for operators and annotation leads (same auth as the API)."""
+    retraining = service.retrainer.status() if service.retrainer is not None else None
+    return HTMLResponse(render_status_page(status_view(service), retraining, __version__))
 
 
 @router.get("/models")

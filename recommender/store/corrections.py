@@ -191,6 +191,18 @@ class CorrectionStore:
             return int(conn.execute(query).scalar() or 0)
 
     @outage_is_unavailable
+    def daily_counts(self) -> dict[str, dict[str, int]]:
+        """Stored versions per project and UTC day (``YYYY-MM-DD``), oldest day first."""
+        out: dict[str, dict[str, int]] = {}
+        query = sa.select(corrections.c.project, corrections.c.created).order_by(corrections.c.id)
+        with self.engine.connect() as conn:
+            for project, created in conn.execute(query):
+                day = (created if created.tzinfo else created.replace(tzinfo=UTC)).astimezone(UTC)
+                days = out.setdefault(project, {})
+                days[day.date().isoformat()] = days.get(day.date().isoformat(), 0) + 1
+        return {p: dict(sorted(d.items())) for p, d in sorted(out.items())}
+
+    @outage_is_unavailable
     def projects(self) -> list[str]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(corrections.c.project).distinct().order_by(corrections.c.project))

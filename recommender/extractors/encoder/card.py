@@ -39,7 +39,7 @@ def _metric_rows(dev: dict[str, Any]) -> str:
                 f"| {label} | {ex['precision']:.3f} | {ex['recall']:.3f} | {ex['f1']:.3f} "
                 f"| {interval} | {rel['f1']:.3f} |"
             )
-    return "\n".join(rows) if rows else "| (no development split) | | | | | |"
+    return "\n".join(rows) if rows else "| not measured: no development split | | | | | |"
 
 
 def render_card(ex: EncoderExtractor) -> str:

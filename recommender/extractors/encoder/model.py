@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -12,6 +13,10 @@ import torch
 from torch import nn
 
 from recommender.errors import ModelError
+
+# bitsandbytes (imported by transformers for optimizers we never use) warns on CPUs with AVX512-BF16
+# that an optional 4-bit kernel package is missing: nothing to do with this model, so not shown.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # Distance features of a (entity, modifier) pair: a gap bucket times the modifier's side of the entity.
 _GAP_EDGES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

@@ -334,10 +334,15 @@ def train_encoder(
         ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
         score = (ner + re_) / 2 if metrics else -float(total)
         mean_loss = total / max(len(batches), 1)
-        history.append(
-            {"epoch": epoch, "loss": round(mean_loss, 4), "ner": round(ner, 4), "re": round(re_, 4)}
+        measured = {"ner": round(ner, 4), "re": round(re_, 4)} if metrics else {"ner": None, "re": None}
+        history.append({"epoch": epoch, "loss": round(mean_loss, 4), **measured})
+        log.info(
+            "epoch %d/%d loss %.4f, %s",
+            epoch,
+            config.epochs,
+            mean_loss,
+            f"dev NER {ner:.4f} RE {re_:.4f}" if metrics else "dev not measured (no development notes)",
         )
-        log.info("epoch %d loss %.4f dev NER %.4f RE %.4f", epoch, mean_loss, ner, re_)
         if best is None or score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()), metrics)
         elif epoch - best[1] >= config.patience:

@@ -1,0 +1,215 @@
+"""The status page (``GET /``): served models and their cards, training jobs, corrections over time, the
+learning curve of promoted models and links to the agreement reports. Server-rendered HTML with an
+inline SVG chart: no scripts, no front-end build. Every figure on it comes from ``status_view``, which
+``GET /status`` returns too, so the page and the API cannot disagree."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from recommender.errors import ModelError
+from recommender.service.state import Service
+
+TASKS = (("ner", "NER"), ("re", "RE"), ("spans", "all spans"))
+
+
+def _dev_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Exact F1 with its interval per task on the model's development split (for a family that does
+    not score dev itself, the gate's figures on it); None: not measured."""
+    dev = metrics.get("dev") or (metrics.get("gate") or {}).get("candidate", {}).get("dev") or {}
+    if not dev:
+        return None
+    out: dict[str, Any] = {"notes": metrics.get("dev_notes") or dev.get("documents")}
+    for task, _ in TASKS:
+        if task in dev:
+            exact = dev[task]["exact"]
+            ci = exact.get("ci", {}).get("f1")  # the gate keeps point figures only
+            out[task] = {"f1": round(exact["f1"], 3), "ci": [round(x, 3) for x in ci] if ci else None}
+    return out
+
+
+def _card(info: Any) -> dict[str, Any]:
+    m = info.metrics
+    return {
+        "version": info.version,
+        "extractor": info.extractor,
+        "created": info.created,
+        "data_fingerprint": info.data_fingerprint,
+        "seed": m.get("seed"),
+        "train_notes": m.get("train_notes"),
+        "dev": _dev_scores(m),
+    }
+
+
+def status_view(service: Service) -> dict[str, Any]:
+    """What the status page shows, as JSON (also under ``GET /status``)."""
+    try:
+        served = _card(service.predictor.current.info)
+    except ModelError:
+        served = None
+    promotions = [e for e in service.registry.events() if e.get("action") == "promote"]
+    by_version = {v.version: v for v in service.registry.versions()}
+    curve = []
+    for event in promotions:
+        v = by_version.get(event["version"])
+        if v is not None:
+            curve.append({"version": v.version, "promoted": event.get("at"), "dev": _dev_scores(v.metrics)})
+    projects = service.store.daily_counts()
+    return {
+        "served": served,
+        "recommenders": {
+            name: {"task": rec.task, "layer": rec.layer, "version": served["version"] if served else None}
+            for name, rec in service.settings.recommenders.items()
+        },
+        "learning_curve": curve,
+        "corrections": projects,
+        "agreement_reports": {p: f"/projects/{quote(p, safe='')}/agreement?format=html" for p in projects},
+    }
+
+
+# --- rendering -----------------------------------------------------------------------------------
+def _f1(score: dict[str, Any] | None) -> str:
+    if not score:
+        return "<span class=muted>not measured</span>"
+    ci = f" <span class=muted>({score['ci'][0]:.3f}-{score['ci'][1]:.3f})</span>" if score["ci"] else ""
+    return f"{score['f1']:.3f}{ci}"
+
+
+def _card_html(card: dict[str, Any] | None) -> str:
+    if card is None:
+        return "<p>No model is served yet: a first one is being trained, see the jobs below.</p>"
+    dev = card["dev"]
+    rows = "".join(
+        f"<tr><th>{label}</th><td>{_f1(dev.get(t) if dev else None)}</td></tr>" for t, label in TASKS
+    )
+    where = f"{dev['notes']} development notes" if dev else "no development split"
+    return (
+        f"<table class=card><tr><th>version</th><td><code>{escape(card['version'])}</code></td></tr>"
+        f"<tr><th>extractor</th><td>{escape(card['extractor'])}</td></tr>"
+        f"<tr><th>created</th><td>{escape(str(card['created']))}</td></tr>"
+        f"<tr><th>trained on</th><td>{escape(str(card['train_notes'] or '?'))} notes"
+        f"{' of ' + escape(card['seed']) if card['seed'] else ''}</td></tr>"
+        f"<tr><th>data fingerprint</th><td><code>{escape(card['data_fingerprint'] or '')}</code></td></tr>"
+        f"<tr><th colspan=2>exact F1 on {where} (95% CI)</th></tr>{rows}</table>"
+    )
+
+
+def _jobs_html(retraining: dict[str, Any] | None) -> str:
+    if retraining is None:
+        return "<p class=muted>The retraining worker is off (KIWI_RETRAIN=false).</p>"
+    jobs = retraining["running"] + retraining["queued"] + list(reversed(retraining["finished"]))
+    if not jobs:
+        return "<p class=muted>No training job yet: one starts after enough corrections.</p>"
+    rows = []
+    for j in jobs:
+        gate = j["metrics"].get("decision")
+        decision = (
+            f"{escape(gate)}: {escape(j['metrics'].get('reason', ''))}"
+            if gate
+            else escape(j["message"] or "")
+        )
+        rows.append(
+            f"<tr><td>{j['id']}</td><td>{escape(j['project'])}</td><td>{escape(j['state'])}</td>"
+            f"<td><progress max=1 value={j['progress']}></progress> {100 * j['progress']:.0f}% "
+            f"{escape(j['stage'])}</td><td>{escape(j['candidate'] or '')}</td><td>{decision}</td></tr>"
+        )
+    return (
+        "<table><tr><th>job</th><th>project</th><th>state</th><th>progress</th><th>candidate</th>"
+        f"<th>gate</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _curve_svg(curve: list[dict[str, Any]]) -> str:
+    points = [(i, c) for i, c in enumerate(curve) if c["dev"]]
+    if not points:
+        return "<p class=muted>No promoted model with measured development scores yet.</p>"
+    w, h, pad = 640, 240, 36
+    step = (w - 2 * pad) / max(len(curve) - 1, 1)
+
+    def xy(i: int, f1: float) -> tuple[float, float]:
+        return pad + i * step, h - pad - f1 * (h - 2 * pad)
+
+    parts = [f'<svg class=curve width="{w}" height="{h}" viewBox="0 0 {w} {h}" role=img>']
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        _, y = xy(0, tick)
+        parts.append(f'<line x1="{pad}" x2="{w - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="4" y="{y + 4:.1f}" font-size="11">{tick:.2f}</text>')
+    for task, colour in (("ner", "#e15759"), ("re", "#4e79a7")):
+        xys = [(*xy(i, c["dev"][task]["f1"]), c) for i, c in points if task in c["dev"]]
+        if len(xys) > 1:
+            line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in xys)
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for x, y, c in xys:
+            label = f"{c['version']}: {task.upper()} {c['dev'][task]['f1']:.3f}"
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}">'
+                f"<title>{escape(label)}</title></circle>"
+            )
+    parts.append("</svg>")
+    legend = (
+        "<p><span style='color:#e15759'>&#9679; NER</span> <span style='color:#4e79a7'>&#9679; RE</span> "
+        "exact F1 on each model's development split, in order of promotion</p>"
+    )
+    rows = "".join(
+        f"<tr><td>{n}</td><td><code>{escape(c['version'])}</code></td>"
+        f"<td>{escape(str(c['promoted'] or ''))}</td>"
+        f"<td>{_f1((c['dev'] or {}).get('ner'))}</td><td>{_f1((c['dev'] or {}).get('re'))}</td></tr>"
+        for n, c in enumerate(curve, 1)
+    )
+    table = (
+        f"<table><tr><th>#</th><th>version</th><th>promoted</th><th>NER</th><th>RE</th></tr>{rows}</table>"
+    )
+    return "".join(parts) + legend + table
+
+
+def _corrections_html(counts: dict[str, dict[str, int]], links: dict[str, str]) -> str:
+    if not counts:
+        return "<p class=muted>No corrections stored yet.</p>"
+    rows = []
+    for project, days in counts.items():
+        top = max(days.values())
+        bars = "".join(
+            f"<div class=bar title='{escape(day)}: {n}' style='height:{4 + 40 * n / top:.0f}px'></div>"
+            for day, n in days.items()
+        )
+        rows.append(
+            f"<tr><td>{escape(project)}</td><td>{sum(days.values())}</td><td>{escape(min(days))} to "
+            f"{escape(max(days))}</td><td><div class=bars>{bars}</div></td>"
+            f"<td><a href='{escape(links[project])}'>agreement report</a></td></tr>"
+        )
+    return (
+        "<table><tr><th>project</th><th>corrections</th><th>days</th><th>per day</th><th></th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border-bottom:1px solid #e5e5e5;padding:4px 10px;
+text-align:left;vertical-align:top}th{background:#f6f6f6}.muted{color:#777}code{font-size:90%}
+.bars{display:flex;align-items:flex-end;gap:2px;height:46px}.bar{width:8px;background:#59a14f}
+h1 small{font-size:50%;color:#777}
+"""
+
+
+def render_status_page(view: dict[str, Any], retraining: dict[str, Any] | None, version: str) -> str:
+    recs = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(r['task'])}</td><td>{escape(r['layer'])}</td>"
+        f"<td><code>{escape(r['version'] or 'none yet')}</code></td></tr>"
+        for name, r in view["recommenders"].items()
+    )
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>Kiwi Recommender status</title>
+<meta http-equiv=refresh content=30><style>{STYLE}</style></head><body>
+<h1>Kiwi Recommender <small>{escape(version)}</small></h1>
+<p class=muted>Refreshes every 30 seconds.
+JSON: <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
+<h2>Served model</h2>{_card_html(view["served"])}
+<h2>Recommenders</h2>
+<table><tr><th>name</th><th>task</th><th>layer</th><th>model version</th></tr>{recs}</table>
+<h2>Training jobs</h2>{_jobs_html(retraining)}
+<h2>Learning curve of promoted models</h2>{_curve_svg(view["learning_curve"])}
+<h2>Corrections per project</h2>{_corrections_html(view["corrections"], view["agreement_reports"])}
+</body></html>"""
