@@ -284,7 +284,9 @@ def main() -> int:
     ap.add_argument(
         "--set", action="append", default=[], help="FAMILY.SETTING=VALUE (e.g. llama.max_steps=50)"
     )
-    ap.add_argument("--reuse", action="store_true", help="keep a family's trained model from an earlier run")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep a family's model and evaluation from an earlier run"
+    )
     ap.add_argument("--models", type=Path, default=RESULTS / "models")
     ap.add_argument("--out", type=Path, default=RESULTS / "models.json")
     ap.add_argument("--batch-size", type=int, default=16, help="notes per prediction call")
@@ -319,8 +321,14 @@ def main() -> int:
             print(f"== training {fam} ({_overrides(fam, args.set) or 'defaults'})", flush=True)
             train = _child("--phase", "train", fam, *common)
             saved.write_text(json.dumps(train, indent=2), encoding="utf-8")
-        print(f"== evaluating {fam} on the development notes", flush=True)
-        report["models"][fam] = {"train": train, "eval": _child("--phase", "eval", fam, *common)}
+        evaluated = folder.with_suffix(".eval.json")
+        if args.reuse and evaluated.is_file() and evaluated.stat().st_mtime >= saved.stat().st_mtime:
+            result = json.loads(evaluated.read_text(encoding="utf-8"))
+        else:
+            print(f"== evaluating {fam} on the development notes", flush=True)
+            result = _child("--phase", "eval", fam, *common)
+            evaluated.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        report["models"][fam] = {"train": train, "eval": result}
     report["significance"] = significance(args.families, args.models) if len(args.families) > 1 else {}
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_table(report)
