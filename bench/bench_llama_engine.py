@@ -10,8 +10,9 @@ differ from plain ``generate``. Seconds per note are seconds per prompt times th
 prompts per note (exact when ``--prompts 0``).
 
 An untuned SmolLM2 does not learn to stop from Kiwi's prompt, so every prompt is capped at
-``--cap`` times its source length in tokens (rounded up to a multiple of 8), the same cap on both
-sides; the timings are for those capped outputs.
+``--cap`` times its source length in tokens (rounded up to a multiple of ``--cap-round``), the same
+cap on both sides; the timings are for those capped outputs. Each distinct cap is its own engine
+call, so many caps over few prompts leave the engine small batches (a coarser ``--cap-round`` helps).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notes", type=int, default=3, help="first N development notes")
     ap.add_argument("--cap", type=float, default=2.0, help="max new tokens per prompt / source tokens")
+    ap.add_argument("--cap-round", type=int, default=8, help="caps rounded up to a multiple of this")
     ap.add_argument("--prompts", type=int, default=12, help="prompts spread over those notes; 0: all")
     ap.add_argument(
         "--variants", default=",".join(list(VARIANTS)[1:]), help="comma-separated engine variants"
@@ -93,7 +95,7 @@ def main() -> int:
     caps = []
     for p in prompts:
         n = len(tokenizer(" " + (p.source or ""), add_special_tokens=False).input_ids)
-        caps.append(8 * math.ceil(args.cap * n / 8))
+        caps.append(args.cap_round * math.ceil(args.cap * n / args.cap_round))
     by_cap: dict[int, list[int]] = defaultdict(list)
     for i, c in enumerate(caps):
         by_cap[c].append(i)
@@ -151,7 +153,7 @@ def main() -> int:
         "prompts_per_note": per_note,
         "generated_tokens": n_tokens,
         "stopped_at_eos": stopped,
-        "cap": f"{args.cap} x source tokens, multiple of 8",
+        "cap": f"{args.cap} x source tokens, multiple of {args.cap_round}",
         "constrained": True,
         "median_source_tokens": statistics.median(c / args.cap for c in caps),
         "results": results,

@@ -351,11 +351,14 @@ def test_stop_string_across_tokens_in_free_generation(tokenizer, model, prompts)
         assert_same(engine.generate([free, free]), [got, got])
 
 
-def test_max_new_tokens_cuts(tokenizer, model, prompts) -> None:
+@pytest.mark.parametrize("cap", [1, 5])
+def test_max_new_tokens_cuts(tokenizer, model, prompts, cap: int) -> None:
     for constrained in (True, False):
-        ref = plain_generate(model, tokenizer, prompts[:3], max_new_tokens=5, constrained=constrained)
-        assert all(not g.stopped and len(g.token_logprobs) == 5 for g in ref)
-        engine = TransformersEngine(model, tokenizer, max_new_tokens=5, batch_size=3, constrained=constrained)
+        ref = plain_generate(model, tokenizer, prompts[:3], max_new_tokens=cap, constrained=constrained)
+        assert all(not g.stopped and len(g.token_logprobs) == cap for g in ref)
+        engine = TransformersEngine(
+            model, tokenizer, max_new_tokens=cap, batch_size=3, constrained=constrained
+        )
         assert_same(engine.generate(prompts[:3]), ref)
 
 

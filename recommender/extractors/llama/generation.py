@@ -4,9 +4,9 @@ Kiwi's prompts share one long instruction prefix per task and their outputs most
 sentence, so :class:`TransformersEngine` (a) encodes each prefix once and starts every batch from
 a copy of its KV cache, (b) proposes the next tokens by matching the last generated n-gram in the
 prompt (prompt-lookup speculation) and checks up to ``draft_tokens`` of them in one forward pass,
-and (c) decodes many prompts at once. Its outputs are those of :func:`plain_greedy decoding
-<plain_generate>` (Hugging Face ``generate``, one prompt at a time), token for token, up to
-floating-point reassociation, which can only flip an exact near-tie.
+and (c) decodes many prompts at once. Its outputs are those of :func:`plain_generate` (Hugging
+Face greedy ``generate``, one prompt at a time), token for token, up to floating-point
+reassociation, which can only flip a near-tie (never seen in float64; see the benchmark for fp32).
 
 Batching with per-row acceptance: every row of a batch has the same cache length. A forward pass
 feeds each row its pending token and its draft (rows with shorter drafts are padded); the slots
@@ -325,8 +325,8 @@ class TransformersEngine(Engine):
         for r, row in enumerate(rows):
             self._append(row, _choose(row.item.constraint, row.state, logits[r, -1]), logits[r, -1])
         active = [r for r, row in enumerate(rows) if not row.done]
-        if len(active) < n_rows:
-            cache.batch_select_indices(torch.tensor(active))
+        if active and len(active) < n_rows:
+            cache.batch_select_indices(torch.tensor(active, dtype=torch.long))
             mask = mask[active]
         while active:
             drafts = [self._draft(rows[r]) for r in active]
@@ -356,10 +356,10 @@ class TransformersEngine(Engine):
                 if j:
                     row.cursor = origin + j
             keep = [a for a, r in enumerate(active) if not rows[r].done]
-            if len(keep) < len(active):
+            if keep and len(keep) < len(active):
                 cache.batch_select_indices(torch.tensor(keep, dtype=torch.long))
                 mask = mask[keep]
-                active = [active[a] for a in keep]
+            active = [active[a] for a in keep]
         return [finish(self.table, self._stop, row.tokens, row.logprobs) for row in rows]
 
     def _append(self, row: _Row, token: int, logits: torch.Tensor) -> None:
