@@ -116,7 +116,8 @@ def _config(family: str, overrides: dict[str, str]) -> Any:
     return cls(**values)
 
 
-def _split() -> tuple[list[Any], list[Any]]:
+def _split(dev_notes: int | None = None) -> tuple[list[Any], list[Any]]:
+    """(train, dev) of the fixed split; ``dev_notes``: only the first N dev notes by id are scored."""
     from recommender.corpora import SHARED_MTSAMPLES, split_documents
     from recommender.formats import brat
 
@@ -124,7 +125,8 @@ def _split() -> tuple[list[Any], list[Any]]:
         raise SystemExit(
             f"error: {SHARED_MTSAMPLES} is absent: the benchmark needs the shared MTSamples notes"
         )
-    return split_documents(brat.read(SHARED_MTSAMPLES))
+    train, dev = split_documents(brat.read(SHARED_MTSAMPLES))
+    return train, sorted(dev, key=lambda d: d.id)[:dev_notes]
 
 
 def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) -> dict[str, Any]:
@@ -151,7 +153,7 @@ def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) 
     }
 
 
-def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int) -> dict[str, Any]:
+def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int, dev_notes: int | None) -> dict[str, Any]:
     import torch
 
     from recommender.cli.common import progress
@@ -160,7 +162,7 @@ def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int) -> dict[str, A
     from recommender.formats import jsonl
 
     torch.set_num_threads(2)
-    _, dev = _split()
+    _, dev = _split(dev_notes)
     ex = load_extractor(folder)
     started, cpu0 = meter.start(), _cpu_seconds()
     pred, re_pred, speed = predict_for_scoring(ex, dev, batch_size=batch_size, track=progress)
@@ -202,14 +204,13 @@ def _child(*args: str) -> dict[str, Any]:
     return data
 
 
-def significance(families: list[str], models: Path) -> dict[str, Any]:
+def significance(families: list[str], models: Path, dev_notes: int | None) -> dict[str, Any]:
     """One-sided Wilcoxon rank-sum over 1,000 paired bootstrap resamples, every ordered pair."""
-    from recommender.corpora import SHARED_MTSAMPLES, split_documents
     from recommender.evaluation.scorer import count
     from recommender.evaluation.stats import SEED, compare
-    from recommender.formats import brat, jsonl
+    from recommender.formats import jsonl
 
-    _, dev = split_documents(brat.read(SHARED_MTSAMPLES))
+    _, dev = _split(dev_notes)
     counts = {
         f: count(
             dev, jsonl.read(models / f"{f}.pred.jsonl"), re_pred=jsonl.read(models / f"{f}.re_pred.jsonl")
@@ -291,6 +292,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "models.json")
     ap.add_argument("--batch-size", type=int, default=16, help="notes per prediction call")
     ap.add_argument("--watts-per-core", type=float, default=5.0)
+    ap.add_argument(
+        "--dev-notes", type=int, default=None, help="score only the first N dev notes by id (all families)"
+    )
     ap.add_argument("--phase", nargs=2, metavar=("STEP", "FAMILY"), help=argparse.SUPPRESS)
     ap.add_argument("--phase-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -302,7 +306,7 @@ def main() -> int:
         data = (
             phase_train(fam, folder, args.set, meter)
             if step == "train"
-            else phase_eval(folder, meter, args.batch_size)
+            else phase_eval(folder, meter, args.batch_size, args.dev_notes)
         )
         args.phase_out.write_text(json.dumps(data), encoding="utf-8")
         return 0
@@ -311,6 +315,7 @@ def main() -> int:
     args.models.mkdir(parents=True, exist_ok=True)
     common = ["--models", str(args.models), "--watts-per-core", str(args.watts_per_core)]
     common += [f"--set={s}" for s in args.set] + ["--batch-size", str(args.batch_size)]
+    common += ["--dev-notes", str(args.dev_notes)] if args.dev_notes else []
     report: dict[str, Any] = {"models": {}, "cpu_defaults": CPU_DEFAULTS, "paper": PAPER}
     for fam in args.families:
         folder = args.models / fam
@@ -322,14 +327,16 @@ def main() -> int:
             train = _child("--phase", "train", fam, *common)
             saved.write_text(json.dumps(train, indent=2), encoding="utf-8")
         evaluated = folder.with_suffix(".eval.json")
-        if args.reuse and evaluated.is_file() and evaluated.stat().st_mtime >= saved.stat().st_mtime:
-            result = json.loads(evaluated.read_text(encoding="utf-8"))
-        else:
+        result = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else {}
+        fresh = evaluated.is_file() and evaluated.stat().st_mtime >= saved.stat().st_mtime
+        if not (args.reuse and fresh and result.get("dev_notes") == (args.dev_notes or 16)):
             print(f"== evaluating {fam} on the development notes", flush=True)
             result = _child("--phase", "eval", fam, *common)
             evaluated.write_text(json.dumps(result, indent=2), encoding="utf-8")
         report["models"][fam] = {"train": train, "eval": result}
-    report["significance"] = significance(args.families, args.models) if len(args.families) > 1 else {}
+    pairs = len(args.families) > 1
+    report["significance"] = significance(args.families, args.models, args.dev_notes) if pairs else {}
+    report["dev_notes_scored"] = args.dev_notes or 16
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_table(report)
     print(f"written {args.out}")
