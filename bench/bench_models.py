@@ -38,7 +38,7 @@ PAPER = {
     "llama": {"model": "LLaMA-3-8B", "ner": 0.869, "re": 0.787, "s_per_note": 4.6, "train_h": 1.6},
 }
 # Overrides that make a family fit about an hour of 2-core CPU (said in the output; --set replaces them).
-CPU_DEFAULTS: dict[str, dict[str, str]] = {"llama": {"max_examples": "1200", "epochs": "1"}}
+CPU_DEFAULTS: dict[str, dict[str, str]] = {"llama": {"max_examples": "512", "epochs": "1", "lr": "0.001"}}
 
 
 class EnergyMeter:
@@ -129,14 +129,18 @@ def _split(dev_notes: int | None = None) -> tuple[list[Any], list[Any]]:
     return train, sorted(dev, key=lambda d: d.id)[:dev_notes]
 
 
-def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) -> dict[str, Any]:
+def phase_train(
+    family: str, folder: Path, sets: list[str], meter: EnergyMeter, dev_notes: int | None
+) -> dict[str, Any]:
+    """Train on the 80 notes; the family's early stopping sees the first ``dev_notes`` dev notes
+    (0: none, for a run too short to stop early; the evaluation step scores it all the same)."""
     import torch
 
     from recommender.cli.common import progress
     from recommender.extractors import get_extractor_class
 
     torch.set_num_threads(2)
-    train, dev = _split()
+    train, dev = _split(dev_notes)
     config = _config(family, _overrides(family, sets))
     started, cpu0, t0 = meter.start(), _cpu_seconds(), time.perf_counter()
     ex = get_extractor_class(family).train(train, dev, config, folder, progress=progress)
@@ -145,6 +149,7 @@ def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) 
     return {
         "version": ex.version,
         "train_notes": len(train),
+        "early_stopping_dev_notes": len(dev),
         "config": config.to_dict(),
         "train_seconds": round(seconds, 1),
         "train_cpu_seconds": round(cpu, 1),
@@ -295,6 +300,9 @@ def main() -> int:
     ap.add_argument(
         "--dev-notes", type=int, default=None, help="score only the first N dev notes by id (all families)"
     )
+    ap.add_argument(
+        "--train-dev-notes", type=int, default=None, help="dev notes early stopping sees (default: all 16)"
+    )
     ap.add_argument("--phase", nargs=2, metavar=("STEP", "FAMILY"), help=argparse.SUPPRESS)
     ap.add_argument("--phase-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -304,7 +312,7 @@ def main() -> int:
         step, fam = args.phase
         folder = args.models / fam
         data = (
-            phase_train(fam, folder, args.set, meter)
+            phase_train(fam, folder, args.set, meter, args.train_dev_notes)
             if step == "train"
             else phase_eval(folder, meter, args.batch_size, args.dev_notes)
         )
@@ -316,6 +324,7 @@ def main() -> int:
     common = ["--models", str(args.models), "--watts-per-core", str(args.watts_per_core)]
     common += [f"--set={s}" for s in args.set] + ["--batch-size", str(args.batch_size)]
     common += ["--dev-notes", str(args.dev_notes)] if args.dev_notes else []
+    common += [] if args.train_dev_notes is None else ["--train-dev-notes", str(args.train_dev_notes)]
     report: dict[str, Any] = {"models": {}, "cpu_defaults": CPU_DEFAULTS, "paper": PAPER}
     for fam in args.families:
         folder = args.models / fam

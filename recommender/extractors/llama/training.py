@@ -124,6 +124,29 @@ def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -
     return [*by_kind.values(), *(rest[k : k + size] for k in range(0, len(rest), size))]
 
 
+def _inference_copy(extractor: LlamaExtractor, cache_dir: Path) -> LlamaExtractor:
+    """The training adapter merged into a full-precision copy of the base, as ``load`` serves it:
+    generating through 4-bit layers (dequantized at every step) or unmerged LoRA is several times
+    slower on a CPU, and dev evaluation generates thousands of tokens."""
+    from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from recommender.extractors.llama.base_model import load_base_for, resolve_dtype
+
+    assert extractor.base is not None
+    base, _ = load_base_for(extractor.base, cache_dir, dtype=resolve_dtype(extractor.config.dtype))
+    trained = extractor.model
+    copy = PeftModel(base, trained.peft_config["default"])
+    set_peft_model_state_dict(copy, get_peft_model_state_dict(trained))
+    return LlamaExtractor(
+        copy.merge_and_unload().eval(),
+        extractor.tokenizer,
+        extractor.config,
+        extractor.templates,
+        extractor.info,
+        extractor.base,
+    )
+
+
 def predict_dev(extractor: LlamaExtractor, gold: Sequence[Document]) -> tuple[list[Document], list[Document]]:
     """Predictions on ``gold`` as the paper scores them: from raw text, and with the gold main entities
     given (RE mode)."""
@@ -279,8 +302,7 @@ def train_llama(
         """Evaluate on dev, keep the best adapter; True when patience is exhausted."""
         nonlocal best, since_best
         model.eval()
-        extractor.invalidate()
-        preds = predict_dev(extractor, dev_docs) if dev_docs else ([], [])
+        preds = predict_dev(_inference_copy(extractor, cache_dir), dev_docs) if dev_docs else ([], [])
         metrics = dev_metrics(dev_docs, *preds) if dev_docs else {}
         ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
         recent = [h["loss"] for h in history[-steps_per_epoch:] if "loss" in h]
