@@ -72,6 +72,12 @@ def main() -> int:
         "--variants", default=",".join(list(VARIANTS)[1:]), help="comma-separated engine variants"
     )
     ap.add_argument("--corpus", type=Path, default=SHARED_MTSAMPLES)
+    ap.add_argument(
+        "--model",
+        type=Path,
+        help="a trained kiwi.llama.v1 folder: its merged weights and templates, the config's "
+        "max_new_tokens as the one cap (a tuned model stops at <EOS>)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/llama_engine.json"))
     args = ap.parse_args()
     if not args.corpus.is_dir():
@@ -79,14 +85,22 @@ def main() -> int:
     torch.set_num_threads(2)
 
     t0 = time.perf_counter()
-    folder = smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+    templates = Templates.packaged()
+    if args.model:
+        from recommender.extractors import load_extractor
+
+        tuned = load_extractor(args.model)
+        model, tokenizer, templates = tuned.model, tuned.tokenizer, tuned.templates  # type: ignore[attr-defined]
+        model_name = f"{tuned.version} ({args.model}, adapter merged)"
+    else:
+        folder = smollm2_folder()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+        model_name = f"SmolLM2-135M-Instruct ({GGUF}, dequantized fp32, untuned)"
     load_s = time.perf_counter() - t0
 
     _, dev = split_documents(brat.read(args.corpus))
     docs = [segment(d.without_annotations()) for d in dev[: args.notes]]
-    templates = Templates.packaged()
     units = ner_units(docs)
     per_note = len(units) / len(docs)
     if 0 < args.prompts < len(units):
@@ -95,7 +109,8 @@ def main() -> int:
     caps = []
     for p in prompts:
         n = len(tokenizer(" " + (p.source or ""), add_special_tokens=False).input_ids)
-        caps.append(args.cap_round * math.ceil(args.cap * n / args.cap_round))
+        cap = args.cap_round * math.ceil(args.cap * n / args.cap_round)
+        caps.append(tuned.config.max_new_tokens if args.model else cap)  # type: ignore[attr-defined]
     by_cap: dict[int, list[int]] = defaultdict(list)
     for i, c in enumerate(caps):
         by_cap[c].append(i)
@@ -146,16 +161,18 @@ def main() -> int:
         r["speedup"] = plain_s / r["seconds"]
     stopped = sum(g.stopped for g in plain)
     summary = {
-        "model": f"SmolLM2-135M-Instruct ({GGUF}, dequantized fp32)",
+        "model": model_name,
         "threads": torch.get_num_threads(),
         "notes": [d.id for d in docs],
         "prompts": len(prompts),
         "prompts_per_note": per_note,
         "generated_tokens": n_tokens,
         "stopped_at_eos": stopped,
-        "cap": f"{args.cap} x source tokens, multiple of {args.cap_round}",
+        "cap": f"{caps[0]} new tokens"
+        if args.model
+        else f"{args.cap} x source tokens, multiple of {args.cap_round}",
         "constrained": True,
-        "median_source_tokens": statistics.median(c / args.cap for c in caps),
+        "median_cap": statistics.median(caps),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
