@@ -152,9 +152,19 @@ def test_train_fixture_is_stored_once_and_answers_204(client: TestClient, fixtur
     assert service.store.last_id() == last, "INCEpTION's resends are not stored again"
 
 
-def test_docs_train_example_and_unknown_name(client: TestClient, fixtures_dir: Path) -> None:
+def test_docs_train_example_for_an_unknown_layer_stores_nothing_and_unknown_name(
+    client: TestClient, fixtures_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The docs example asks for NamedEntity, which this recommender does not serve. The answer is 204
+    # either way, so the store and the log line are what show the documents were refused.
     request = fixture(fixtures_dir, "inception-docs/train_request_example.json")
-    assert client.post("/inception/entities/train", json=request).status_code == 204
+    service = client.app.state.service
+    with caplog.at_level(logging.WARNING, logger="recommender"):
+        assert client.post("/inception/entities/train", json=request).status_code == 204
+    assert service.store.last_id() == 0 and service.store.projects() == [], "nothing stored, so no job"
+    [warning] = [r.getMessage() for r in caplog.records if "unchanged" in r.getMessage()]
+    assert "[de.tudarmstadt.ukp.dkpro.core.api.ner.type.NamedEntity]" in warning
+    assert "project [1337]" in warning
     r = client.post(
         "/inception/nope/predict", json=fixture(fixtures_dir, "synthetic/predict_span_request.json")
     )

@@ -109,10 +109,24 @@ def test_empty_and_textless_tasks_still_get_their_entry(client: TestClient, fixt
 
 
 def test_interactive_and_repredict_requests(client: TestClient, fixtures_dir: Path) -> None:
+    version = client.post("/setup").json()["model_version"]
     for name in ("predict_request_interactive.json", "predict_request_tasks_with_old_predictions.json"):
         request = body(fixtures_dir, name)
         r = client.post("/predict", json=request)
-        assert r.status_code == 200 and len(r.json()["results"]) == len(request["tasks"])
+        assert r.status_code == 200
+        results = r.json()["results"]
+        assert len(results) == len(request["tasks"])
+        for task, prediction in zip(request["tasks"], results, strict=True):
+            # this model's predictions, not the old ones the request carries back (version "v1")
+            assert prediction["model_version"] == version != task["predictions"][0]["model_version"]
+            text = task["data"]["text"]
+            regions = [x for x in prediction["result"] if x["type"] == "labels"]
+            assert regions, f"{name}: task {task['id']} got no regions"
+            for x in regions:
+                assert x["value"]["text"] == text[x["value"]["start"] : x["value"]["end"]]
+        # "CT of the abdomen showed no fever-related findings; started aspirin."
+        first = {(x["value"]["text"], *x["value"]["labels"]) for x in results[0]["result"] if "value" in x}
+        assert {("fever", "problem"), ("aspirin", "drug"), ("no", "negation")} <= first, name
 
 
 def test_uncertain_notes_score_lower(client: TestClient, fixtures_dir: Path) -> None:

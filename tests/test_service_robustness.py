@@ -138,9 +138,15 @@ def test_no_note_text_in_logs(
     client: TestClient, fixtures_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    client.post("/inception/entities/predict", json=inception_request(SECRET_PHRASE))
-    client.post("/inception/entities/predict", json=inception_request(SECRET_PHRASE) | {"typeSystem": BOMB})
-    client.post(
+    store = client.app.state.service.store
+    # Each call below must have done its work (predicted, refused, stored), or a clean log proves nothing.
+    r = client.post("/inception/entities/predict", json=inception_request(SECRET_PHRASE))
+    assert r.status_code == 200 and f'{PREDICTED}="true"' in r.json()["document"], "chest pain suggested"
+    bomb = client.post(
+        "/inception/entities/predict", json=inception_request(SECRET_PHRASE) | {"typeSystem": BOMB}
+    )
+    assert bomb.status_code == 400
+    train = client.post(
         "/inception/entities/train",
         json={
             "typeSystem": project_typesystem().to_xml(),
@@ -153,11 +159,13 @@ def test_no_note_text_in_logs(
             "metadata": {"layer": "webanno.custom.ClinicalEntity", "feature": "label", "projectId": 0},
         },
     )
+    assert train.status_code == 204 and [d.text for d in store.latest("inception-0")] == [SECRET_PHRASE]
     task = {"id": 1, "data": {"text": SECRET_PHRASE}}
-    client.post("/predict", json={"tasks": [task, {"id": 2, "data": {}}]})
+    results = client.post("/predict", json={"tasks": [task, {"id": 2, "data": {}}]}).json()["results"]
+    assert [x["value"]["text"] for x in results[0]["result"] if "value" in x], "regions predicted"
     created = json.loads((fixtures_dir / "labelstudio/webhook_ANNOTATION_CREATED.json").read_text())["body"]
     created["task"]["data"]["text"] = SECRET_PHRASE + " " * 80
-    client.post("/webhook", json=created)
+    assert client.post("/webhook", json=created).json() == {"status": "stored", "new": 1}
     assert caplog.records, "the calls above do log"
     assert "Zyxwv" not in caplog.text and "crushing" not in caplog.text
 
