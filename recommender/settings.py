@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
     model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
     trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
+    llama_engine: Literal["transformers", "openai", "vllm"] | None = Field(
+        None,
+        description="generation engine of served LLaMA models, replacing the one in the model's config: "
+        "transformers (in process), openai (an OpenAI-compatible server), vllm (GPU)",
+    )
+    llama_engine_url: str | None = Field(
+        None, description="base URL of the OpenAI-compatible server (llama_engine openai)"
+    )
     train_epochs: int = Field(
         3, gt=0, description="epochs per retraining job (encoder); a first model trains to early stopping"
     )
@@ -158,7 +166,18 @@ class Settings(BaseSettings):
             raise ValueError("Label Studio callbacks need KIWI_LABEL_STUDIO_URL and KIWI_LABEL_STUDIO_TOKEN")
         if self.label_studio_url is not None:
             self.label_studio_url = self.label_studio_url.rstrip("/")
+        if self.llama_engine == "openai" and self.llama_engine_url is None:
+            raise ValueError("KIWI_LLAMA_ENGINE=openai needs KIWI_LLAMA_ENGINE_URL")
         return self
+
+    def extractor_overrides(self) -> dict[str, dict[str, object]]:
+        """Config values that replace a served model's own, by extractor family."""
+        llama: dict[str, object] = {}
+        if self.llama_engine is not None:
+            llama["engine"] = self.llama_engine
+        if self.llama_engine_url is not None:
+            llama["engine_url"] = self.llama_engine_url
+        return {"kiwi.llama.v1": llama} if llama else {}
 
     @property
     def auth_enabled(self) -> bool:

@@ -8,9 +8,10 @@ reads without importing the family's heavy dependencies (torch).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recommender.errors import ConfigError
 from recommender.extractors.base import Extractor, ExtractorConfig, ModelInfo
@@ -87,10 +88,17 @@ def get_extractor_class(name: str) -> type[Extractor]:
         raise ConfigError(f"module [{f.module}] does not register extractor [{f.name}]") from None
 
 
-def load_extractor(folder: Path) -> Extractor:
-    """Load any model folder: ``kiwi_model.json`` names the extractor that reads the rest."""
+def load_extractor(folder: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Extractor:
+    """Load any model folder: ``kiwi_model.json`` names the extractor that reads the rest.
+
+    ``overrides`` maps a family name to config values that replace the saved ones once loaded (the
+    service's engine settings for ``kiwi.llama.v1``); other families' entries are not applied."""
     info = ModelInfo.load(Path(folder))
-    return get_extractor_class(info.extractor).load(Path(folder))
+    extractor = get_extractor_class(info.extractor).load(Path(folder))
+    values = (overrides or {}).get(info.extractor)
+    if values:
+        extractor.configure(**values)
+    return extractor
 
 
 __all__ = [

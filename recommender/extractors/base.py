@@ -165,6 +165,10 @@ class Extractor(ABC):
     def save(self, folder: Path) -> None:
         """Write weights, configuration and ``kiwi_model.json`` into ``folder``."""
 
+    def configure(self, **values: Any) -> None:
+        """Override config fields of a loaded model; families with nothing to override refuse."""
+        raise ConfigError(f"extractor [{self.name}] takes no settings, got [{', '.join(sorted(values))}]")
+
     @classmethod
     @abstractmethod
     def load(cls, folder: Path) -> Extractor:

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,10 +33,11 @@ class Predictor:
     """The served extractor. ``load`` builds the new model first and then swaps one reference, so a
     request that already took ``current`` finishes on the model it started with."""
 
-    def __init__(self) -> None:
+    def __init__(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self._lock = threading.Lock()
         self._extractor: Extractor | None = None
         self.path: Path | None = None
+        self.overrides = dict(overrides or {})  # config values by family (Settings.extractor_overrides)
 
     @property
     def current(self) -> Extractor:
@@ -54,7 +55,7 @@ class Predictor:
         return extractor.version if extractor is not None else None
 
     def load(self, path: Path) -> Extractor:
-        extractor = load_extractor(path)  # slow part outside the lock
+        extractor = load_extractor(path, self.overrides)  # slow part outside the lock
         with self._lock:
             self._extractor, self.path = extractor, Path(path)
         # The model, its tokenizer and the libraries are hundreds of thousands of objects that live
@@ -164,7 +165,7 @@ class Service:
         labelstudio: LabelStudioClient | None,
     ) -> None:
         self.settings = settings
-        self.predictor = Predictor()
+        self.predictor = Predictor(settings.extractor_overrides())
         self.store = store
         self.registry = registry
         self.retrainer: Retrainer | JobQueue | None = retrainer

@@ -11,7 +11,7 @@ from recommender.extractors.base import ExtractorConfig, setting
 DEFAULT_BASE = "smollm2"
 QUANTIZATIONS = ("nf4", "none")
 DTYPES = ("auto", "bf16", "fp32")
-ENGINES = ("transformers",)
+ENGINES = ("transformers", "openai", "vllm")
 
 
 @dataclass
@@ -62,7 +62,18 @@ class LlamaConfig(ExtractorConfig):
     prefix_cache: bool = setting(True, "encode each prompt type's instruction once and reuse its KV cache")
     draft_tokens: int = setting(8, "prompt-lookup speculative tokens per step (0: off)")
     constrained: bool = setting(True, "copy-or-tag decoding: the output is always the input with tags")
-    engine: str = setting("transformers", "generation engine")
+    engine: str = setting(
+        "transformers",
+        "generation engine: transformers (in process), openai (an OpenAI-compatible server at engine_url), "
+        "vllm (in process on a GPU, extra .[gpu])",
+    )
+    engine_url: str | None = setting(None, "base URL of the OpenAI-compatible server (engine openai)")
+    engine_model: str | None = setting(
+        None, "model or adapter name the server serves (engine openai; default: this model's version)"
+    )
+    engine_timeout_s: float = setting(120.0, "seconds one completion request may take (engine openai)")
+    engine_retries: int = setting(3, "retries of a failed completion request, with backoff (engine openai)")
+    engine_concurrency: int = setting(4, "completion requests in flight at once (engine openai)")
     keep_prompts: bool = setting(
         False, "keep raw prompts and generations for audit (in the predicted notes' meta; they are PHI)"
     )
@@ -80,6 +91,8 @@ class LlamaConfig(ExtractorConfig):
             "checkpoint_steps",
             "max_new_tokens",
             "predict_batch_size",
+            "engine_timeout_s",
+            "engine_concurrency",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -99,5 +112,11 @@ class LlamaConfig(ExtractorConfig):
         for name, choices in (("quantization", QUANTIZATIONS), ("dtype", DTYPES), ("engine", ENGINES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, got [{getattr(self, name)}]")
+        if self.engine_retries < 0:
+            raise ConfigError(f"engine_retries must be >= 0, got [{self.engine_retries}]")
+        if self.engine == "openai" and not self.engine_url:
+            raise ConfigError("engine [openai] needs engine_url (KIWI_LLAMA_ENGINE_URL)")
+        if self.engine_url is not None and not self.engine_url.startswith(("http://", "https://")):
+            raise ConfigError(f"engine_url must be an http(s) URL, got [{self.engine_url}]")
         if not self.base:
             raise ConfigError("base must name a model")

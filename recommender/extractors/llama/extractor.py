@@ -41,7 +41,6 @@ from recommender.extractors.base import (
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.task import (
     PROMPTS_DIR,
-    STOP,
     UNFINISHED_OUTPUT,
     UNWRAPPABLE_ENTITY,
     Templates,
@@ -71,6 +70,13 @@ class ModelFolder:
     config: LlamaConfig
     templates: Templates
     base: BaseModelRef | None
+
+
+def _score(span: Any, gen: Any) -> float | None:
+    """The span's score, or None when the engine's server gave no log-probabilities."""
+    if not gen.token_logprobs:
+        return None
+    return round(span_score(span, gen.token_logprobs, gen.token_offsets), 4)
 
 
 @register(NAME)
@@ -107,20 +113,21 @@ class LlamaExtractor(Extractor):
     def engine(self) -> Any:
         """The generation engine the config names, built on first use."""
         if self._engine is None:
-            from recommender.extractors.llama.generation import TransformersEngine
+            from recommender.extractors.llama.engines import build_engine
 
-            cfg = self.config
-            self._engine = TransformersEngine(
-                self.model,
-                self.tokenizer,
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.predict_batch_size,
-                stop=STOP,
-                prefix_cache=cfg.prefix_cache,
-                draft_tokens=cfg.draft_tokens,
-                constrained=cfg.constrained,
-            )
+            self._engine = build_engine(self)
         return self._engine
+
+    def configure(self, **values: Any) -> None:
+        """Override config fields of a loaded model (the service's engine settings), checked."""
+        with self._lock:
+            self.config = replace(self.config, **values)
+            self._engine = None
+
+    @property
+    def folder(self) -> Path | None:
+        """The model folder this extractor was loaded from (None before it is saved)."""
+        return self._adapter_dir.parent if self._adapter_dir is not None else None
 
     def _generate(self, units: Sequence[Unit]) -> list[Any]:
         from recommender.extractors.llama.generation import Prompt
@@ -171,8 +178,8 @@ class LlamaExtractor(Extractor):
                 drops[unit.doc] += read.drops
                 out = outs[unit.doc]
                 for s in read.spans:
-                    score = span_score(s, gen.token_logprobs, gen.token_offsets)
-                    out.add_span(s.label, s.begin, s.end, score=round(score, 4), source=source)
+                    score = _score(s, gen)
+                    out.add_span(s.label, s.begin, s.end, score=score, source=source)
 
         rel_units: list[Unit] = []
         for i, out in enumerate(outs):
@@ -190,12 +197,12 @@ class LlamaExtractor(Extractor):
                 if s.begin == unit.entity.begin and s.end == unit.entity.end:
                     drops[unit.doc][REPEATED_SPAN] += 1  # the entity itself tagged as its modifier
                     continue
-                score = round(span_score(s, gen.token_logprobs, gen.token_offsets), 4)
+                score = _score(s, gen)
                 # one modifier (a negation) may modify several entities: one span, several relations
                 mod = next((m for m in out.spans if m.key == (s.label, s.begin, s.end)), None)
                 if mod is None:
                     mod = out.add_span(s.label, s.begin, s.end, score=score, source=source)
-                elif mod.score is not None and score > mod.score:
+                elif mod.score is not None and score is not None and score > mod.score:
                     mod.score = score
                 out.add_relation(unit.entity, mod, score=score, source=source)
 
