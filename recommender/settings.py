@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     llama_engine_url: str | None = Field(
         None, description="base URL of the OpenAI-compatible server (llama_engine openai)"
     )
+    llama_engine_model: str | None = Field(
+        None,
+        description="model name the server knows the LLaMA by (llama_engine openai; default: the model "
+        "version, as in `vllm serve BASE --enable-lora --lora-modules VERSION=MODEL_DIR/adapter`)",
+    )
     train_epochs: int = Field(
         3, gt=0, description="epochs per retraining job (encoder); a first model trains to early stopping"
     )
@@ -177,6 +182,8 @@ class Settings(BaseSettings):
             llama["engine"] = self.llama_engine
         if self.llama_engine_url is not None:
             llama["engine_url"] = self.llama_engine_url
+        if self.llama_engine_model is not None:
+            llama["engine_model"] = self.llama_engine_model
         return {"kiwi.llama.v1": llama} if llama else {}
 
     @property

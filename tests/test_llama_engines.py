@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -34,13 +35,20 @@ from recommender.extractors import load_extractor  # noqa: E402
 from recommender.extractors.base import ModelInfo  # noqa: E402
 from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
 from recommender.extractors.llama.engines import OpenAIEngine, copy_or_tag_regex  # noqa: E402
-from recommender.extractors.llama.extractor import AUDIT_KEY, NAME, LlamaExtractor  # noqa: E402
+from recommender.extractors.llama.extractor import (  # noqa: E402
+    AUDIT_KEY,
+    MERGED_DIR,
+    NAME,
+    LlamaExtractor,
+)
 from recommender.extractors.llama.generation import (  # noqa: E402
     Prompt,
     TransformersEngine,
     plain_generate,
 )
 from recommender.extractors.llama.task import PACKAGED_PROMPTS, Templates, ner_units  # noqa: E402
+from recommender.retraining import Corpora  # noqa: E402
+from recommender.service import create_app  # noqa: E402
 from recommender.settings import Settings, load_settings  # noqa: E402
 from recommender.text import segment  # noqa: E402
 
@@ -95,16 +103,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, notes: list[Document]) -> Pat
 
 
 @pytest.fixture(scope="module")
-def server(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``transformers serve`` on loopback, serving the tiny folder (needs ``transformers[serving]``)."""
+def served(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``transformers serve`` on loopback, serving the tiny folder (needs ``transformers[serving]``);
+    its URL and its log (one line per request)."""
     pytest.importorskip("openai", reason="transformers serve needs the extra transformers[serving]")
     cli = shutil.which("transformers", path=str(Path(sys.executable).parent))
     if cli is None:
         pytest.skip("no `transformers` command beside this Python")
     port = free_port()
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    args = ["serve", str(tiny), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen(
-        [cli, "serve", str(tiny), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        [cli, *args, "--log-level", "info"],  # info: one log line per request
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -120,17 +130,22 @@ def server(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"transformers serve did not start; see {log.name}")
             time.sleep(0.5)
-        yield url
+        yield url, Path(log.name)
     finally:
         proc.terminate()
         proc.wait(20)
         log.close()
 
 
+@pytest.fixture(scope="module")
+def server(served: tuple[str, Path]) -> str:
+    return served[0]
+
+
 def kiwi_prompts(notes: list[Document]) -> list[Prompt]:
     templates = Templates.packaged()
     out = []
-    for unit in ner_units(notes)[:6]:
+    for unit in ner_units(notes)[:4]:
         prefix, text = templates.split(unit.kind, unit.input)
         out.append(Prompt(prefix, text))
     return out
@@ -176,6 +191,36 @@ def test_the_extractor_picks_the_engine_from_its_config(
         assert [x["output"] for x in a.meta[AUDIT_KEY]] == [x["output"] for x in b.meta[AUDIT_KEY]]
         assert [s.key for s in a.spans] == [s.key for s in b.spans] and a.drops == b.drops
         assert all(s.score is None for s in b.spans), "no log-probabilities from this server"
+
+
+def test_the_service_serves_a_llama_folder_through_the_configured_server(
+    served: tuple[str, Path], tiny: Path, tmp_path: Path, notes: list[Document]
+) -> None:
+    url, log = served
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny)
+    config = LlamaConfig(max_new_tokens=MAX_NEW)  # the folder says transformers; the service overrides
+    info = ModelInfo(NAME, "llama-served-test")
+    folder = tmp_path / "llama"
+    LlamaExtractor(model, tokenizer, config, Templates.packaged(), info, None).save(folder)
+    model.save_pretrained(folder / MERGED_DIR)
+    tokenizer.save_pretrained(folder / MERGED_DIR)
+    settings = Settings(
+        model=folder,
+        model_dir=tmp_path / "models",
+        retrain=False,
+        llama_engine="openai",
+        llama_engine_url=url,
+        llama_engine_model=str(tiny),  # the name transformers serve knows it by
+    )
+    before = log.read_text().count("POST /v1/completions")
+    text = notes[0].text[: notes[0].sentences[1].end]
+    with TestClient(create_app(settings, corpora=Corpora([], []))) as client:
+        r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": text}}]})
+        engine = client.app.state.service.predictor.current.engine()
+    assert r.status_code == 200 and r.json()["results"][0]["model_version"] == "llama-served-test"
+    assert isinstance(engine, OpenAIEngine) and engine.url == f"{url}/v1/completions"
+    assert log.read_text().count("POST /v1/completions") - before == 2, "one NER prompt per sentence"
 
 
 # --- failure modes, against a small loopback HTTP server ----------------------------------------

@@ -145,6 +145,7 @@ def predict(
 ) -> None:
     """Pre-annotate notes with a trained model; deterministic."""
     from recommender.extractors import load_extractor
+    from recommender.settings import load_settings
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got [{batch_size}]")
@@ -152,7 +153,7 @@ def predict(
     if not src.exists():
         raise NotFoundError("no such file or folder", source=src)
     _set_threads(threads)
-    extractor = load_extractor(model)
+    extractor = load_extractor(model, load_settings().extractor_overrides())  # KIWI_LLAMA_ENGINE
     docs = read_documents(src, from_ or detect_format(src))
     inputs = docs if entities_given else [d.without_annotations() for d in docs]
     batches = [inputs[k : k + batch_size] for k in range(0, len(inputs), batch_size)]
