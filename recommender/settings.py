@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,9 @@ from recommender.errors import ConfigError
 from recommender.formats.xmi import DEFAULT_LAYERS, LayerMapping
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"  # the name of the main served model (the promoted one, or --model)
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 
 class RecommenderConfig(BaseModel):
@@ -96,6 +100,12 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
     model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
     trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
+    serve_models: dict[str, Path] = Field(
+        default_factory=dict,
+        description='more models served beside the main one, by name (JSON: {"llama": "DIR"}); each '
+        "answers INCEpTION at /inception/NAME/entities and /inception/NAME/relations and Label Studio at "
+        "/labelstudio/NAME; the main one is also reachable as NAME default",
+    )
     llama_engine: Literal["transformers", "openai", "vllm"] | None = Field(
         None,
         description="generation engine of served LLaMA models, replacing the one in the model's config: "
@@ -171,6 +181,12 @@ class Settings(BaseSettings):
             raise ValueError("Label Studio callbacks need KIWI_LABEL_STUDIO_URL and KIWI_LABEL_STUDIO_TOKEN")
         if self.label_studio_url is not None:
             self.label_studio_url = self.label_studio_url.rstrip("/")
+        for name in self.serve_models:
+            if name == DEFAULT_MODEL or not MODEL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"served model name [{name}] must be lower-case letters, digits, - or _ (at most 40) "
+                    f"and not [{DEFAULT_MODEL}]"
+                )
         if self.llama_engine == "openai" and self.llama_engine_url is None:
             raise ValueError("KIWI_LLAMA_ENGINE=openai needs KIWI_LLAMA_ENGINE_URL")
         return self

@@ -71,6 +71,33 @@ def list_models(
         style = "bold green" if v.status == "promoted" else "dim" if v.status == "rejected" else None
         table.add_row(v.version, v.extractor, v.created, metric_summary(v.metrics), status, style=style)
     console.print(table)
+    served = _served_beside()
+    if served:
+        beside = Table(
+            title="served beside it (KIWI_SERVE_MODELS; INCEpTION /inception/NAME/..., "
+            "Label Studio /labelstudio/NAME)"
+        )
+        for column in ("name", "folder", "version", "extractor"):
+            beside.add_column(column)
+        for row in served:
+            beside.add_row(*row)
+        console.print(beside)
+
+
+def _served_beside() -> list[tuple[str, str, str, str]]:
+    """The models the service serves beside the registry's, as the settings name them."""
+    from recommender.errors import ModelError
+    from recommender.extractors.base import ModelInfo
+    from recommender.settings import get_settings
+
+    rows = []
+    for name, folder in sorted(get_settings().serve_models.items()):
+        try:
+            info = ModelInfo.load(folder)
+            rows.append((name, str(folder), info.version, info.extractor))
+        except ModelError as e:
+            rows.append((name, str(folder), f"unreadable: {e}", "-"))
+    return rows
 
 
 @models_app.command("promote")

@@ -38,6 +38,14 @@ def serve(
             "trainer: run the queued jobs (api and trainer need KIWI_DATABASE_URL=postgresql://...)"
         ),
     ] = None,
+    also: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--also",
+            help="NAME=DIR: serve the model folder DIR beside the main one, at /inception/NAME/entities, "
+            "/inception/NAME/relations and /labelstudio/NAME (repeatable; KIWI_SERVE_MODELS)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve pre-annotations to INCEpTION (/inception/{name}/predict|train) and Label Studio."""
@@ -48,6 +56,8 @@ def serve(
     from recommender.service.app import create_app, uvicorn_config
 
     overrides = {"model": model, "host": host, "port": port, "model_dir": model_dir, "role": role}
+    if also:
+        overrides["serve_models"] = load_settings().serve_models | _named_folders(also)
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("recommender").setLevel(log_level.upper())
     # A trainer needs no model to start: its first job trains one unless --bootstrap asks for it now.
@@ -66,8 +76,20 @@ def serve(
         _run_trainer(settings)
         return
     say(f"Serving on http://{settings.host}:{settings.port}/ (status page; OpenAPI docs at /docs).")
+    for name in settings.serve_models:
+        say(f"  {name}: /inception/{name}/entities, /inception/{name}/relations, /labelstudio/{name}")
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level=log_level.lower()))
     server.run()
+
+
+def _named_folders(values: list[str]) -> dict[str, Path]:
+    out = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"--also takes NAME=DIR, got [{value}]")
+        out[name] = Path(folder)
+    return out
 
 
 def _run_trainer(settings: Settings) -> None:

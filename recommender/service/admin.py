@@ -21,6 +21,7 @@ def status(service: ServiceDep) -> dict[str, Any]:
     """The service's state; ``page`` holds every figure of the status page (``GET /``)."""
     return {
         "model": service.model_info(),
+        "models": service.models_info(),
         "retraining": service.retrainer.status() if service.retrainer is not None else None,
         "recommenders": {name: rec.model_dump() for name, rec in service.settings.recommenders.items()},
         "page": status_view(service),

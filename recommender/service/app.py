@@ -76,6 +76,8 @@ def build_service(
         service.predictor.load(model)
     else:
         log.warning("no model to serve yet: predictions answer 503 until one is promoted")
+    for name, path in settings.serve_models.items():
+        service.add_model(name, path)
     return service
 
 
@@ -132,7 +134,8 @@ def create_app(
     app.state.service = service
     app.state.settings = settings
     errors.install(app)
-    for router in (inception.router, labelstudio.router, admin.router, reports.router):
+    routers = (inception.router, labelstudio.router, labelstudio.model_router, admin.router, reports.router)
+    for router in routers:
         app.include_router(router, responses=errors.ERROR_RESPONSES)
     # Added last = outermost: authenticate before reading a body, limit it before parsing it.
     app.add_middleware(CatchAllMiddleware, log_note_text=settings.log_note_text)

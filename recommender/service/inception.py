@@ -2,6 +2,9 @@
 
 ``{name}`` picks a configured recommender (``KIWI_RECOMMENDERS``; out of the box ``entities`` and
 ``relations``), which names the layer it serves; the label goes to the feature the request names.
+``/inception/{model}/{name}/...`` is the same for a model of ``KIWI_SERVE_MODELS`` (``default`` is the
+main one): one service serves, say, the encoder and a LLaMA as four INCEpTION recommenders. Train
+stores the corrections the same way whichever model's URL receives them.
 
 Predict answers ``{"document": <the whole CAS XMI>}``: the request's CAS plus new feature structures of
 the requested layer with ``inception_internal_predicted=true``, the label, ``<feature>_score`` and
@@ -46,7 +49,7 @@ from recommender.formats.xmi import (
 )
 from recommender.schema import load_schema
 from recommender.service.bodies import CleanJsonRoute
-from recommender.service.state import Service, ServiceDep, client_of
+from recommender.service.state import MODEL_PATH, PredictorDep, Service, ServiceDep, client_of
 from recommender.settings import RecommenderConfig
 
 log = logging.getLogger(__name__)
@@ -110,10 +113,13 @@ class PredictResponse(BaseModel):
 
 # --- routes ---------------------------------------------------------------------------------------
 @router.post("/{name}/predict", response_model=PredictResponse)
-def predict(name: str, body: PredictRequest, request: Request, service: ServiceDep) -> PredictResponse:
+@router.post("/{model}/{name}/predict", response_model=PredictResponse, dependencies=MODEL_PATH)
+def predict(
+    name: str, body: PredictRequest, request: Request, service: ServiceDep, predictor: PredictorDep
+) -> PredictResponse:
     deadline = service.deadline()
     rec = service.recommender(name)
-    extractor = service.predictor.current
+    extractor = predictor.current
     ts = _typesystem(body.typeSystem, source="typeSystem")
     layers, problem = _resolve(rec, body.metadata, ts)
     if problem is not None:
@@ -148,6 +154,7 @@ def predict(name: str, body: PredictRequest, request: Request, service: ServiceD
 
 
 @router.post("/{name}/train", status_code=204, response_class=Response)
+@router.post("/{model}/{name}/train", status_code=204, response_class=Response, dependencies=MODEL_PATH)
 def train(name: str, body: TrainRequest, request: Request, service: ServiceDep) -> Response:
     rec = service.recommender(name)
     ts = _typesystem(body.typeSystem, source="typeSystem")

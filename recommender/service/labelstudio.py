@@ -49,11 +49,16 @@ from recommender.formats.labelstudio import (
 from recommender.guidelines import labelstudio_config
 from recommender.service.bodies import CleanJsonRoute
 from recommender.service.labelstudio_client import backend_authorization
-from recommender.service.state import Service, ServiceDep, client_of
+from recommender.service.state import MODEL_PATH, PredictorDep, Service, ServiceDep, client_of
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["Label Studio"], route_class=CleanJsonRoute)
+# The same endpoints for one model of KIWI_SERVE_MODELS: Label Studio's "connect model" form takes
+# http://HOST:PORT/labelstudio/NAME and appends /health, /setup, /predict, ... to it.
+model_router = APIRouter(
+    prefix="/labelstudio/{model}", tags=["Label Studio"], route_class=CleanJsonRoute, dependencies=MODEL_PATH
+)
 
 NO_MODEL = "no-model"
 CHUNK = 8  # tasks per model call in a batch: large enough for the encoder to batch them
@@ -118,21 +123,28 @@ class TrainRequest(_Message):
 
 # --- routes -----------------------------------------------------------------------------------------
 @router.get("/health")
-def health(service: ServiceDep) -> dict[str, Any]:
-    return {"status": "UP", "model_class": "KiwiRecommender", "model_version": service.predictor.version}
+@model_router.get("/health")
+def health(predictor: PredictorDep) -> dict[str, Any]:
+    return {"status": "UP", "model_class": "KiwiRecommender", "model_version": predictor.version}
 
 
 @router.post("/setup")
-def setup(service: ServiceDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
-    return {"model_version": service.predictor.version or NO_MODEL}
+@model_router.post("/setup")
+def setup(predictor: PredictorDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
+    return {"model_version": predictor.version or NO_MODEL}
 
 
 @router.post("/predict")
+@model_router.post("/predict")
 def predict(
-    body: PredictRequest, background: BackgroundTasks, request: Request, service: ServiceDep
+    body: PredictRequest,
+    background: BackgroundTasks,
+    request: Request,
+    service: ServiceDep,
+    predictor: PredictorDep,
 ) -> dict[str, Any]:
     deadline = service.deadline()
-    extractor = service.predictor.current
+    extractor = predictor.current
     view = project_view(body.label_config)
     version = extractor.version
     texts: list[str | None] = []
@@ -219,6 +231,7 @@ def _restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Docu
 
 
 @router.post("/webhook")
+@model_router.post("/webhook")
 def webhook(
     body: Annotated[dict[str, Any], Body()], background: BackgroundTasks, service: ServiceDep
 ) -> dict[str, Any]:
@@ -253,6 +266,7 @@ def webhook(
 
 
 @router.post("/train")
+@model_router.post("/train")
 def train(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
     """The legacy training call: the tasks with annotations come in the request."""
     pid = project_id(body.project)
@@ -267,9 +281,12 @@ def train(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/versions")
-def versions(service: ServiceDep) -> dict[str, Any]:
-    names = [v.version for v in reversed(service.registry.versions()) if v.status != "rejected"]
-    current = service.predictor.version
+@model_router.get("/versions")
+def versions(service: ServiceDep, predictor: PredictorDep) -> dict[str, Any]:
+    # the registry's versions are the main model's; another served model has only its own
+    registry = service.registry.versions() if predictor is service.predictor else []
+    names = [v.version for v in reversed(registry) if v.status != "rejected"]
+    current = predictor.version
     if current and current not in names:
         names.insert(0, current)
     return {"versions": names}
@@ -279,6 +296,7 @@ def versions(service: ServiceDep) -> dict[str, Any]:
 def metrics(service: ServiceDep) -> dict[str, Any]:
     return {
         "model": service.model_info(),
+        "models": service.models_info(),
         "requests": service.stats.snapshot(),
         "retraining": service.retrainer.status() if service.retrainer is not None else None,
         "corrections": {"projects": service.store.projects(), "last_id": service.store.last_id()},

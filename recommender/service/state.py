@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi import Path as PathParam
 
 from recommender.errors import LimitError, ModelError, NotFoundError, OverloadError
 from recommender.extractors import load_extractor
@@ -23,7 +24,7 @@ from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
-from recommender.settings import RecommenderConfig, Settings
+from recommender.settings import DEFAULT_MODEL, RecommenderConfig, Settings
 from recommender.store import CorrectionStore
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.predictor = Predictor(settings.extractor_overrides())
+        self.models: dict[str, Predictor] = {DEFAULT_MODEL: self.predictor}  # Settings.serve_models too
         self.store = store
         self.registry = registry
         self.retrainer: Retrainer | JobQueue | None = retrainer
@@ -193,6 +195,23 @@ class Service:
                 "(KIWI_MAX_NOTE_CHARS); pre-annotate long notes in batch with "
                 "`kiwi predict --model DIR NOTES OUT` and import the result"
             )
+
+    def add_model(self, name: str, path: Path) -> Predictor:
+        """Serve the model folder ``path`` as ``name`` beside the main one (not retrained)."""
+        predictor = Predictor(self.settings.extractor_overrides())
+        predictor.load(path)
+        self.models[name] = predictor
+        return predictor
+
+    def served(self, name: str | None) -> Predictor:
+        """The predictor of a served model by name; None is the main one."""
+        if name is None:
+            return self.predictor
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models))
+            raise NotFoundError(f"no served model [{name}]; served: {known}") from None
 
     def recommender(self, name: str) -> RecommenderConfig:
         try:
@@ -236,16 +255,29 @@ class Service:
             self._raw_seen[key] = digest
             return False
 
-    def model_info(self) -> dict[str, Any]:
+    def model_info(self, name: str | None = None) -> dict[str, Any]:
+        """What the served model ``name`` (None: the main one) is."""
+        predictor = self.served(name)
         try:
-            extractor = self.predictor.current
+            extractor = predictor.current
         except ModelError:
             return {"version": None, "extractor": None, "path": None}
         return {
             "version": extractor.version,
             "extractor": extractor.info.extractor,
-            "path": str(self.predictor.path) if self.predictor.path else None,
+            "path": str(predictor.path) if predictor.path else None,
         }
+
+    def models_info(self) -> dict[str, dict[str, Any]]:
+        """Every served model with the URL paths that reach it."""
+        out = {}
+        for name in sorted(self.models):
+            prefix = "" if name == DEFAULT_MODEL else f"/{name}"
+            out[name] = self.model_info(name) | {
+                "inception": [f"/inception{prefix}/{rec}" for rec in sorted(self.settings.recommenders)],
+                "labelstudio": f"/labelstudio/{name}" if prefix else "/",
+            }
+        return out
 
 
 def client_of(request: Request) -> str:
@@ -259,4 +291,32 @@ def get_service(request: Request) -> Service:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
-__all__ = ["ComputeLanes", "Predictor", "Service", "ServiceDep", "client_of", "get_service"]
+
+def get_predictor(request: Request) -> Predictor:
+    """The model a request is for: the ``{model}`` of its path, else the main one."""
+    return get_service(request).served(request.path_params.get("model"))
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def model_path(
+    model: Annotated[str, PathParam(description="a served model: default, or a name of KIWI_SERVE_MODELS")],
+) -> str:
+    """Declares ``{model}`` in the OpenAPI schema of the routes that have it (get_predictor reads it)."""
+    return model
+
+
+MODEL_PATH = [Depends(model_path)]
+
+__all__ = [
+    "MODEL_PATH",
+    "ComputeLanes",
+    "Predictor",
+    "PredictorDep",
+    "Service",
+    "ServiceDep",
+    "client_of",
+    "get_predictor",
+    "get_service",
+]
