@@ -53,6 +53,7 @@ from recommender.settings import Settings, load_settings  # noqa: E402
 from recommender.text import segment  # noqa: E402
 
 MAX_NEW = 16
+SPAN = "webanno.custom.ClinicalEntity"
 
 
 def free_port() -> int:
@@ -349,6 +350,73 @@ def test_at_most_concurrency_requests_are_in_flight(scripted: tuple[str, list[Sc
     gens = OpenAIEngine(url, "m", concurrency=2).generate([PROMPT] * 6)
     assert [g.text for g in gens] == [" y"] * 6
     assert holder[0].most_in_flight == 2
+
+
+class Tagger(Script):
+    """A stand-in model behind the loopback server: it copies the NER input and tags every
+    "aspirin" as a drug (RE inputs come back untagged), so the service has LLaMA answers to place."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def next(self, body: dict[str, Any]) -> tuple[int, Any]:
+        self.bodies.append(body)
+        source = body["prompt"].rsplit("### Input Text:", 1)[1].split(" <EOS>")[0].strip()
+        if "<span" in source:  # an RE prompt: no modifiers
+            output = re.sub(r"</?span[^>]*>", "", source)
+        else:
+            output = re.sub(r"\b(aspirin)\b", r'<span class="drug">\1</span>', source, flags=re.IGNORECASE)
+        return 200, completion(f" {output} ")
+
+
+def test_a_llama_served_beside_the_lexicon_answers_both_tools_with_its_own_version(
+    scripted: tuple[str, list[Script]], tiny: Path, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    from recommender.extractors.lexicon import LexiconExtractor
+    from recommender.formats.xmi import PREDICTED as FLAG
+    from recommender.formats.xmi import load_cas, load_typesystem_xml
+
+    url, holder = scripted
+    holder.append(Tagger())
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny)
+    # the engine comes from the model's own config this time, no service setting
+    config = LlamaConfig(engine="openai", engine_url=url, engine_model="kiwi-llama")
+    folder = tmp_path / "llama"
+    info = ModelInfo(NAME, "llama-beside-test")
+    LlamaExtractor(model, tokenizer, config, Templates.packaged(), info, None).save(folder)
+    model.save_pretrained(folder / MERGED_DIR)
+    tokenizer.save_pretrained(folder / MERGED_DIR)
+    LexiconExtractor.train(load_sample()).save(tmp_path / "lexicon")
+    settings = Settings(
+        model=tmp_path / "lexicon",
+        model_dir=tmp_path / "models",
+        retrain=False,
+        serve_models={"llama": folder},
+    )
+    request = json.loads((fixtures_dir / "inception/synthetic/predict_span_request.json").read_text())
+    tasks = {"tasks": [{"id": 1, "data": {"text": "Took aspirin 81 mg daily."}}]}
+    with TestClient(create_app(settings, corpora=Corpora([], []))) as client:
+        lexicon_version = client.post("/setup").json()["model_version"]
+        answers = {
+            path: client.post(f"{path}/predict", json=request)
+            for path in ("/inception/entities", "/inception/llama/entities")
+        }
+        ls = client.post("/labelstudio/llama/predict", json=tasks).json()["results"][0]
+    assert lexicon_version != "llama-beside-test"
+    found = {}
+    for path in answers:
+        assert answers[path].status_code == 200
+        cas = load_cas(answers[path].json()["document"], load_typesystem_xml(request["typeSystem"]))
+        found[path] = {(fs.get("label"), fs.begin, fs.end): fs for fs in cas.select(SPAN) if fs.get(FLAG)}
+    aspirin = ("drug", 83, 90)
+    assert lexicon_version in found["/inception/entities"][aspirin].get("label_score_explanation")
+    assert list(found["/inception/llama/entities"]) == [aspirin], "the stand-in tags aspirin only"
+    explanation = found["/inception/llama/entities"][aspirin].get("label_score_explanation")
+    assert explanation == "kiwi.llama.v1 llama-beside-test"
+    assert ls["model_version"] == "llama-beside-test"
+    assert [(x["value"]["text"], x["value"]["labels"]) for x in ls["result"]] == [("aspirin", ["drug"])]
+    assert {b["model"] for b in holder[0].bodies} == {"kiwi-llama"}
 
 
 # --- configuration -------------------------------------------------------------------------------
