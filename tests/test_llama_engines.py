@@ -302,6 +302,22 @@ def test_request_is_greedy_with_the_stop_string_and_reads_logprobs(
     )
 
 
+def test_the_constraint_goes_as_structured_outputs_only_when_asked(
+    scripted: tuple[str, list[Script]],
+) -> None:
+    url, holder = scripted
+    holder.append(Script([(200, completion(" x"))]))
+    prompt = Prompt(PROMPT.prefix, PROMPT.text, "Chest pain .", ("problem", "bodyloc"))
+    OpenAIEngine(url, "m").generate([prompt])
+    assert "structured_outputs" not in holder[0].bodies[0]
+    OpenAIEngine(url, "m", structured=True).generate([prompt, PROMPT])  # sent at once: either order
+    sent = [b for b in holder[0].bodies[1:] if "structured_outputs" in b]
+    assert len(sent) == 1, "a prompt without a source goes unconstrained"
+    regex = re.compile(sent[0]["structured_outputs"]["regex"])
+    assert regex.fullmatch(' <span class="problem"><span class="bodyloc">Chest</span> pain</span> . <EOS>')
+    assert not regex.fullmatch(" Chest pain was here . <EOS>")
+
+
 def test_busy_answers_are_retried_with_backoff_then_reported(scripted: tuple[str, list[Script]]) -> None:
     url, holder = scripted
     holder.append(Script([(503, {"error": {"message": "loading"}}), (200, completion(" x", "length"))]))

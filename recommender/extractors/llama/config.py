@@ -74,6 +74,11 @@ class LlamaConfig(ExtractorConfig):
     engine_timeout_s: float = setting(120.0, "seconds one completion request may take (engine openai)")
     engine_retries: int = setting(3, "retries of a failed completion request, with backoff (engine openai)")
     engine_concurrency: int = setting(4, "completion requests in flight at once (engine openai)")
+    engine_structured_outputs: bool = setting(
+        False,
+        "send the copy-or-tag constraint as vLLM's structured_outputs regex (engine openai against vllm "
+        "serve 0.11+; transformers serve refuses the field); off: the server decodes unconstrained",
+    )
     keep_prompts: bool = setting(
         False, "keep raw prompts and generations for audit (in the predicted notes' meta; they are PHI)"
     )

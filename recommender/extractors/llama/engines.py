@@ -4,10 +4,12 @@
 this process. ``openai`` sends each prompt to an OpenAI-compatible ``/v1/completions`` server
 (``vllm serve --enable-lora``, ``transformers serve``, llama.cpp's server) for scale-out: greedy, the
 same stop string and token cap, token log-probabilities where the server returns them (``logprobs``),
-else none, so span scores are None rather than invented. ``vllm`` runs vLLM in this process on a GPU
-(extra ``.[gpu]``): the LoRA adapter through vLLM's LoRA support under a versioned name, automatic
-prefix caching for the shared instruction, and the copy-or-tag constraint through vLLM's
-``structured_outputs`` (its old ``guided_*`` fields are ignored since 0.12).
+else none, so span scores are None rather than invented; the copy-or-tag constraint goes as vLLM's
+``structured_outputs`` regex only when ``engine_structured_outputs`` says the server takes it.
+``vllm`` runs vLLM in this process on a GPU (extra ``.[gpu]``): the LoRA adapter through vLLM's LoRA
+support under a versioned name, automatic prefix caching for the shared instruction, and the
+copy-or-tag constraint through vLLM's ``structured_outputs`` (its old ``guided_*`` fields are
+ignored since 0.12).
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ class OpenAIEngine(Engine):
         backoff_s: float = 0.5,
         concurrency: int = 4,
         logprobs: bool = True,
+        structured: bool = False,
         api_key: str | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/v1/completions"
+        self.structured = structured
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.stop = stop
@@ -91,6 +95,8 @@ class OpenAIEngine(Engine):
         }
         if self.logprobs:
             body["logprobs"] = 0  # the chosen token's log-probability, no alternatives
+        if self.structured and prompt.source is not None:
+            body["structured_outputs"] = {"regex": copy_or_tag_regex(prompt.source, prompt.labels, self.stop)}
         return self._parse(self._post(body))
 
     def _post(self, body: dict[str, Any]) -> Any:
@@ -294,6 +300,11 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
     cfg: LlamaConfig = extractor.config
     if cfg.engine == "openai":
         assert cfg.engine_url is not None  # LlamaConfig refuses openai without a URL
+        if cfg.constrained and not cfg.engine_structured_outputs:
+            log.info(
+                "engine openai [%s]: decoding is unconstrained (engine_structured_outputs off)",
+                cfg.engine_url,
+            )
         return OpenAIEngine(
             cfg.engine_url,
             cfg.engine_model or extractor.version,
@@ -302,6 +313,7 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
             timeout_s=cfg.engine_timeout_s,
             retries=cfg.engine_retries,
             concurrency=cfg.engine_concurrency,
+            structured=cfg.constrained and cfg.engine_structured_outputs,
         )
     if cfg.engine == "vllm":
         return _vllm_for(extractor)
