@@ -22,8 +22,12 @@ def main() -> None:
     run("bench_encoder.py", "--out", str(RESULTS / "encoder.json"), "--model-out", str(ENCODER_MODEL))
     run("bench_service.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "service.json"))
     run("bench_retraining.py", "--out", str(RESULTS / "retraining.json"))
-    run("bench_llama_engine.py", "--notes", "1", "--prompts", "0", "--out", str(RESULTS / "llama_engine.json"))
-    run("bench_models.py", "--dev-notes", "4", "--train-dev-notes", "0", "--out", str(RESULTS / "models.json"))
+    run(
+        "bench_llama_engine.py", "--notes", "1", "--prompts", "0", "--out", str(RESULTS / "llama_engine.json")
+    )
+    run(
+        "bench_models.py", "--dev-notes", "4", "--train-dev-notes", "0", "--out", str(RESULTS / "models.json")
+    )
     run("bench_seed.py", "--out", str(RESULTS / "seed.json"))
 
 
