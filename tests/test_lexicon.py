@@ -97,9 +97,7 @@ def test_predict_has_no_side_effects(two_notes: list[Document]) -> None:
     model = LexiconExtractor.train(two_notes)
     bare = two_notes[0].without_annotations()
     model.predict([bare])
-    assert (
-        bare.spans == [] and bare.relations == [] and bare.sentences == [] and bare.uncertainty is None
-    )
+    assert bare.spans == [] and bare.relations == [] and bare.sentences == [] and bare.uncertainty is None
 
 
 def test_entities_given_keeps_given_entities(two_notes: list[Document]) -> None:
