@@ -89,6 +89,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="prompts at most")
     ap.add_argument("--plain", type=int, default=8, help="prompts timed with plain generate")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="generation cap (the paper's 512)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/gpu_engine.json"))
     args = ap.parse_args()
 
@@ -131,8 +132,9 @@ def main() -> int:
         return out, time.perf_counter() - start
 
     few = todo[: args.plain]
-    plain, plain_s = timed(lambda: plain_generate(model, tokenizer, few))
-    engine = TransformersEngine(model, tokenizer, batch_size=args.batch_size)
+    cap = args.max_new_tokens
+    plain, plain_s = timed(lambda: plain_generate(model, tokenizer, few, max_new_tokens=cap))
+    engine = TransformersEngine(model, tokenizer, batch_size=args.batch_size, max_new_tokens=cap)
     engine.generate(todo[:2])  # warm-up: prefix caches, kernels
     fast_few, _ = timed(lambda: engine.generate(few))
     outs, engine_s = timed(lambda: engine.generate(todo))

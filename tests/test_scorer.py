@@ -218,7 +218,7 @@ def test_documents_paired_by_id_with_clear_errors() -> None:
 
 def test_json_shape() -> None:
     d = evaluate([make([("problem", 0, 5)], doc_id="a")], [make([("problem", 0, 5)], doc_id="a")]).to_dict()
-    assert set(d) == {"ner", "re", "spans", "documents"}
+    assert set(d) == {"ner", "re", "spans", "documents", "drops"} and d["drops"] == {}
     score_keys = {"precision", "recall", "f1", "tp", "fp", "fn", "ci"}
     for task in ("ner", "re", "spans"):
         assert set(d[task]) == {"exact", "relaxed", "per_type"}
