@@ -87,3 +87,13 @@ def test_least_confidence() -> None:
     assert least_confidence([]) == 1.0
     assert least_confidence([1.0, 1.0]) == 0.0
     assert least_confidence([0.9, 0.5]) == pytest.approx(0.3)
+
+
+def test_a_family_refuses_another_familys_config(tmp_path: Path) -> None:
+    from recommender.extractors.encoder.config import EncoderConfig
+    from recommender.extractors.lexicon import LexiconExtractor
+
+    with pytest.raises(
+        ConfigError, match=r"\[kiwi.lexicon.v1\] trains with a LexiconConfig, not \[EncoderConfig\]"
+    ):
+        LexiconExtractor.train([], config=EncoderConfig())

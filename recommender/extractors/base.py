@@ -190,6 +190,17 @@ class Extractor(ABC):
         models) keep this refusal."""
         raise ConfigError(f"extractor [{cls.name}] cannot be trained")
 
+    @classmethod
+    def training_config(cls, config: ExtractorConfig | None) -> Any:
+        """``config`` for ``train`` (the family's defaults when None); another family's is refused."""
+        if config is None:
+            return cls.config_class()
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(
+                f"[{cls.name}] trains with a {cls.config_class.__name__}, not [{type(config).__name__}]"
+            )
+        return config
+
 
 def least_confidence(confidences: Iterable[float]) -> float:
     """A note's uncertainty: 1 - the mean confidence of the model's decisions in it (1.0 when it made

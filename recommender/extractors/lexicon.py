@@ -102,9 +102,7 @@ class LexiconExtractor(Extractor):
     ) -> LexiconExtractor:
         """Learn the lexicon from annotated documents (unknown labels are ignored); rebuilt from all the
         data in milliseconds, so there is no dev-based stopping and nothing to start from."""
-        if config is not None and not isinstance(config, LexiconConfig):
-            raise ConfigError(f"the lexicon trains with a LexiconConfig, not [{type(config).__name__}]")
-        model = cls._learn(train_docs, config or LexiconConfig())
+        model = cls._learn(train_docs, cls.training_config(config))
         if out_dir is not None:
             model.save(out_dir)
         return model

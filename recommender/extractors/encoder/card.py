@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from recommender.extractors.card import CARD_FILE, metric_rows
 
 if TYPE_CHECKING:
     from recommender.extractors.encoder.extractor import EncoderExtractor
 
-CARD_FILE = "MODEL_CARD.md"
 
 MODIFIER_CONTEXT = {
     True: ". It also reads each piece's entity tag (the given entities in RE mode, else the entity "
@@ -21,25 +22,6 @@ WINDOWS = {
     "fixed": "overlapping by {overlap}; each piece keeps the state of the window where it is furthest "
     "from an edge",
 }
-
-
-def _metric_rows(dev: dict[str, Any]) -> str:
-    names = {
-        "ner": "NER, 4 main types",
-        "re": "RE, main entities given",
-        "spans": "all 20 span types, end to end",
-    }
-    rows = []
-    for k, label in names.items():
-        if k in dev:
-            ex, rel = dev[k]["exact"], dev[k]["relaxed"]
-            ci = ex.get("ci", {}).get("f1")  # none from a single development note
-            interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "n/a"
-            rows.append(
-                f"| {label} | {ex['precision']:.3f} | {ex['recall']:.3f} | {ex['f1']:.3f} "
-                f"| {interval} | {rel['f1']:.3f} |"
-            )
-    return "\n".join(rows) if rows else "| not measured: no development split | | | | | |"
 
 
 def render_card(ex: EncoderExtractor) -> str:
@@ -98,7 +80,7 @@ Exact match unless marked relaxed (overlap); 95% bootstrap interval over notes.
 
 | task | precision | recall | F1 | F1 95% CI | relaxed F1 |
 |---|---|---|---|---|---|
-{_metric_rows(m.get("dev", {}))}
+{metric_rows(m.get("dev", {}))}
 
 ## Intended use
 Pre-annotation suggestions for human annotators (INCEpTION, Label Studio) in the Kiwi schema, and a

@@ -391,9 +391,7 @@ class EncoderExtractor(Extractor):
     ) -> EncoderExtractor:
         from recommender.extractors.encoder.training import train_encoder
 
-        if config is not None and not isinstance(config, EncoderConfig):
-            raise ModelError(f"the encoder trains with an EncoderConfig, not [{type(config).__name__}]")
-        return train_encoder(train_docs, dev_docs, config or EncoderConfig(), out_dir, progress)
+        return train_encoder(train_docs, dev_docs, cls.training_config(config), out_dir, progress)
 
     @classmethod
     def load(cls, folder: Path) -> EncoderExtractor:

@@ -322,8 +322,7 @@ class LlamaExtractor(Extractor):
     ) -> LlamaExtractor:
         from recommender.extractors.llama.training import train_llama
 
-        if config is not None and not isinstance(config, LlamaConfig):
-            raise ModelError(f"the LLaMA extractor trains with a LlamaConfig, not [{type(config).__name__}]")
+        config = cls.training_config(config)
         if out_dir is None:
             raise ModelError("the LLaMA extractor needs an output folder to train into")
-        return train_llama(train_docs, dev_docs, config or LlamaConfig(), Path(out_dir), progress)
+        return train_llama(train_docs, dev_docs, config, Path(out_dir), progress)
