@@ -69,6 +69,11 @@ class Engine(ABC):
         """One generation per prompt, in order."""
 
 
+def cache_argument(module: Any) -> str:
+    """The name ``module.forward`` takes its KV cache by (``past_key_values`` became ``cache``)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
     ids: list[int] = tokenizer(prompt.prefix + prompt.text).input_ids
     if not ids:
@@ -234,8 +239,7 @@ class TransformersEngine(Engine):
         self.pad_id = int(pad) if pad is not None else 0
         self._stop = stop.encode()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
-        params = inspect.signature(base.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
+        self._cache_arg = cache_argument(base)
         self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     def clear_cache(self) -> None:

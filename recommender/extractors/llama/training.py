@@ -86,12 +86,15 @@ def shared_prefix_loss(model: Any, items: Sequence[Encoded], pad: int, device: t
     Kiwi prompt."""
     from transformers import DynamicCache
 
+    from recommender.extractors.llama.generation import cache_argument
+
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = inner.get_decoder()
     n, rows = items[0].shared, len(items)
     prefix = torch.tensor([items[0].ids[:n]], device=device)
+    arg = cache_argument(decoder)
     cache = DynamicCache(config=inner.config)
-    decoder(input_ids=prefix, use_cache=True, past_key_values=cache)
+    decoder(input_ids=prefix, use_cache=True, **{arg: cache})
     shared = DynamicCache(config=inner.config)
     for layer, c in enumerate(cache.layers):
         shared.update(c.keys.expand(rows, -1, -1, -1), c.values.expand(rows, -1, -1, -1), layer)
@@ -103,7 +106,7 @@ def shared_prefix_loss(model: Any, items: Sequence[Encoded], pad: int, device: t
     )
     mask = torch.cat([torch.ones(rows, n, dtype=real.dtype, device=device), real], dim=1)
     pos = torch.arange(n, n + width, device=device).expand(rows, -1)
-    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=shared)[0]
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, **{arg: shared})[0]
     # the first token after the prefix is a prompt token (no loss), so predictions come from the suffix
     keep = labels[:, 1:] != IGNORE
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
