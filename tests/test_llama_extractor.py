@@ -16,7 +16,7 @@ import pytest
 from recommender.document import Document
 from recommender.extractors.base import ModelInfo
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.extractor import AUDIT_KEY, NAME, LlamaExtractor
+from recommender.extractors.llama.extractor import AUDIT_KEY, NAME, SELF_MODIFIER, LlamaExtractor
 from recommender.extractors.llama.generation import Generation, Prompt
 from recommender.extractors.llama.task import UNFINISHED_OUTPUT, UNWRAPPABLE_ENTITY, Templates
 from recommender.markup import UNKNOWN_TAG
@@ -179,3 +179,16 @@ def test_cli_train_predict_evaluate(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "ner" in r.stdout and "exact" in r.stdout
     assert "output cut at" in " ".join(r.stdout.split())  # the drops, reported (a random model rambles)
+
+
+def test_an_entity_tagged_as_its_own_modifier_is_dropped_and_counted() -> None:
+    answers = dict(ANSWERS)
+    answers['No <span class="problem">fever</span> or chills .'] = generation(
+        ' <span class="negation">No</span> <span class="severity">fever</span> or chills .'
+    )
+    ex, _ = scripted()
+    ex._engine = ScriptedEngine(answers)
+    [out] = ex.predict([Document("d", TEXT)])
+    assert out.drops.get(SELF_MODIFIER) == 1
+    assert not any(s.label == "severity" for s in out.spans)
+    assert {out.covered(s) for s in out.spans if s.label == "negation"} == {"No"}

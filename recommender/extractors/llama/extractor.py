@@ -50,10 +50,12 @@ from recommender.extractors.llama.task import (
     read_output,
     span_score,
 )
-from recommender.markup import REPEATED_SPAN, segmented
+from recommender.markup import segmented
 from recommender.schema import load_schema
 
 log = logging.getLogger(__name__)
+
+SELF_MODIFIER = "entity tagged as its own modifier"  # an RE output marking the main entity itself
 
 NAME = "kiwi.llama.v1"
 ADAPTER_DIR = "adapter"
@@ -195,7 +197,7 @@ class LlamaExtractor(Extractor):
             assert unit.entity is not None
             for s in read.spans:
                 if s.begin == unit.entity.begin and s.end == unit.entity.end:
-                    drops[unit.doc][REPEATED_SPAN] += 1  # the entity itself tagged as its modifier
+                    drops[unit.doc][SELF_MODIFIER] += 1
                     continue
                 score = _score(s, gen)
                 # one modifier (a negation) may modify several entities: one span, several relations
