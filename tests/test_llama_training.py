@@ -18,17 +18,25 @@ from dataclasses import replace  # noqa: E402
 
 from recommender.corpora import load_sample  # noqa: E402
 from recommender.document import Document  # noqa: E402
-from recommender.errors import ModelError  # noqa: E402
+from recommender.errors import ConfigError, ModelError  # noqa: E402
 from recommender.extractors import load_extractor  # noqa: E402
 from recommender.extractors.base import MODEL_INFO_FILE, ModelInfo, file_checksum  # noqa: E402
 from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
 from recommender.extractors.llama.extractor import LlamaExtractor  # noqa: E402
 from recommender.extractors.llama.task import (  # noqa: E402
+    NER,
     PACKAGED_PROMPTS,
     Templates,
     training_examples,
 )
-from recommender.extractors.llama.training import CHECKPOINT_DIR, encode_example  # noqa: E402
+from recommender.extractors.llama.training import (  # noqa: E402
+    CHECKPOINT_DIR,
+    IGNORE,
+    Encoded,
+    encode_example,
+    micro_batches,
+    select_examples,
+)
 from recommender.text import segment  # noqa: E402
 
 
@@ -250,3 +258,33 @@ def test_shared_prefix_pass_gives_the_same_loss_and_gradients(
     names = [n for n, _ in model.named_parameters()]
     for name, a, b in zip(names, g_whole, g_shared, strict=True):  # float64: summation order only
         assert float((a - b).abs().max()) <= 1e-8 * max(1.0, float(a.abs().max())), name
+
+
+def test_select_examples_keeps_the_ner_share_of_a_capped_run(sample: list[Document]) -> None:
+    examples = training_examples(sample, Templates.packaged())
+    n_ner = sum(e.kind == NER for e in examples)
+    assert 0 < n_ner < len(examples)
+    plain = select_examples(examples, LlamaConfig(max_examples=20))
+    assert plain == select_examples(examples, LlamaConfig(max_examples=20))  # the seed fixes the order
+    assert len(plain) == 20 and select_examples(examples, LlamaConfig()) != examples  # shuffled
+    share = select_examples(examples, LlamaConfig(max_examples=20, ner_fraction=0.75))
+    assert len(share) == 20 and sum(e.kind == NER for e in share) == 15
+    assert {e.kind for e in share} - {NER}  # still mixed
+    # more NER asked for than there are: every NER prompt, the rest RE
+    every = select_examples(examples, LlamaConfig(max_examples=n_ner + 5, ner_fraction=1.0))
+    assert sum(e.kind == NER for e in every) == n_ner and len(every) == n_ner + 5
+    with pytest.raises(ConfigError, match=r"ner_fraction .*\[1.5\]"):
+        LlamaConfig(ner_fraction=1.5)
+
+
+def test_micro_batches_group_by_prompt_type_and_length() -> None:
+    lengths = [30, 900, 40, 35, 800, 50, 20, 60, 45]
+    kinds = ["ner", "ner", "ner", "drug", "ner", "ner", "", "drug", "ner"]
+    encoded = [Encoded([0] * n, [IGNORE] * n, k, 5 if k else 0) for n, k in zip(lengths, kinds, strict=True)]
+    batches = micro_batches(range(len(encoded)), encoded, 3)
+    assert sorted(i for b in batches for i in b) == list(range(len(encoded)))
+    assert all(len(b) <= 3 for b in batches)
+    assert all(len({encoded[i].kind for i in b}) == 1 for b in batches)
+    ner = [b for b in batches if encoded[b[0]].kind == "ner"]
+    # the two long sentences share a micro-batch instead of padding four short ones each
+    assert ner == [[0, 2, 8], [5, 4, 1]]

@@ -60,7 +60,9 @@ mean probability of the note's generated tokens.
 longer than {cfg.max_length} tokens left out), loss on the target tokens only. AdamW (32-bit state),
 learning rate {cfg.lr:g}, cosine schedule after {cfg.warmup_ratio:g} warm-up, max grad norm
 {cfg.max_grad_norm:g}, batch {cfg.batch_size} x accumulation {cfg.grad_accum}, at most {cfg.epochs} epochs
-(cap: {cfg.max_steps or "none"} steps, {cfg.max_examples or "all"} examples). {m.get("steps", "?")} optimizer
+(cap: {cfg.max_steps or "none"} steps, {cfg.max_examples or "all"} examples{
+        "" if cfg.ner_fraction is None else f", {cfg.ner_fraction:.0%} of them NER"
+    }). {m.get("steps", "?")} optimizer
 steps run, the adapter of step {m.get("best_step", "?")} kept (best mean of NER and RE exact F1 on the
 development split). The paper's settings, except paged AdamW (a CUDA feature). Training took
 {m.get("train_seconds", "?")} s.

@@ -48,6 +48,11 @@ class LlamaConfig(ExtractorConfig):
     max_length: int = setting(1000, "longest training sequence in tokens; longer examples are left out")
     max_steps: int | None = setting(None, "stop after this many optimizer steps")
     max_examples: int | None = setting(None, "train on at most this many (shuffled) examples")
+    ner_fraction: float | None = setting(
+        None,
+        "share of NER prompts among the max_examples kept (default: as drawn, about 40%); a capped CPU run "
+        "that is judged on NER spends more of its budget on them",
+    )
     eval_steps: int | None = setting(
         None, "evaluate on dev every N optimizer steps (default: at the end of each epoch and of training)"
     )
@@ -107,6 +112,8 @@ class LlamaConfig(ExtractorConfig):
                 raise ConfigError(f"{name} must be positive, got [{getattr(self, name)}]")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), got [{self.lr}]")
+        if self.ner_fraction is not None and not 0 <= self.ner_fraction <= 1:
+            raise ConfigError(f"ner_fraction must be in [0, 1], got [{self.ner_fraction}]")
         for name in ("lora_dropout", "warmup_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got [{getattr(self, name)}]")

@@ -30,7 +30,7 @@ from recommender.extractors.base import ModelInfo, Progress, fingerprint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.extractor import ADAPTER_DIR, NAME, LlamaExtractor
-from recommender.extractors.llama.task import Example, Templates, training_examples
+from recommender.extractors.llama.task import NER, Example, Templates, training_examples
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,38 @@ def shared_prefix_loss(model: Any, items: Sequence[Encoded], pad: int, device: t
     return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep], reduction="sum")
 
 
+def select_examples(examples: Sequence[Example], config: LlamaConfig) -> list[Example]:
+    """The examples a run trains on, NER and RE mixed in one shuffled order: all of them, or the first
+    ``max_examples`` of that order, of which ``ner_fraction`` are NER prompts where it is set (as many
+    as there are, the rest RE)."""
+    shuffled = list(examples)
+    random.Random(config.seed).shuffle(shuffled)
+    cap = config.max_examples
+    if not cap:
+        return shuffled
+    if config.ner_fraction is None:
+        return shuffled[:cap]
+    ner = [e for e in shuffled if e.kind == NER]
+    rel = [e for e in shuffled if e.kind != NER]
+    n_ner = min(len(ner), round(cap * config.ner_fraction))
+    n_rel = min(len(rel), cap - n_ner)
+    n_ner = min(len(ner), cap - n_rel)  # fill a short RE side with NER
+    chosen = set(map(id, ner[:n_ner] + rel[:n_rel]))
+    return [e for e in shuffled if id(e) in chosen]
+
+
 def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -> list[list[int]]:
-    """A step's examples as micro-batches: those of one prompt type together (they share the prefix
-    pass), the rest by length in ``size``; the summed gradient of the step does not depend on this."""
+    """A step's examples as micro-batches of at most ``size``: by prompt type (one type's rows share its
+    prefix pass), then by length, so that a long sentence does not pad the short ones to its width.
+    The summed gradient of the step does not depend on this."""
     by_kind: dict[str, list[int]] = {}
-    rest = []
     for i in group:
-        if encoded[i].shared:
-            by_kind.setdefault(encoded[i].kind, []).append(i)
-        else:
-            rest.append(i)
-    rest.sort(key=lambda i: len(encoded[i].ids))
-    return [*by_kind.values(), *(rest[k : k + size] for k in range(0, len(rest), size))]
+        by_kind.setdefault(encoded[i].kind if encoded[i].shared else "", []).append(i)
+    out = []
+    for members in by_kind.values():
+        members.sort(key=lambda i: len(encoded[i].ids))
+        out += [members[k : k + size] for k in range(0, len(members), size)]
+    return out
 
 
 def _inference_copy(extractor: LlamaExtractor, cache_dir: Path) -> LlamaExtractor:
@@ -250,10 +270,7 @@ def train_llama(
     templates = templates or Templates.packaged()
     device = next(model.parameters()).device
 
-    examples = training_examples(train_docs, templates)
-    random.Random(config.seed).shuffle(examples)  # NER and RE mixed
-    if config.max_examples:
-        examples = examples[: config.max_examples]
+    examples = select_examples(training_examples(train_docs, templates), config)
     prefixes = {kind: tokenizer(templates.split(kind, "")[0]).input_ids for kind in templates.texts}
     encoded = [encode_example(tokenizer, e, prefixes[e.kind]) for e in examples]
     too_long = sum(len(e.ids) > config.max_length for e in encoded)
