@@ -341,6 +341,8 @@ def simulate(
     for name in strategies:
         get_strategy(name)  # an unknown name fails before any training
     folder = Path(folder)
+    pool = [_segmented(d) for d in pool]  # once for every run
+    eval_docs = [_segmented(d) for d in eval_docs]
     reference: dict[str, float] | None = None
     if target_fraction is not None:
         ref_file = folder / "reference.json"

@@ -163,7 +163,8 @@ class TokenEntropy(Strategy):
     bounded = False
 
     def uncertainty(self, cand: Candidate) -> float:
-        return sum(c.entropy for c in choices_of(cand.predicted) if c.kind in WORDS)
+        words = [c.entropy for c in choices_of(cand.predicted) if c.kind in WORDS]
+        return sum(words) if words else math.inf  # no decision at all: nothing is known about the note
 
     def confidence(self, choice: Choice) -> float:
         return 1.0 - choice.entropy
@@ -179,7 +180,7 @@ class MNLP(Strategy):
 
     def uncertainty(self, cand: Candidate) -> float:
         words = [c for c in choices_of(cand.predicted) if c.kind in WORDS]
-        return -_mean([math.log(max(c.chosen, 1e-12)) for c in words]) if words else 1.0
+        return -_mean([math.log(max(c.chosen, 1e-12)) for c in words]) if words else math.inf
 
 
 class RelationAware(Strategy):
@@ -212,7 +213,8 @@ class Diversity(Strategy):
             return [c.id for c in pool]
         top = MNLP().select(pool, self.prefilter * k, rng)
         chosen = [c for c in pool if c.id in set(top)]
-        weights = np.array([MNLP().uncertainty(c) for c in chosen]) + 1e-6
+        # A note with no decision (infinitely uncertain) weighs as much as a very uncertain one.
+        weights = np.minimum([MNLP().uncertainty(c) for c in chosen], 30.0) + 1e-6
         vectors = tfidf([c.text for c in chosen])
         centres = kmeans(vectors, weights, k, rng)
         picked: list[str] = []

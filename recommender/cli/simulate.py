@@ -60,6 +60,10 @@ def simulate(
     committee: Annotated[
         str, typer.Option(help="second family of the query-by-committee (qbc) strategy")
     ] = "kiwi.lexicon.v1",
+    committee_set: Annotated[
+        list[str] | None,
+        typer.Option(help="committee setting KEY=VALUE (repeatable); it must differ from the learner"),
+    ] = None,
     seeds: Annotated[int, typer.Option(help="seeds per strategy")] = 3,
     seed_notes: Annotated[int, typer.Option(help="notes annotated before the first selection")] = 4,
     batch_notes: Annotated[int, typer.Option(help="notes selected per round")] = 4,
@@ -100,7 +104,7 @@ def simulate(
         list(range(seeds)),
         plan,
         out,
-        committee=[Learner(committee)],
+        committee=[Learner(committee, parse_settings(committee, committee_set or []))],
         target_fraction=target,
         say=_print_line,
     )
