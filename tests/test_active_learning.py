@@ -263,7 +263,10 @@ def test_kiwi_simulate_cli_writes_json_and_html(tmp_path: Path) -> None:
     assert set(results["summary"]) == {"random", "least_confidence"} and results["pool_notes"] == 10
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("<polyline") == 6 and "least_confidence" in html  # 2 strategies x 3 charts
-    bad = run_kiwi("simulate", str(tmp_path / "pool"), "--out", str(tmp_path / "o2"), "--strategy", "best")
+    bad = run_kiwi(
+        "simulate", str(tmp_path / "pool"), "--eval", str(tmp_path / "dev"), "--out", str(tmp_path / "o2"),
+        "--strategy", "best",
+    )  # fmt: skip
     assert bad.returncode == 2 and "[best]" in bad.stderr
 
 
