@@ -50,14 +50,31 @@ class Relation:
     source: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One decision a model made in a note and the distribution it chose from, for active learning
+    (``recommender.active``): a word's tag on the entity or modifier layer, or whether an entity and a
+    modifier are linked (``kind`` "entity", "modifier" or "link"; the range covers the word, or both
+    spans of the pair). Probabilities are the model's calibrated ones."""
+
+    kind: str
+    begin: int
+    end: int
+    chosen: float  # probability of what the model decided
+    top: float  # highest probability in the distribution
+    second: float  # the runner-up's
+    entropy: float  # Shannon entropy of the distribution over log(number of outcomes): 0 sure .. 1 uniform
+
+
 @dataclass(slots=True)
 class Document:
     """A note, its segmentation and its annotations.
 
-    ``uncertainty`` and ``drops`` are set by extractors on the documents they predict: the model's
-    least-confidence uncertainty about the note (0 sure .. 1 unsure; Label Studio's task order and
-    active learning read it) and what the model produced but could not place in the note, counted by
-    kind (``kiwi predict`` and ``kiwi evaluate`` report them).
+    ``uncertainty``, ``choices`` and ``drops`` are set by extractors on the documents they predict: the
+    model's least-confidence uncertainty about the note (0 sure .. 1 unsure), the decisions behind it
+    with their distributions where the family exposes them (the active-learning strategies of
+    ``recommender.active`` score notes from both), and what the model produced but could not place in
+    the note, counted by kind (``kiwi predict`` and ``kiwi evaluate`` report them).
     """
 
     id: str
@@ -68,6 +85,7 @@ class Document:
     tokens: list[Segment] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     uncertainty: float | None = None
+    choices: list[Choice] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -115,7 +133,9 @@ class Document:
 
     def without_annotations(self) -> Document:
         """The same text and segmentation with no spans or relations (what a model is given)."""
-        return replace(self, spans=[], relations=[], meta=dict(self.meta), uncertainty=None, drops={})
+        return replace(
+            self, spans=[], relations=[], meta=dict(self.meta), uncertainty=None, choices=[], drops={}
+        )
 
     def in_schema(self, schema: Schema | None = None) -> Document:
         """A copy with only what the schema knows: its labels, and its relation between such spans.

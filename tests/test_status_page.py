@@ -73,6 +73,12 @@ def test_page_shows_the_figures_of_status(settings: Settings) -> None:
     for point in view["learning_curve"]:
         assert point["version"] in text and f"{point['dev']['ner']['f1']:.3f}" in text
     assert page.text.count("<circle") == 2 * len(view["learning_curve"])
+    # From the real corrections: the bootstrapped models have none, the job's model its held-out ones.
+    assert [p["corrected"] for p in view["learning_curve"][:2]] == [None, None]
+    if promoted:
+        corrected = view["learning_curve"][-1]["corrected"]
+        assert corrected["notes"] == finished["metrics"]["heldout_notes"] > 0
+        assert f"{corrected['ner']['f1']:.3f}" in text and page.text.count("<rect") == 2
     assert f"{finished['id']} ward-7 finished" in text and finished["metrics"]["reason"] in text
     assert view["corrections"] == {"clinic": {next(iter(view["corrections"]["clinic"])): 1}, "ward-7": {
         next(iter(view["corrections"]["ward-7"])): 12}}  # fmt: skip

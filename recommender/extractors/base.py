@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
-from recommender.document import Document
+from recommender.document import Choice, Document
 from recommender.errors import ConfigError, ModelError
 from recommender.schema import load_schema
 
@@ -140,7 +141,8 @@ class Extractor(ABC):
     ``predict`` has no side effects: it returns new documents (same id, text and segmentation)
     holding the predicted spans and relations with ``source`` = the model version, a confidence
     ``score`` in [0, 1] on every span and relation, ``Document.uncertainty`` (see
-    :func:`least_confidence`) and ``Document.drops``. Writing them into a CAS or Label Studio JSON is
+    :func:`least_confidence`), ``Document.choices`` where the family exposes its distributions (see
+    :func:`choice`) and ``Document.drops``. Writing them into a CAS or Label Studio JSON is
     the adapters' job.
 
     A family declares its typed training config (``config_class``) and its trainer (``train``) here,
@@ -207,6 +209,22 @@ def least_confidence(confidences: Iterable[float]) -> float:
     none: nothing is known about the note)."""
     values = list(confidences)
     return round(1.0 - sum(values) / len(values), 4) if values else 1.0
+
+
+def choice(kind: str, begin: int, end: int, probs: Sequence[float], chosen: int) -> Choice:
+    """A decision (``Document.choices``) among outcomes with probabilities ``probs``, ``chosen`` the one
+    the model took."""
+    ranked = sorted(probs, reverse=True)
+    entropy = -sum(q * math.log(q) for q in probs if q > 0) / math.log(len(probs)) if len(probs) > 1 else 0.0
+    second = ranked[1] if len(ranked) > 1 else 0.0
+    return Choice(
+        kind, begin, end, round(probs[chosen], 4), round(ranked[0], 4), round(second, 4), round(entropy, 4)
+    )
+
+
+def binary_choice(kind: str, begin: int, end: int, prob: float, threshold: float) -> Choice:
+    """A yes/no decision taken when ``prob`` >= ``threshold`` (an entity-modifier link)."""
+    return choice(kind, begin, end, [prob, 1.0 - prob], 0 if prob >= threshold else 1)
 
 
 def fingerprint(docs: Sequence[Document]) -> str:

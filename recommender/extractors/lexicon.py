@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recommender.document import Document, Segment, Span
+from recommender.document import Choice, Document, Segment, Span
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors import register
 from recommender.extractors.base import (
@@ -30,6 +30,8 @@ from recommender.extractors.base import (
     ExtractorConfig,
     ModelInfo,
     Progress,
+    binary_choice,
+    choice,
     fingerprint,
     least_confidence,
     setting,
@@ -188,6 +190,7 @@ class LexiconExtractor(Extractor):
                     )
                     (ents if layer == ENTITY else mods).append((si, span, a, b))
                     decisions.append(score)
+                    out.choices.append(self._choice(tuple(words[a:b]), layer, label, span))
         for si, mod, a, b in mods:
             before = self.before_rate.get(mod.label, 0.5) >= 0.5
             best: tuple[int, bool, Span] | None = None
@@ -201,6 +204,9 @@ class LexiconExtractor(Extractor):
                 continue
             score = self.link_rate.get(mod.label, 0.0) / (1.0 + best[0] / self.config.rel_decay)
             decisions.append(max(score, 1.0 - score))
+            ent = best[2]
+            begin, end = min(ent.begin, mod.begin), max(ent.end, mod.end)
+            out.choices.append(binary_choice("link", begin, end, score, self.config.rel_threshold))
             if score >= self.config.rel_threshold:
                 out.add_relation(best[2], mod, score=round(score, 4), source=source)
         # Least confidence averaged over every decision; a note where nothing matched is the most
@@ -223,6 +229,15 @@ class LexiconExtractor(Extractor):
             else:
                 i += 1
         return found
+
+    def _choice(self, key: Key, layer: str, label: str, span: Span) -> Choice:
+        """The matched sequence's labels in training and "not annotated" as its distribution."""
+        entry = self.entries[key]
+        counts = entry.counts[layer]
+        labels = sorted(counts)
+        total = max(entry.seen, sum(counts.values()), 1)
+        probs = [counts[x] / total for x in labels] + [1.0 - sum(counts.values()) / total]
+        return choice(layer, span.begin, span.end, probs, labels.index(label))
 
     def _best_labels(self, layer: str) -> dict[Key, tuple[str, float]]:
         best = {}

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from recommender.document import Document, Relation, Segment, Span
+from recommender.document import Choice, Document, Relation, Segment, Span
 from recommender.errors import FormatError, NotFoundError
 
 
@@ -27,6 +27,7 @@ def from_dict(data: dict[str, Any], *, source: str | Path | None = None) -> Docu
             tokens=[Segment(**t) for t in data.get("tokens", [])],
             meta=dict(data.get("meta", {})),
             uncertainty=None if data.get("uncertainty") is None else float(data["uncertainty"]),
+            choices=[Choice(**c) for c in data.get("choices", [])],
             drops={str(k): int(v) for k, v in (data.get("drops") or {}).items()},
         ).validate(strict_labels=False)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

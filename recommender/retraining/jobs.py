@@ -157,7 +157,13 @@ class JobRunner:
             cand_scores = scores(load_extractor(out), data.heldout, data.dev)
             gate = self._gate(cand_scores, current_version, data.heldout, data.dev)
             info = ModelInfo.load(out)
-            info.metrics = {**info.metrics, "gate": gate, "job": job.id, "trigger": job.reason}
+            info.metrics = {
+                **info.metrics,
+                "gate": gate,
+                "job": job.id,
+                "trigger": job.reason,
+                "corrections": data.counts(),  # the status page's learning curve from real corrections
+            }
             info.save(out)
             job.stage, job.progress = "registering", 0.95
             save(job)

@@ -8,7 +8,9 @@ stores the corrections the same way whichever model's URL receives them.
 
 Predict answers ``{"document": <the whole CAS XMI>}``: the request's CAS plus new feature structures of
 the requested layer with ``inception_internal_predicted=true``, the label, ``<feature>_score`` and
-``<feature>_score_explanation`` (extractor and model version). ``entities`` suggests main entities and
+``<feature>_score_explanation`` (extractor and model version); the scores are the model's confidence
+by the strategy ``KIWI_AL_STRATEGY`` names (``recommender.active.strategies.rescore``), which
+INCEpTION's active-learning sidebar ranks by. ``entities`` suggests main entities and
 modifiers, snapped to the CAS's own tokens by ``anchoringMode`` (a span covering no whole token is
 dropped, as INCEpTION would) and not crossing sentences unless ``crossSentence``. ``relations`` suggests
 hasAttr between spans already in the CAS (INCEpTION drops relations to spans it does not have): the
@@ -35,6 +37,7 @@ from cassis import TypeSystem
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from recommender.active.strategies import rescore
 from recommender.document import Document, Segment, Span
 from recommender.errors import BusyError
 from recommender.formats.xmi import (
@@ -135,11 +138,13 @@ def predict(
     if rec.task == "entities":
         with service.model_call(client, deadline):
             predicted = extractor.predict([doc.without_annotations()])[0]
-        added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
+        added = suggest_spans(
+            cas, rescore(predicted, service.strategy), layers, body.metadata, tags, explanation
+        )
     elif doc.spans:
         with service.model_call(client, deadline):
             predicted = extractor.predict([doc], entities_given=True)[0]
-        added = suggest_relations(cas, predicted, layers, tags, explanation)
+        added = suggest_relations(cas, rescore(predicted, service.strategy), layers, tags, explanation)
     else:
         added = []
     log.info(

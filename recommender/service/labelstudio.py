@@ -8,15 +8,18 @@ exist: a label the config lacks is dropped with a warning, never sent. ``/webhoo
 or updated annotation (one SQLite commit) and acknowledges at once; training and the pull of a
 project's annotations run after the response. ``/train`` takes the legacy payload.
 
-Active learning. The task ``score`` is the model's confidence in the note: ``1 - uncertainty``, where
-the extractor reports uncertainty as least confidence averaged over its decisions in the note (every
-span label and every relation it considered; a note where it found nothing is maximally uncertain),
-falling back to the mean span score. Uncertainty sampling hands out tasks in ascending score, so the
-note the model is least sure about comes first. It only does so for predictions whose version is
-the project's ``model_version``; with ``KIWI_LABEL_STUDIO_URL``/``_TOKEN`` set the backend pins the
-project to the version of its newest predictions (see ``labelstudio_client``) and, when the backend
-requires auth, adds the credentials to the project's webhooks to ``/webhook``, which Label Studio
-creates without any. Region scores are the span scores; Label Studio only displays them.
+Active learning. The task ``score`` is the model's confidence in the note by the strategy
+``KIWI_AL_STRATEGY`` names (``recommender.active.strategies``): for least confidence ``1 -
+uncertainty``, the extractor's least confidence averaged over its decisions in the note (every span
+label and every relation it considered; a note where it found nothing is maximally uncertain); for
+margin, entropy, MNLP or the relation-aware score, the same figure from the word and link
+distributions the extractor exposes (``Document.choices``). Uncertainty sampling hands out tasks in
+ascending score, so the note the model is least sure about comes first. It only does so for
+predictions whose version is the project's ``model_version``; with
+``KIWI_LABEL_STUDIO_URL``/``_TOKEN`` set the backend pins the project to the version of its newest
+predictions (see ``labelstudio_client``) and, when the backend requires auth, adds the credentials
+to the project's webhooks to ``/webhook``, which Label Studio creates without any. Region scores are
+the span scores; Label Studio only displays them.
 
 Corrections are stored per project as ``labelstudio-<project id>``, document ``annotation-<id>``
 (Label Studio's delete event names only annotation ids), annotator ``user-<completed_by>``.
@@ -36,6 +39,7 @@ from defusedxml.ElementTree import ParseError, fromstring
 from fastapi import APIRouter, BackgroundTasks, Body, Request
 from pydantic import BaseModel, ConfigDict
 
+from recommender.active.strategies import rescore
 from recommender.document import Document
 from recommender.errors import BusyError, FormatError, KiwiError, OverloadError
 from recommender.extractors.base import Extractor
@@ -170,7 +174,7 @@ def predict(
             continue
         if done == len(predicted):
             break  # past the time budget: Label Studio asks for the rest when they are opened
-        doc = _restrict(predicted[done], view, dropped)
+        doc = rescore(_restrict(predicted[done], view, dropped), service.strategy)
         done += 1
         results.append(document_prediction(doc, view.config, version))
     if dropped:

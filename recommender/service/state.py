@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
 
+from recommender.active.strategies import get_strategy
 from recommender.errors import LimitError, ModelError, NotFoundError, OverloadError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import Extractor
@@ -166,6 +167,7 @@ class Service:
         labelstudio: LabelStudioClient | None,
     ) -> None:
         self.settings = settings
+        self.strategy = get_strategy(settings.al_strategy)  # scores the tools order and show
         self.predictor = Predictor(settings.extractor_overrides())
         self.models: dict[str, Predictor] = {DEFAULT_MODEL: self.predictor}  # Settings.serve_models too
         self.store = store

@@ -30,6 +30,19 @@ def _dev_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def _corrected_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Exact F1 of a model against the corrected notes held out when it was trained (the gate's
+    figures); None for a model no retraining job made."""
+    heldout = (metrics.get("gate") or {}).get("candidate", {}).get("heldout")
+    if not heldout:
+        return None
+    out: dict[str, Any] = {"notes": heldout.get("documents")}
+    for task, _ in TASKS:
+        if task in heldout:
+            out[task] = {"f1": round(heldout[task]["exact"]["f1"], 3), "ci": None}
+    return out
+
+
 def _card(info: Any) -> dict[str, Any]:
     m = info.metrics
     return {
@@ -55,7 +68,14 @@ def status_view(service: Service) -> dict[str, Any]:
     for event in promotions:
         v = by_version.get(event["version"])
         if v is not None:
-            curve.append({"version": v.version, "promoted": event.get("at"), "dev": _dev_scores(v.metrics)})
+            curve.append(
+                {
+                    "version": v.version,
+                    "promoted": event.get("at"),
+                    "dev": _dev_scores(v.metrics),
+                    "corrected": _corrected_scores(v.metrics),
+                }
+            )
     projects = service.store.daily_counts()
     return {
         "served": served,
@@ -121,10 +141,17 @@ def _jobs_html(retraining: dict[str, Any] | None) -> str:
     )
 
 
+SERIES = (  # (figures, task, colour, dash): the curve's lines
+    ("dev", "ner", "#e15759", ""),
+    ("dev", "re", "#4e79a7", ""),
+    ("corrected", "ner", "#e15759", "5 3"),
+    ("corrected", "re", "#4e79a7", "5 3"),
+)
+
+
 def _curve_svg(curve: list[dict[str, Any]]) -> str:
-    points = [(i, c) for i, c in enumerate(curve) if c["dev"]]
-    if not points:
-        return "<p class=muted>No promoted model with measured development scores yet.</p>"
+    if not any(c["dev"] or c["corrected"] for c in curve):
+        return "<p class=muted>No promoted model with measured scores yet.</p>"
     w, h, pad = 640, 240, 36
     step = (w - 2 * pad) / max(len(curve) - 1, 1)
 
@@ -136,30 +163,47 @@ def _curve_svg(curve: list[dict[str, Any]]) -> str:
         _, y = xy(0, tick)
         parts.append(f'<line x1="{pad}" x2="{w - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="4" y="{y + 4:.1f}" font-size="11">{tick:.2f}</text>')
-    for task, colour in (("ner", "#e15759"), ("re", "#4e79a7")):
-        xys = [(*xy(i, c["dev"][task]["f1"]), c) for i, c in points if task in c["dev"]]
+    for figures, task, colour, dash in SERIES:
+        xys = [(*xy(i, c[figures][task]["f1"]), c) for i, c in enumerate(curve) if task in (c[figures] or {})]
         if len(xys) > 1:
             line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in xys)
-            parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for x, y, c in xys:
-            label = f"{c['version']}: {task.upper()} {c['dev'][task]['f1']:.3f}"
             parts.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}">'
-                f"<title>{escape(label)}</title></circle>"
+                f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2" '
+                f'stroke-dasharray="{dash or "none"}"/>'
             )
+        for x, y, c in xys:
+            label = f"{c['version']}: {task.upper()} {c[figures][task]['f1']:.3f} ({figures})"
+            title = f"<title>{escape(label)}</title>"
+            if figures == "dev":
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}">{title}</circle>')
+            else:
+                parts.append(
+                    f'<rect x="{x - 3.5:.1f}" y="{y - 3.5:.1f}" width="7" height="7" fill="{colour}">'
+                    f"{title}</rect>"
+                )
     parts.append("</svg>")
     legend = (
         "<p><span style='color:#e15759'>&#9679; NER</span> <span style='color:#4e79a7'>&#9679; RE</span> "
-        "exact F1 on each model's development split, in order of promotion</p>"
+        "exact F1 on each model's development split; <span style='color:#e15759'>&#9632;</span> "
+        "<span style='color:#4e79a7'>&#9632;</span> dashed: on the corrected notes held out from its "
+        "training, so far; in order of promotion</p>"
     )
+
+    def corrected(c: dict[str, Any], task: str) -> str:
+        return _f1((c["corrected"] or {}).get(task)) if c["corrected"] else "<span class=muted>-</span>"
+
     rows = "".join(
         f"<tr><td>{n}</td><td><code>{escape(c['version'])}</code></td>"
         f"<td>{escape(str(c['promoted'] or ''))}</td>"
-        f"<td>{_f1((c['dev'] or {}).get('ner'))}</td><td>{_f1((c['dev'] or {}).get('re'))}</td></tr>"
+        f"<td>{_f1((c['dev'] or {}).get('ner'))}</td><td>{_f1((c['dev'] or {}).get('re'))}</td>"
+        f"<td>{corrected(c, 'ner')}</td><td>{corrected(c, 're')}</td>"
+        f"<td>{(c['corrected'] or {}).get('notes') or ''}</td></tr>"
         for n, c in enumerate(curve, 1)
     )
     table = (
-        f"<table><tr><th>#</th><th>version</th><th>promoted</th><th>NER</th><th>RE</th></tr>{rows}</table>"
+        "<table><tr><th>#</th><th>version</th><th>promoted</th><th>NER (dev)</th><th>RE (dev)</th>"
+        "<th>NER (corrected)</th><th>RE (corrected)</th><th>corrected notes held out</th></tr>"
+        f"{rows}</table>"
     )
     return "".join(parts) + legend + table
 

@@ -15,10 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from recommender.document import Document, Span
+from recommender.document import Choice, Document, Span
 from recommender.errors import ModelError
 from recommender.extractors import register
-from recommender.extractors.base import Extractor, ExtractorConfig, ModelInfo, Progress, least_confidence
+from recommender.extractors.base import (
+    Extractor,
+    ExtractorConfig,
+    ModelInfo,
+    Progress,
+    binary_choice,
+    least_confidence,
+)
 from recommender.extractors.encoder.config import EncoderConfig
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
@@ -172,6 +179,29 @@ def word_tags(
     return out_t, out_p
 
 
+def word_choices(kind: str, logp: np.ndarray, words: list[int], path: list[int], p: Pieces) -> list[Choice]:
+    """Each word's tag distribution (``logp``: [pieces, tags]) and the tag the Viterbi path gave it; a
+    word runs from its first piece to the piece before the next word's first."""
+    if not words:
+        return []
+    probs = np.exp(logp[words])
+    top2 = np.sort(probs, axis=1)[:, -2:]  # a BIO tag set has O and at least B-X, I-X
+    ent = -(probs * logp[words]).sum(1) / np.log(probs.shape[1])
+    ends = [*words[1:], len(p.ids)]
+    return [
+        Choice(
+            kind,
+            p.offsets[w][0],
+            p.offsets[last - 1][1],
+            round(float(probs[k, path[k]]), 4),
+            round(float(top2[k, 1]), 4),
+            round(float(top2[k, 0]), 4),
+            round(float(ent[k]), 4),
+        )
+        for k, (w, last) in enumerate(zip(words, ends, strict=True))
+    ]
+
+
 @register(NAME)
 class EncoderExtractor(Extractor):
     config_class = EncoderConfig
@@ -266,17 +296,22 @@ class EncoderExtractor(Extractor):
                 for doc, p, h in zip(docs, pieces, states, strict=True)
             ]
 
-    def _spans(self, logits: torch.Tensor, temp: float, names: list[str], p: Pieces) -> list[_Found]:
+    def _spans(
+        self, logits: torch.Tensor, temp: float, names: list[str], p: Pieces, kind: str
+    ) -> tuple[list[_Found], list[Choice]]:
+        """The spans of one BIO head and, for active learning, each word's tag distribution."""
         logp = torch.log_softmax(logits.float() / temp, dim=-1).numpy()
         words = [i for i, first in enumerate(p.word_start) if first]
         tags, probs = [0] * len(p.ids), [1.0] * len(p.ids)
-        for i, t in zip(words, bio_viterbi(logp[words], names), strict=True):
+        path = bio_viterbi(logp[words], names)
+        for i, t in zip(words, path, strict=True):
             tags[i], probs[i] = t, float(np.exp(logp[i, t]))
         tag_list, prob_list = word_tags(tags, probs, p.word_start, names)
-        return [
+        found = [
             _Found(label, p.offsets[a][0], p.offsets[b - 1][1], (a, b), conf)
             for label, a, b, conf in decode_bio(tag_list, prob_list, names)
         ]
+        return found, word_choices(kind, logp, words, path, p)
 
     def _entity_tag_ids(self, ents: list[_Found], n: int) -> torch.Tensor:
         """Piece-level BIO ids of the entity head's tag set for the entities found or given."""
@@ -305,9 +340,14 @@ class EncoderExtractor(Extractor):
             given = [s for s in doc.spans if self.schema.is_entity(s.label)]
             ents = [_Found(s.label, s.begin, s.end, p.piece_range(s.begin, s.end), 1.0, s) for s in given]
         else:
-            ents = self._spans(model.ent_head(h), temps.get("ent", 1.0), self.labels.ent_tags, p)
+            ents, out.choices = self._spans(
+                model.ent_head(h), temps.get("ent", 1.0), self.labels.ent_tags, p, "entity"
+            )
         mod_logits = model.mod_logits(h, self._entity_tag_ids(ents, len(p.ids)))
-        mods = self._spans(mod_logits, temps.get("mod", 1.0), self.labels.mod_tags, p)
+        mods, mod_choices = self._spans(
+            mod_logits, temps.get("mod", 1.0), self.labels.mod_tags, p, "modifier"
+        )
+        out.choices += mod_choices
 
         # Candidate pairs: allowed by the schema, close enough and in one window, as in training
         # (99.6% of gold pairs share a sentence).
@@ -344,6 +384,12 @@ class EncoderExtractor(Extractor):
             out.add_span(m.label, m.begin, m.end, score=round(m.score, 4), source=source) for m in mods
         ]
         for (i, j, _, _), prob in zip(cands, rel_probs, strict=True):
+            e, m = ents[i], mods[j]
+            out.choices.append(
+                binary_choice(
+                    "link", min(e.begin, m.begin), max(e.end, m.end), prob, self.config.rel_threshold
+                )
+            )
             if prob >= self.config.rel_threshold:
                 out.add_relation(ent_spans[i], mod_spans[j], score=round(prob, 4), source=source)
 
