@@ -131,10 +131,10 @@ def test_cpu_image_serves_label_studio_and_inception(
     assert "as the baseline" in logs  # bootstrapped in the container, from the wheel's offline seed
 
 
-def _compose(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(PODMAN_COMPOSE), "-f", str(COMPOSE), *args],
-        env=_podman_env() | env,
+        env=_podman_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -144,7 +144,7 @@ def _compose(*args: str, env: dict[str, str], timeout: float = 300) -> subproces
 def test_compose_file_is_valid() -> None:
     if PODMAN_COMPOSE is None or shutil.which("podman") is None:
         pytest.skip("podman-compose (dev extra) and podman are needed to validate docker/compose.yml")
-    run = _compose("--env-file", str(REPO / "docker" / "env.example"), "config", env={})
+    run = _compose("--env-file", str(REPO / "docker" / "env.example"), "config")
     assert run.returncode == 0, run.stderr
     for service in ("postgres", "kiwi-trainer", "kiwi-recommender", "inception", "label-studio"):
         assert f"{service}:" in run.stdout
@@ -156,18 +156,20 @@ def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
     if PODMAN_COMPOSE is None:
         pytest.skip("podman-compose is not installed (dev extra)")
     project = f"kiwi-test-{uuid.uuid4().hex[:8]}"
-    env_file = tmp_path / "kiwi.env"
-    env_file.write_text((REPO / "docker" / "env.example").read_text(encoding="utf-8"), encoding="utf-8")
-    env = {
+    overrides = {
         "KIWI_IMAGE": CPU_IMAGE,
         "KIWI_POSTGRES_IMAGE": PG_IMAGE,
         "KIWI_TRAINER": "kiwi.lexicon.v1",
         "KIWI_SEED_FETCH": "false",
         "KIWI_API_REPLICAS": "1",
     }
+    # The example env file as a user copies it; later lines win, as in any dotenv file.
+    env_file = tmp_path / "kiwi.env"
+    example = (REPO / "docker" / "env.example").read_text(encoding="utf-8")
+    env_file.write_text(example + "".join(f"{k}={v}\n" for k, v in overrides.items()), encoding="utf-8")
     services = ["postgres", "kiwi-trainer", "kiwi-recommender"]
     args = ["-p", project, "--env-file", str(env_file)]
-    up = _compose(*args, "up", "-d", "--no-build", *services, env=env)
+    up = _compose(*args, "up", "-d", "--no-build", *services)
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         api = _podman(
@@ -185,10 +187,10 @@ def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
             run = _podman("exec", replica, "python", "-c", probe, check=False)
             if run.stdout.strip() == "200 200":
                 break
-            assert time.monotonic() < deadline, _compose(*args, "logs", env=env).stdout[-4000:]
+            assert time.monotonic() < deadline, _compose(*args, "logs").stdout[-4000:]
             time.sleep(2)
         # the trainer role refuses to start on SQLite: waiting for jobs means it took PostgreSQL's queue
-        logs = _compose(*args, "logs", "kiwi-trainer", env=env)
+        logs = _compose(*args, "logs", "kiwi-trainer")
         assert "waiting for jobs" in logs.stdout + logs.stderr
     finally:
-        _compose(*args, "down", "-v", "-t", "5", env=env)
+        _compose(*args, "down", "-v", "-t", "5")
