@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup setup-dev setup-external serve test lint bench clean
+.PHONY: setup setup-dev setup-external setup-images serve test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,10 +30,15 @@ setup: $(VENV)/.installed
 setup-external: setup
 	bash scripts/setup_external.sh
 
+# The images, built with rootful podman (installed from Debian where this runs as root; skipped
+# elsewhere): tests/test_images.py starts them. Cached: a rerun rebuilds only what changed.
+setup-images: setup
+	bash scripts/images.sh
+
 serve: setup
 	$(BIN)/kiwi serve --bootstrap
 
-test: setup setup-external
+test: setup setup-external setup-images
 	$(BIN)/ruff check recommender tests bench scripts
 	$(BIN)/python -m pytest
 

@@ -1,6 +1,6 @@
-"""Run every benchmark in turn (`make bench`): encoder, then the service on the trained encoder,
-then correction-to-promotion, then what each first-run seed gives. Each prints its own table and
-writes bench/results/<name>.json."""
+"""Run every benchmark in turn (`make bench`): encoder, then the service on the trained encoder (one
+process, then replicas under load), then correction-to-promotion, then what each first-run seed
+gives. Each prints its own table and writes bench/results/<name>.json."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def run(script: str, *args: str) -> None:
 def main() -> None:
     run("bench_encoder.py", "--out", str(RESULTS / "encoder.json"), "--model-out", str(ENCODER_MODEL))
     run("bench_service.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "service.json"))
+    run("bench_load.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "load.json"))
     run("bench_retraining.py", "--out", str(RESULTS / "retraining.json"))
     run(
         "bench_llama_engine.py", "--notes", "1", "--prompts", "0", "--out", str(RESULTS / "llama_engine.json")

@@ -15,13 +15,12 @@ from pathlib import Path
 from recommender.document import Document
 from recommender.errors import ConfigError, DocumentError, NotFoundError
 from recommender.formats import brat
+from recommender.packaged import CHECKOUT, packaged_path
 
-REPO = Path(__file__).resolve().parents[1]
-CORPORA_DIR = REPO / "corpora"
-SAMPLE_DIR = CORPORA_DIR / "sample"
-SPLIT_FILE = CORPORA_DIR / "mtsamples_split.json"
+SAMPLE_DIR = packaged_path("corpora/sample")
+SPLIT_FILE = packaged_path("corpora/mtsamples_split.json")
 # Where the shared MTSamples training notes live beside a checkout (CI and the team's machines).
-SHARED_MTSAMPLES = REPO.parent / "shared" / "corpora" / "mtsamples" / "train"
+SHARED_MTSAMPLES = CHECKOUT.parent / "shared" / "corpora" / "mtsamples" / "train"
 KIWI_GITHUB_REPO = "https://api.github.com/repos/BIDS-Xu-Lab/Kiwi-LLaMA"
 # Where the repository keeps each split as brat (GitHub contents API paths).
 KIWI_SPLITS = {"train": "data/train/MTSample/brat"}

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 from recommender.errors import SchemaError
+from recommender.packaged import packaged_path
 
 RELATION = "hasAttr"
-REPO_SCHEMA = Path(__file__).resolve().parents[1] / "annotation_guidelines" / "schema.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +71,7 @@ class Schema:
 
 
 def _schema_text() -> str:
-    packaged = resources.files("recommender") / "schema.json"
-    if packaged.is_file():  # installed wheel
-        return packaged.read_text(encoding="utf-8")
-    return REPO_SCHEMA.read_text(encoding="utf-8")  # source checkout / editable install
+    return packaged_path("annotation_guidelines/schema.json").read_text(encoding="utf-8")
 
 
 @cache

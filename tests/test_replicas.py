@@ -194,3 +194,55 @@ def test_corrections_to_one_replica_are_served_by_the_other_and_survive_a_killed
     store = CorrectionStore(cluster["env"]["KIWI_DATABASE_URL"])
     assert len(store.latest("labelstudio-7")) == 5 and store.check() == []
     store.close()
+
+
+def test_a_database_outage_is_503_for_corrections_while_predictions_go_on(
+    cluster: dict[str, Any], postgres
+) -> None:
+    """PostgreSQL stopped for a few seconds under traffic: corrections get a clear 503, predictions are
+    served throughout, the replicas recover by themselves, and no acknowledged correction is lost."""
+    a, b = cluster["urls"]["a"], cluster["urls"]["b"]
+    sample: list[Document] = cluster["sample"]
+    text = {"tasks": [{"id": 1, "data": {"text": sample[0].text}}]}
+    acknowledged: list[int] = []
+    refused: list[str] = []
+    predictions: dict[int, int] = {}
+
+    def correct(task_id: int, url: str) -> int:
+        r = httpx.post(f"{url}/webhook", json=_webhook(sample[task_id % 4], task_id), timeout=30)
+        if r.status_code == 200:
+            acknowledged.append(task_id)
+        elif r.status_code == 503:
+            refused.append(r.json()["detail"])
+        return r.status_code
+
+    def predict(url: str) -> None:
+        status = httpx.post(f"{url}/predict", json=text, timeout=30).status_code
+        predictions[status] = predictions.get(status, 0) + 1
+
+    task_id = 100
+    for url in (a, b):
+        task_id += 1
+        assert correct(task_id, url) == 200
+    postgres.stop()
+    try:
+        down_until = time.monotonic() + 4
+        while time.monotonic() < down_until:
+            for url in (a, b):
+                task_id += 1
+                assert correct(task_id, url) == 503
+                predict(url)
+    finally:
+        postgres.start()
+    assert predictions == {200: predictions.get(200, 0)} and predictions[200] >= 2, predictions
+    assert refused and all("database is unavailable" in detail for detail in refused), refused[:3]
+    # Back by itself: no restart, the pools replace their broken connections.
+    for url in (a, b):
+        back = lambda url=url, n=task_id + 1: correct(n, url) == 200  # noqa: E731
+        _wait(f"{url} to take corrections again", back, 30)
+        task_id += 1
+        predict(url)
+    store = CorrectionStore(cluster["env"]["KIWI_DATABASE_URL"])
+    stored = {int(doc.id) for doc in store.latest("labelstudio-7")}  # a task's id names its note
+    store.close()
+    assert set(acknowledged) <= stored, sorted(set(acknowledged) - stored)

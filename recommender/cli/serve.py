@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,11 @@ def serve(
     # A trainer needs no model to start: its first job trains one unless --bootstrap asks for it now.
     if settings.model is None and (bootstrap or settings.role != "trainer"):
         registry = ModelRegistry(settings.model_dir)
+        if registry.current() is None and settings.role == "api" and not bootstrap:
+            # A replica started beside the trainer that bootstraps the first model (docker/compose.yml).
+            say(f"No promoted model in {settings.model_dir} yet: waiting for a trainer to promote one.")
+            while registry.current() is None:
+                time.sleep(settings.registry_poll_seconds)
         if registry.current() is None:
             if not bootstrap:
                 raise ModelError(

