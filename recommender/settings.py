@@ -119,6 +119,28 @@ class Settings(BaseSettings):
         description="model name the server knows the LLaMA by (llama_engine openai; default: the model "
         "version, as in `vllm serve BASE --enable-lora --lora-modules VERSION=MODEL_DIR/adapter`)",
     )
+    fallback_model: str = Field(
+        DEFAULT_MODEL,
+        description="served model that answers when a slow model's (LLaMA's) prediction is not cached "
+        "yet: its prediction is sent, marked as a fallback, and the note is queued for the slow model",
+    )
+    miss_budget_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="time a cache miss may take to answer with the fallback model's prediction "
+        "(waiting for a compute lane past it is 503); generation never runs in a request",
+    )
+    precompute: bool = Field(
+        True, description="compute queued predictions of slow models in a background worker of this process"
+    )
+    precompute_attempts: int = Field(
+        3, gt=0, description="attempts at a note's prediction before it is reported failed"
+    )
+    precompute_timeout_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="a prediction running this long (its worker died or hung) counts as a failed attempt",
+    )
     train_epochs: int = Field(
         3, gt=0, description="epochs per retraining job (encoder); a first model trains to early stopping"
     )
@@ -187,6 +209,8 @@ class Settings(BaseSettings):
                     f"served model name [{name}] must be lower-case letters, digits, - or _ (at most 40) "
                     f"and not [{DEFAULT_MODEL}]"
                 )
+        if self.fallback_model != DEFAULT_MODEL and self.fallback_model not in self.serve_models:
+            raise ValueError(f"fallback model [{self.fallback_model}] is not a served model")
         if self.llama_engine == "openai" and self.llama_engine_url is None:
             raise ValueError("KIWI_LLAMA_ENGINE=openai needs KIWI_LLAMA_ENGINE_URL")
         return self

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import BusyError
+from recommender.extractors.base import Extractor
 from recommender.formats.xmi import (
     PREDICTED,
     SENTENCE,
@@ -131,24 +132,34 @@ def predict(
     doc = cas_to_document(cas, layers)
     tags = _tagset(body.tagsets, body.metadata)
     explanation = f"{extractor.info.extractor} {extractor.version}"
-    # Only the model call takes a compute lane: reading and writing the CAS is done by then.
-    if rec.task == "entities":
-        with service.model_call(client, deadline):
-            predicted = extractor.predict([doc.without_annotations()])[0]
-        added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
-    elif doc.spans:
-        with service.model_call(client, deadline):
-            predicted = extractor.predict([doc], entities_given=True)[0]
-        added = suggest_relations(cas, predicted, layers, tags, explanation)
-    else:
+    version = extractor.version
+
+    def run(model: Extractor, docs: list[Document], entities_given: bool, until: float) -> list[Document]:
+        # Only the model call takes a compute lane: reading and writing the CAS is done by then.
+        with service.model_call(client, until):
+            return model.predict(docs, entities_given=entities_given)
+
+    if rec.task == "relations" and not doc.spans:
         added = []
+    else:
+        given = rec.task == "relations"
+        source = doc if given else doc.without_annotations()
+        if extractor.ahead:  # a slow model: from the cache, else the fallback's answer
+            [answer] = service.ahead.predict(predictor, [source], "given" if given else "text", run, deadline)
+            predicted, version, explanation = answer.document, answer.version, answer.explanation
+        else:
+            [predicted] = run(extractor, [source], given, deadline)
+        if given:
+            added = suggest_relations(cas, predicted, layers, tags, explanation)
+        else:
+            added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
     log.info(
         "inception [%s] project [%s] document [%s]: %d suggestion(s) by [%s]",
         name,
         body.metadata.projectId,
         body.document.documentId,
         len(added),
-        extractor.version,
+        version,
     )
     return PredictResponse(document=cas.to_xmi())
 
