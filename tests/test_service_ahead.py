@@ -172,3 +172,30 @@ def test_the_cache_survives_a_restart(tmp_path: Path, models: dict[str, Path], f
         after = client.post("/inception/llama/entities/predict", json=request).json()
         assert explanations(after, request) <= {f"kiwi.llama.v1 {llama}"}
         assert after == before
+
+
+def test_kiwi_precompute_fills_the_cache_the_service_answers_from(
+    tmp_path: Path, models: dict[str, Path], fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support import run_kiwi
+
+    request = fixture(fixtures_dir, "inception/synthetic/predict_span_request.json")
+    sofa = load_cas(request["document"]["xmi"], load_typesystem_xml(request["typeSystem"])).sofa_string
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "note1.txt").write_text(sofa, encoding="utf-8")
+    settings = settings_for(tmp_path, models, precompute=False)
+    monkeypatch.setenv("KIWI_DATABASE_URL", str(settings.database_url))
+    args = ["precompute", "--model", str(models["llama"]), "--name", "llama", str(notes)]
+    first = run_kiwi(*args)
+    assert first.returncode == 0, first.stderr
+    assert "1 notes: 1 computed, 0 from the cache" in first.stderr
+    again = run_kiwi(*args)
+    assert again.returncode == 0 and "0 computed, 1 from the cache" in again.stderr, "resumes"
+    with TestClient(create_app(settings, corpora=Corpora([], []))) as client:  # no worker runs
+        llama = client.app.state.service.models["llama"].version
+        assert client.get("/status").json()["precompute"]["llama"]["done"] == 1
+        answer = client.post("/inception/llama/entities/predict", json=request)
+        assert answer.status_code == 200
+        assert explanations(answer.json(), request) <= {f"kiwi.llama.v1 {llama}"}
+        assert client.get("/status").json()["precompute"]["llama"]["queued"] == 0, "a hit queues nothing"

@@ -182,7 +182,7 @@ def predict(
             break  # past the time budget: Label Studio asks for the rest when they are opened
         doc, answered_by = answers[done]
         done += 1
-        results.append(document_prediction(_restrict(doc, view, dropped), view.config, answered_by))
+        results.append(document_prediction(restrict(doc, view, dropped), view.config, answered_by))
     if dropped:
         log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
     pid = project_id(body.project)
@@ -228,7 +228,7 @@ def _predict_in_chunks(
     return out
 
 
-def _restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
+def restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
     """Only spans whose label the config offers, and relations between kept spans when it has one."""
     keep = []
     for s in doc.spans:
