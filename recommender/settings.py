@@ -11,7 +11,7 @@ import logging
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
     model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
     trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
+    trainer_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description='training settings of the trainer\'s family for retraining jobs (JSON: {"max_steps": 50} '
+        "for kiwi.llama.v1); `kiwi train FAMILY --help` lists them",
+    )
     serve_models: dict[str, Path] = Field(
         default_factory=dict,
         description='more models served beside the main one, by name (JSON: {"llama": "DIR"}); each '

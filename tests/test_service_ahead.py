@@ -199,3 +199,76 @@ def test_kiwi_precompute_fills_the_cache_the_service_answers_from(
         assert answer.status_code == 200
         assert explanations(answer.json(), request) <= {f"kiwi.llama.v1 {llama}"}
         assert client.get("/status").json()["precompute"]["llama"]["queued"] == 0, "a hit queues nothing"
+
+
+def test_retraining_with_the_llama_trainer_promotes_a_new_adapter_from_corrections(
+    tmp_path: Path, models: dict[str, Path], fixtures_dir: Path
+) -> None:
+    from test_llama_training import head
+
+    from recommender.extractors.base import ModelInfo
+    from recommender.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "reg")
+    v1 = registry.add(models["llama"])
+    registry.promote(v1)
+    settings = Settings(
+        model_dir=tmp_path / "reg",
+        serve_models={"lexicon": models["lexicon"]},
+        fallback_model="lexicon",
+        trainer="kiwi.llama.v1",
+        trainer_config={
+            "max_steps": 1,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "max_examples": 4,
+            "max_new_tokens": 6,
+        },
+        retrain_debounce_seconds=0,
+        heldout_fraction=0,
+        promotion_margin=1.0,  # a random model's F1 is noise: the gate runs, this test is about the loop
+    )
+    dev = [head(load_sample()[3], 2)]
+    request = fixture(fixtures_dir, "inception/synthetic/predict_span_request.json")
+    with TestClient(create_app(settings, corpora=Corpora(seed=[], dev=dev))) as client:
+        service = client.app.state.service
+        assert service.predictor.version == v1
+        client.post("/inception/entities/predict", json=request)
+        wait_for_model(client, "default", v1)
+        train = fixture(fixtures_dir, "inception/synthetic/train_request.json")
+        assert client.post("/inception/entities/train", json=train).status_code == 204
+        job = wait_job(client)
+        assert job["outcome"] == "promoted", job
+        v2 = job["candidate"]
+        assert v2 != v1 and registry.current_version() == v2
+        assert service.predictor.version == v2, "the promoted adapter serves"
+        info = ModelInfo.load(registry.path(v2))
+        assert info.extractor == "kiwi.llama.v1"
+        assert info.config["init_from"] == str(registry.path(v1)), "continued from the promoted adapter"
+        # the cache is by model version: v1's prediction is not served for v2, and the note is queued
+        answer = client.post("/inception/entities/predict", json=request).json()
+        assert f"kiwi.llama.v1 {v1}" not in explanations(answer, request)
+        wait_for_model(client, "default", v2)
+        answer = client.post("/inception/entities/predict", json=request).json()
+        assert explanations(answer, request) <= {f"kiwi.llama.v1 {v2}"}
+
+
+def wait_for_model(client: TestClient, name: str, version: str, timeout: float = 120) -> None:
+    """Until the note queued for ``version`` of served model ``name`` is done."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        counts = client.get("/status").json()["precompute"][name]
+        if counts["version"] == version and counts["done"] >= 1:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no prediction of {version} done within {timeout} s")
+
+
+def wait_job(client: TestClient, timeout: float = 300) -> dict[str, Any]:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        finished = client.get("/jobs").json()["finished"]
+        if finished:
+            return finished[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"no training job finished within {timeout} s")
