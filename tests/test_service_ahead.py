@@ -26,20 +26,24 @@ SPAN = "webanno.custom.ClinicalEntity"
 BUDGET = 2.0
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("peft")
+def build_models(root: Path) -> dict[str, Path]:
+    """A lexicon and a tiny random LLaMA (one training step) as model folders under ``root``."""
     from test_llama_training import build_tiny_base, head, small_config
 
     from recommender.extractors.llama.extractor import LlamaExtractor
 
-    root = tmp_path_factory.mktemp("ahead")
     sample = load_sample()
     LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(root / "lexicon")
     base = build_tiny_base(root / "base", sample)
     config = small_config(base, max_steps=1, max_new_tokens=6, merge=True)
     LlamaExtractor.train(sample[:2], [head(sample[3], 2)], config, root / "llama")
     return {"lexicon": root / "lexicon", "llama": root / "llama"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("peft")
+    return build_models(tmp_path_factory.mktemp("ahead"))
 
 
 def settings_for(tmp_path: Path, models: dict[str, Path], **kw: Any) -> Settings:
