@@ -231,9 +231,11 @@ def _why(state: str) -> str:
 
 
 def _lower_priority() -> None:
-    """Requests first: this thread (and the threads it starts) runs at nice +10. Linux only."""
+    """Requests first: this thread (and the threads it starts) runs 10 nice levels below the
+    process. Linux only."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
 
 
 __all__ = ["AheadPredictions", "Answer", "RunModel", "explanation"]

@@ -18,6 +18,9 @@ suggested again. When the project's tag set for the layer is in the request, lab
 in it and labels outside it are dropped. A request for a layer this recommender does not serve, or
 whose type system lacks the layer or feature, gets its CAS back unchanged and one log line.
 
+A slow model (a LLaMA, ``Extractor.ahead``) answers from the prediction cache, and on a miss the
+fallback model answers and the document is queued (``service/ahead.py``).
+
 Train stores every document (deduplicated by the store), asks the retrainer for a job and answers
 204 at once; 429 while a job for the same project is running (INCEpTION logs it and carries on).
 """

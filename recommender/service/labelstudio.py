@@ -18,6 +18,10 @@ project to the version of its newest predictions (see ``labelstudio_client``) an
 requires auth, adds the credentials to the project's webhooks to ``/webhook``, which Label Studio
 creates without any. Region scores are the span scores; Label Studio only displays them.
 
+A slow model (a LLaMA) answers from the prediction cache; a task it has not predicted yet gets the
+fallback model's prediction under the version ``FALLBACK (fallback for LLAMA)`` and is queued, as are
+the tasks of a ``TASKS_CREATED`` webhook (``service/ahead.py``).
+
 Corrections are stored per project as ``labelstudio-<project id>``, document ``annotation-<id>``
 (Label Studio's delete event names only annotation ids), annotator ``user-<completed_by>``.
 """
