@@ -91,7 +91,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
     )
     try:
         wait_for(
-            lambda: proc.poll() is None and client.get("/api/version").status_code == 200, "Label Studio", 180
+            lambda: proc.poll() is None and client.get("/api/version").status_code == 200, "Label Studio", 600
         )
         yield client
     finally:
