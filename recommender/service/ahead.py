@@ -102,6 +102,16 @@ class AheadPredictions:
                 break  # past the budget: the tools ask again for the rest
         return out
 
+    def applies(self, predictor: Predictor) -> bool:
+        """Whether ``predictor``'s answers come from the cache: a slow model with a fast fallback model
+        to answer misses. A slow model served alone predicts in its requests, as any other (a LLaMA
+        behind a GPU server answers in about a second)."""
+        extractor = predictor.loaded
+        if extractor is None or not extractor.ahead:
+            return False
+        fast = self.service.served(self.service.settings.fallback_model)
+        return fast is not predictor and fast.loaded is not None and not fast.loaded.ahead
+
     def _fallback(
         self,
         predictor: Predictor,

@@ -147,7 +147,7 @@ def predict(
     else:
         given = rec.task == "relations"
         source = doc if given else doc.without_annotations()
-        if extractor.ahead:  # a slow model: from the cache, else the fallback's answer
+        if service.ahead.applies(predictor):  # a slow model: cached, else the fallback answers
             [answer] = service.ahead.predict(predictor, [source], "given" if given else "text", run, deadline)
             predicted, version, explanation = answer.document, answer.version, answer.explanation
         else:

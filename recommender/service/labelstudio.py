@@ -168,7 +168,7 @@ def predict(
     def run(model: Extractor, docs: list[Document], entities_given: bool, until: float) -> list[Document]:
         return _predict_in_chunks(service, model, docs, client_name, until)
 
-    if extractor.ahead:  # a slow model: from the cache, else the fallback's answer
+    if service.ahead.applies(predictor):  # a slow model: cached, else the fallback answers
         answers = [
             (a.document, a.version) for a in service.ahead.predict(predictor, todo, "text", run, deadline)
         ]
