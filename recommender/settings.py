@@ -11,7 +11,7 @@ import logging
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
     model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
     trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
+    trainer_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description='training settings of the trainer\'s family for retraining jobs (JSON: {"max_steps": 50} '
+        "for kiwi.llama.v1); `kiwi train FAMILY --help` lists them",
+    )
     serve_models: dict[str, Path] = Field(
         default_factory=dict,
         description='more models served beside the main one, by name (JSON: {"llama": "DIR"}); each '
@@ -119,6 +124,28 @@ class Settings(BaseSettings):
         None,
         description="model name the server knows the LLaMA by (llama_engine openai; default: the model "
         "version, as in `vllm serve BASE --enable-lora --lora-modules VERSION=MODEL_DIR/adapter`)",
+    )
+    fallback_model: str = Field(
+        DEFAULT_MODEL,
+        description="served model that answers when a slow model's (LLaMA's) prediction is not cached "
+        "yet: its prediction is sent, marked as a fallback, and the note is queued for the slow model",
+    )
+    miss_budget_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="time a cache miss may take to answer with the fallback model's prediction "
+        "(waiting for a compute lane past it is 503); generation never runs in a request",
+    )
+    precompute: bool = Field(
+        True, description="compute queued predictions of slow models in a background worker of this process"
+    )
+    precompute_attempts: int = Field(
+        3, gt=0, description="attempts at a note's prediction before it is reported failed"
+    )
+    precompute_timeout_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="a prediction running this long (its worker died or hung) counts as a failed attempt",
     )
     train_epochs: int = Field(
         3, gt=0, description="epochs per retraining job (encoder); a first model trains to early stopping"
@@ -203,6 +230,8 @@ class Settings(BaseSettings):
                 f"KIWI_AL_STRATEGY [{self.al_strategy}] must score single notes: one of "
                 f"{', '.join(PER_NOTE)} (random, diversity and qbc choose batches, see kiwi simulate)"
             )
+        if self.fallback_model != DEFAULT_MODEL and self.fallback_model not in self.serve_models:
+            raise ValueError(f"fallback model [{self.fallback_model}] is not a served model")
         if self.llama_engine == "openai" and self.llama_engine_url is None:
             raise ValueError("KIWI_LLAMA_ENGINE=openai needs KIWI_LLAMA_ENGINE_URL")
         return self

@@ -8,6 +8,7 @@ made by ``scripts/setup_external.sh`` (``make test``); without it the test skips
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -90,7 +91,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
     )
     try:
         wait_for(
-            lambda: proc.poll() is None and client.get("/api/version").status_code == 200, "Label Studio", 180
+            lambda: proc.poll() is None and client.get("/api/version").status_code == 200, "Label Studio", 600
         )
         yield client
     finally:
@@ -199,3 +200,72 @@ def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> 
         unseen = next(t["id"] for t in tasks if t["data"]["text"] == notes[2])
         assert (NEW_WORD, "problem") in labelled(next(p for p in second if p["task"] == unseen))
         wait_for(lambda: ls.get(f"/api/projects/{pid}").json()["model_version"] == v2, "the pin to v2", 20)
+
+
+def test_a_llama_beside_the_lexicon_answers_from_the_cache_and_precompute_pushes(
+    label_studio: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Label Studio connected to ``/labelstudio/llama``: the first retrieval gets the lexicon's
+    predictions marked as fallbacks, the imported notes are computed in the background, the next
+    retrieval gets the LLaMA's own version; ``kiwi precompute --label-studio`` pushes a prediction to
+    every task from the cache and resumes where it was."""
+    pytest.importorskip("peft")
+    from support import run_kiwi
+    from test_service_ahead import build_models
+
+    ls = label_studio
+    models = build_models(tmp_path / "built")
+    settings = Settings(
+        model=models["lexicon"],
+        model_dir=tmp_path / "models",
+        serve_models={"llama": models["llama"]},
+        port=0,
+        retrain=False,
+        label_studio_url=str(ls.base_url),
+        label_studio_token=LS_TOKEN,
+    )
+    app = create_app(settings, corpora=Corpora(seed=[], dev=[]))
+    service = app.state.service
+    lexicon, llama = service.predictor.version, service.models["llama"].version
+    with running_server(app, settings) as backend:
+        pid = ls.post(
+            "/api/projects/", json={"title": "kiwi llama", "label_config": labelstudio_config()}
+        ).json()["id"]
+        ml = ls.post(
+            "/api/ml/", json={"url": f"{backend}/labelstudio/llama", "project": pid, "title": "llama"}
+        )
+        assert ml.status_code == 201, ml.text
+        notes = ["Denies chest pain. Started aspirin 81 mg daily.", "No fever or chills."]
+        r = ls.post(f"/api/projects/{pid}/import", json=[{"text": t} for t in notes])
+        assert r.status_code == 201, r.text
+        retrieve = {"selectedItems": {"all": True, "excluded": []}}
+        r = ls.post(
+            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
+        )
+        assert r.status_code == 200, r.text
+        first = predictions(ls, pid)
+        assert {p["model_version"] for p in first} == {f"{lexicon} (fallback for {llama})"}
+        assert any(labelled(p) for p in first), "the fallback is the lexicon's prediction, not an empty one"
+        wait_for(lambda: service.ahead.status()["llama"]["done"] >= len(notes), "the LLaMA predictions", 120)
+        r = ls.post(
+            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
+        )
+        assert r.status_code == 200, r.text
+        own = [p for p in predictions(ls, pid) if p["model_version"] == llama]
+        assert len(own) == len(notes), "every task got the LLaMA's own prediction from the cache"
+
+        monkeypatch.setenv("KIWI_DATABASE_URL", str(settings.database_url))
+        monkeypatch.setenv("KIWI_MODEL_DIR", str(tmp_path / "models"))
+        monkeypatch.setenv("KIWI_LABEL_STUDIO_URL", str(ls.base_url))
+        monkeypatch.setenv("KIWI_LABEL_STUDIO_TOKEN", LS_TOKEN)
+        args = ["precompute", "--model", str(models["llama"]), "--name", "llama", "--label-studio", str(pid)]
+        pushed = run_kiwi(*args)
+        assert pushed.returncode == 0, pushed.stderr
+        assert "0 computed, 2 from the cache" in pushed.stderr
+        assert len([p for p in predictions(ls, pid) if p["model_version"] == llama]) == 2 * len(notes)
+        position = tmp_path / "models" / "precompute" / f"labelstudio-{pid}.json"
+        assert json.loads(position.read_text())["model_version"] == llama
+        again = run_kiwi(*args)
+        assert again.returncode == 0, again.stderr
+        assert "2 done before" in again.stderr and "0 to go" in again.stderr, "resumed from the position"
+        assert len([p for p in predictions(ls, pid) if p["model_version"] == llama]) == 2 * len(notes)

@@ -414,6 +414,14 @@ def test_a_llama_served_beside_the_lexicon_answers_both_tools_with_its_own_versi
     tasks = {"tasks": [{"id": 1, "data": {"text": "Took aspirin 81 mg daily."}}]}
     with TestClient(create_app(settings, corpora=Corpora([], []))) as client:
         lexicon_version = client.post("/setup").json()["model_version"]
+        # the LLaMA answers from the prediction cache: a first request queues each note (the lexicon
+        # answers it as the fallback), the background worker generates through the server
+        client.post("/inception/llama/entities/predict", json=request)
+        client.post("/labelstudio/llama/predict", json=tasks)
+        until = time.monotonic() + 60
+        while client.get("/status").json()["precompute"]["llama"]["done"] < 2:
+            assert time.monotonic() < until, "the LLaMA predictions were not computed in the background"
+            time.sleep(0.2)
         answers = {
             path: client.post(f"{path}/predict", json=request)
             for path in ("/inception/entities", "/inception/llama/entities")

@@ -121,11 +121,11 @@ def test_page_renders_in_headless_chromium(live: str, tmp_path: Path) -> None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to read the screenshot")
     shot = tmp_path / "status.png"
-    run = chromium_screenshot(browser, f"{live}/", shot, tmp_path / "profile", (1280, 1400))
+    run = chromium_screenshot(browser, f"{live}/", shot, tmp_path / "profile", (1280, 2000))
     assert shot.is_file(), "chromium wrote no screenshot"
     assert "CONSOLE" not in run.stderr, run.stderr  # no console messages, errors included
     pixels = np.asarray(PIL.open(shot).convert("RGB"))
-    assert pixels.shape[:2] == (1400, 1280)
+    assert pixels.shape[:2] == (2000, 1280)
     coloured = (np.abs(pixels.astype(int) - pixels.mean(axis=2, keepdims=True)) > 30).any(axis=2)
     assert (pixels < 240).any(axis=2).mean() > 0.02  # text and tables rendered
-    assert coloured.mean() > 0.002  # the learning curve and the correction bars rendered
+    assert coloured.sum() > 3600  # the learning curve and the correction bars rendered (pixels)

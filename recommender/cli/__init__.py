@@ -24,6 +24,7 @@ from recommender.cli import data as _data  # noqa: E402,F401
 from recommender.cli import evaluate as _evaluate  # noqa: E402,F401
 from recommender.cli import models as _models  # noqa: E402,F401
 from recommender.cli import models_admin as _models_admin  # noqa: E402,F401
+from recommender.cli import precompute as _precompute  # noqa: E402,F401
 from recommender.cli import serve as _serve  # noqa: E402,F401
 from recommender.cli import simulate as _simulate  # noqa: E402,F401
 

@@ -151,6 +151,9 @@ class Extractor(ABC):
 
     name: ClassVar[str]  # the registry name
     config_class: ClassVar[type[ExtractorConfig]]
+    # Too slow to predict inside a request (generation: seconds to minutes a note): the service
+    # serves its predictions from the prediction cache, computed in the background.
+    ahead: ClassVar[bool] = False
 
     info: ModelInfo
 

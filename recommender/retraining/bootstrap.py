@@ -36,7 +36,7 @@ def bootstrap(
         raise ConfigError("no seed notes to train a first model on; set KIWI_SEED_CORPUS")
     dev = f"{len(corpora.dev)} for development" if corpora.dev else "too few for a development split"
     say(f"Training {settings.trainer} on {len(corpora.seed)} notes of {corpora.source} ({dev}).")
-    trainer = get_trainer(settings.trainer)
+    trainer = get_trainer(settings.trainer, settings.trainer_config)
     started = time.monotonic()
     with registry.staging() as tmp:
         epochs = SYNTHETIC_EPOCHS if corpora.synthetic else None  # None: the family's own default

@@ -42,7 +42,12 @@ class Retrainer:
         self.store = store
         self.registry = registry
         self.runner = JobRunner(
-            settings, store, registry, trainer or get_trainer(settings.trainer), corpora, on_promote
+            settings,
+            store,
+            registry,
+            trainer or get_trainer(settings.trainer, settings.trainer_config),
+            corpora,
+            on_promote,
         )
         self._jobs: list[Job] = []
         self._pending: dict[str, int] = {}

@@ -60,7 +60,12 @@ class JobQueue:
         self.registry = registry
         self.records = JobRecords(store.engine)
         self.runner = JobRunner(
-            settings, store, registry, trainer or get_trainer(settings.trainer), corpora, on_promote
+            settings,
+            store,
+            registry,
+            trainer or get_trainer(settings.trainer, settings.trainer_config),
+            corpora,
+            on_promote,
         )
         self._dsn = libpq_dsn(store.url)
         self._app, self._task = self._make_app()

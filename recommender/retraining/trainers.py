@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,11 +27,14 @@ class Trainer(Protocol):
     ) -> Path: ...
 
 
-def get_trainer(name: str) -> Trainer:
-    """The retraining loop's trainer for an extractor family: its own ``train`` with its default config,
-    started from the promoted model when that is of the same family (its config has ``init_from``), and
-    with ``epochs`` (and patience no longer than that) when a fixed count is asked for."""
-    family(name)  # an unknown name fails now; the family's module (torch) loads with the first job
+def get_trainer(name: str, config: Mapping[str, Any] | None = None) -> Trainer:
+    """The retraining loop's trainer for an extractor family: its own ``train`` with its default config
+    updated by ``config`` (``KIWI_TRAINER_CONFIG``), started from the promoted model when that is of
+    the same family (its config has ``init_from``: a LLaMA continues the promoted adapter), and with
+    ``epochs`` (and patience no longer than that) when a fixed count is asked for."""
+    fam = family(name)  # an unknown name fails now; the family's module (torch) loads with the first job
+    values = dict(config or {})
+    fam.config_class().from_dict(values)  # a misspelt or invalid setting fails now, not in the first job
 
     def train(
         train_docs: Sequence[Document],
@@ -51,6 +54,7 @@ def get_trainer(name: str) -> Trainer:
             overrides["epochs"] = epochs
             if "patience" in names:
                 overrides["patience"] = min(epochs, cls.config_class().patience)  # type: ignore[attr-defined]
+        overrides |= values
         cls.train(train_docs, dev_docs, cls.config_class(**overrides), out_dir, progress=track)
         return out_dir
 

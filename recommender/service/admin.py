@@ -24,6 +24,7 @@ def status(service: ServiceDep) -> dict[str, Any]:
         "models": service.models_info(),
         "retraining": service.retrainer.status() if service.retrainer is not None else None,
         "recommenders": {name: rec.model_dump() for name, rec in service.settings.recommenders.items()},
+        "precompute": service.ahead.status(),
         "page": status_view(service),
     }
 

@@ -107,6 +107,8 @@ def create_app(
         stop = threading.Event()
         if isinstance(service.retrainer, JobQueue) and settings.role == "all":
             service.retrainer.start_worker()
+        if settings.precompute:
+            service.ahead.start()
         if settings.model is None:
             threading.Thread(
                 target=_watch_registry, args=(service, stop), name="kiwi-registry-watch", daemon=True
@@ -115,6 +117,7 @@ def create_app(
             yield
         finally:
             stop.set()
+            service.ahead.stop()
             if service.retrainer is not None:
                 service.retrainer.shutdown()
             if service.labelstudio is not None:

@@ -20,6 +20,9 @@ suggested again. When the project's tag set for the layer is in the request, lab
 in it and labels outside it are dropped. A request for a layer this recommender does not serve, or
 whose type system lacks the layer or feature, gets its CAS back unchanged and one log line.
 
+A slow model (a LLaMA, ``Extractor.ahead``) answers from the prediction cache, and on a miss the
+fallback model answers and the document is queued (``service/ahead.py``).
+
 Train stores every document (deduplicated by the store), asks the retrainer for a job and answers
 204 at once; 429 while a job for the same project is running (INCEpTION logs it and carries on).
 """
@@ -40,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recommender.active.strategies import rescore
 from recommender.document import Document, Segment, Span
 from recommender.errors import BusyError
+from recommender.extractors.base import Extractor
 from recommender.formats.xmi import (
     PREDICTED,
     SENTENCE,
@@ -134,26 +138,35 @@ def predict(
     doc = cas_to_document(cas, layers)
     tags = _tagset(body.tagsets, body.metadata)
     explanation = f"{extractor.info.extractor} {extractor.version}"
-    # Only the model call takes a compute lane: reading and writing the CAS is done by then.
-    if rec.task == "entities":
-        with service.model_call(client, deadline):
-            predicted = extractor.predict([doc.without_annotations()])[0]
-        added = suggest_spans(
-            cas, rescore(predicted, service.strategy), layers, body.metadata, tags, explanation
-        )
-    elif doc.spans:
-        with service.model_call(client, deadline):
-            predicted = extractor.predict([doc], entities_given=True)[0]
-        added = suggest_relations(cas, rescore(predicted, service.strategy), layers, tags, explanation)
-    else:
+    version = extractor.version
+
+    def run(model: Extractor, docs: list[Document], entities_given: bool, until: float) -> list[Document]:
+        # Only the model call takes a compute lane: reading and writing the CAS is done by then.
+        with service.model_call(client, until):
+            return model.predict(docs, entities_given=entities_given)
+
+    if rec.task == "relations" and not doc.spans:
         added = []
+    else:
+        given = rec.task == "relations"
+        source = doc if given else doc.without_annotations()
+        if service.ahead.applies(predictor):  # a slow model: cached, else the fallback answers
+            [answer] = service.ahead.predict(predictor, [source], "given" if given else "text", run, deadline)
+            predicted, version, explanation = answer.document, answer.version, answer.explanation
+        else:
+            [predicted] = run(extractor, [source], given, deadline)
+        predicted = rescore(predicted, service.strategy)
+        if given:
+            added = suggest_relations(cas, predicted, layers, tags, explanation)
+        else:
+            added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
     log.info(
         "inception [%s] project [%s] document [%s]: %d suggestion(s) by [%s]",
         name,
         body.metadata.projectId,
         body.document.documentId,
         len(added),
-        extractor.version,
+        version,
     )
     return PredictResponse(document=cas.to_xmi())
 

@@ -21,6 +21,10 @@ predictions (see ``labelstudio_client``) and, when the backend requires auth, ad
 to the project's webhooks to ``/webhook``, which Label Studio creates without any. Region scores are
 the span scores; Label Studio only displays them.
 
+A slow model (a LLaMA) answers from the prediction cache; a task it has not predicted yet gets the
+fallback model's prediction under the version ``FALLBACK (fallback for LLAMA)`` and is queued, as are
+the tasks of a ``TASKS_CREATED`` webhook (``service/ahead.py``).
+
 Corrections are stored per project as ``labelstudio-<project id>``, document ``annotation-<id>``
 (Label Studio's delete event names only annotation ids), annotator ``user-<completed_by>``.
 """
@@ -53,7 +57,7 @@ from recommender.formats.labelstudio import (
 from recommender.guidelines import labelstudio_config
 from recommender.service.bodies import CleanJsonRoute
 from recommender.service.labelstudio_client import backend_authorization
-from recommender.service.state import MODEL_PATH, PredictorDep, Service, ServiceDep, client_of
+from recommender.service.state import MODEL_PATH, Predictor, PredictorDep, Service, ServiceDep, client_of
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +167,17 @@ def predict(
     ]
     for doc in todo:  # before any model work: a long note is refused at once
         service.check_note(doc.text, f"task {doc.id}")
-    predicted = _predict_in_chunks(service, extractor, todo, client_of(request), deadline)
+    client_name = client_of(request)
+
+    def run(model: Extractor, docs: list[Document], entities_given: bool, until: float) -> list[Document]:
+        return _predict_in_chunks(service, model, docs, client_name, until)
+
+    if service.ahead.applies(predictor):  # a slow model: cached, else the fallback answers
+        answers = [
+            (a.document, a.version) for a in service.ahead.predict(predictor, todo, "text", run, deadline)
+        ]
+    else:
+        answers = [(d, version) for d in run(extractor, todo, False, deadline)]
     results = []
     dropped: dict[str, int] = {}
     done = 0
@@ -172,18 +186,21 @@ def predict(
             # Nothing to annotate is nothing to be unsure about: such tasks sort last.
             results.append({"model_version": version, "score": 1.0, "result": []})
             continue
-        if done == len(predicted):
+        if done == len(answers):
             break  # past the time budget: Label Studio asks for the rest when they are opened
-        doc = rescore(_restrict(predicted[done], view, dropped), service.strategy)
+        doc, answered_by = answers[done]
         done += 1
-        results.append(document_prediction(doc, view.config, version))
+        doc = rescore(restrict(doc, view, dropped), service.strategy)
+        results.append(document_prediction(doc, view.config, answered_by))
     if dropped:
         log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
     pid = project_id(body.project)
     client = service.labelstudio
+    fallback = any(answered_by != version for _, answered_by in answers)
     if client is not None and pid is not None:
         settings = service.settings
-        if settings.label_studio_pin_model_version:
+        # A fallback's version is not one to sort the project's tasks by.
+        if settings.label_studio_pin_model_version and not fallback:
             background.add_task(client.pin_model_version, pid, version)
         if (authorization := backend_authorization(settings)) is not None:
             background.add_task(
@@ -220,7 +237,7 @@ def _predict_in_chunks(
     return out
 
 
-def _restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
+def restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
     """Only spans whose label the config offers, and relations between kept spans when it has one."""
     keep = []
     for s in doc.spans:
@@ -237,7 +254,10 @@ def _restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Docu
 @router.post("/webhook")
 @model_router.post("/webhook")
 def webhook(
-    body: Annotated[dict[str, Any], Body()], background: BackgroundTasks, service: ServiceDep
+    body: Annotated[dict[str, Any], Body()],
+    background: BackgroundTasks,
+    service: ServiceDep,
+    predictor: PredictorDep,
 ) -> dict[str, Any]:
     action = body.get("action")
     if not isinstance(action, str):
@@ -263,6 +283,8 @@ def webhook(
             if isinstance(item, dict) and item.get("id") is not None:
                 removed += _delete_annotation(service, store_project, item["id"])
         return {"status": "deleted", "removed": removed}
+    if action == "TASKS_CREATED" and service.slow_models():
+        return {"status": "queued", "new": _queue_tasks(service, body.get("tasks"), label_config, predictor)}
     if action == "START_TRAINING":
         background.add_task(_train_project, service, pid, label_config)
         return {"status": "training queued"}
@@ -326,6 +348,30 @@ def _delete_annotation(service: Service, project: str, annotation_id: Any) -> in
     doc_key = f"annotation-{annotation_id}"
     annotators = {c.annotator for c in service.store.history(project, doc_key)}
     return sum(service.store.delete(project, doc_key, a, "labelstudio") is not None for a in annotators)
+
+
+def _queue_tasks(service: Service, tasks: Any, label_config: str | None, predictor: Predictor) -> int:
+    """Queue imported tasks for the slow models ahead of the annotator: the one the webhook's URL
+    names when it is slow, else every slow one served. Returns how many (note, model) were new."""
+    if not isinstance(tasks, list):
+        raise FormatError("TASKS_CREATED payload needs a [tasks] list")
+    view = project_view(label_config)
+    docs = []
+    for n, task in enumerate(tasks):
+        try:
+            text = task_text(task, view.config) if isinstance(task, dict) else None
+        except FormatError as e:
+            log.warning("TASKS_CREATED: task %d skipped (%s)", n, e)
+            continue
+        if text and text.strip():
+            docs.append(Document(id=str(task.get("id", n)), text=text))
+    slow = service.slow_models()
+    targets = [predictor] if predictor in slow else slow
+    new = sum(service.ahead.queue(p, docs) for p in targets)
+    log.info(
+        "TASKS_CREATED: %d task(s) with text, %d queued for %d slow model(s)", len(docs), new, len(targets)
+    )
+    return new
 
 
 def _train_project(service: Service, pid: int | None, label_config: str | None) -> None:

@@ -2,7 +2,11 @@
 
 Three jobs: pull a project's annotations when ``START_TRAINING`` arrives without any, pin the
 project's ``model_version`` to the version of our newest predictions, and give the project's webhooks
-to our ``/webhook`` the backend's credentials.
+to our ``/webhook`` the backend's credentials. ``kiwi precompute --label-studio`` also reads a
+project's labeling config and tasks and pushes predictions task by task.
+
+The calls are httpx, not ``label-studio-sdk``: every SDK release (1.x and 2.x) requires numpy >= 2
+and pulls pandas, OpenCV, NLTK and code generators into the service, beside our numpy 1.26 stack.
 
 Label Studio's uncertainty sampling only orders tasks whose prediction has
 ``model_version == project.model_version`` and falls back to random order without a word otherwise;
@@ -77,6 +81,41 @@ class LabelStudioClient:
             raise ConfigError(f"Label Studio export of project [{project_id}] failed [{r.status_code}]")
         data = r.json()
         return data if isinstance(data, list) else []
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        """The project (its ``label_config`` among others)."""
+        r = self._request("GET", f"/api/projects/{project_id}")
+        if r.status_code != 200:
+            raise ConfigError(f"Label Studio project [{project_id}] answered [{r.status_code}]")
+        return dict(r.json())
+
+    def tasks(self, project_id: int, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every task of the project (id and data), page by page."""
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            r = self._request(
+                "GET", "/api/tasks/", params={"project": project_id, "page": page, "page_size": page_size}
+            )
+            if r.status_code == 404 and page > 1:  # past the last page
+                break
+            if r.status_code != 200:
+                raise ConfigError(f"Label Studio tasks of project [{project_id}] answered [{r.status_code}]")
+            data = r.json()
+            items = data.get("tasks", []) if isinstance(data, dict) else data
+            out += [t for t in items if isinstance(t, dict)]
+            total = data.get("total") if isinstance(data, dict) else None
+            if not items or len(items) < page_size or (total is not None and len(out) >= total):
+                break
+            page += 1
+        return out
+
+    def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> int:
+        """Store ``prediction`` (result, score, model_version) on the task; returns its id."""
+        r = self._request("POST", "/api/predictions/", json={"task": task_id, **prediction})
+        if r.status_code != 201:
+            raise ConfigError(f"Label Studio refused a prediction for task [{task_id}] [{r.status_code}]")
+        return int(r.json()["id"])
 
     def pin_model_version(
         self, project_id: int, version: str, *, attempts: int = 6, first_delay: float = 0.5

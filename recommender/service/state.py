@@ -23,6 +23,7 @@ from recommender.extractors.base import Extractor
 from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
+from recommender.service.ahead import AheadPredictions
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
 from recommender.settings import DEFAULT_MODEL, RecommenderConfig, Settings
@@ -35,7 +36,10 @@ class Predictor:
     """The served extractor. ``load`` builds the new model first and then swaps one reference, so a
     request that already took ``current`` finishes on the model it started with."""
 
-    def __init__(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self, name: str = DEFAULT_MODEL, overrides: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        self.name = name  # as served: default, or a name of KIWI_SERVE_MODELS
         self._lock = threading.Lock()
         self._extractor: Extractor | None = None
         self.path: Path | None = None
@@ -50,6 +54,11 @@ class Predictor:
                 "or promote a version with `kiwi models promote`"
             )
         return extractor
+
+    @property
+    def loaded(self) -> Extractor | None:
+        """The served extractor, None before one is loaded."""
+        return self._extractor
 
     @property
     def version(self) -> str | None:
@@ -168,7 +177,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.strategy = get_strategy(settings.al_strategy)  # scores the tools order and show
-        self.predictor = Predictor(settings.extractor_overrides())
+        self.predictor = Predictor(DEFAULT_MODEL, settings.extractor_overrides())
         self.models: dict[str, Predictor] = {DEFAULT_MODEL: self.predictor}  # Settings.serve_models too
         self.store = store
         self.registry = registry
@@ -176,6 +185,7 @@ class Service:
         self.labelstudio = labelstudio
         self.stats = RequestStats()
         self.compute = ComputeLanes(settings.predict_lanes, per_client=settings.max_lanes_per_client)
+        self.ahead = AheadPredictions(self)
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
         self._raw_lock = threading.Lock()
@@ -200,10 +210,14 @@ class Service:
 
     def add_model(self, name: str, path: Path) -> Predictor:
         """Serve the model folder ``path`` as ``name`` beside the main one (not retrained)."""
-        predictor = Predictor(self.settings.extractor_overrides())
+        predictor = Predictor(name, self.settings.extractor_overrides())
         predictor.load(path)
         self.models[name] = predictor
         return predictor
+
+    def slow_models(self) -> list[Predictor]:
+        """The served models whose predictions come from the prediction cache (``Extractor.ahead``)."""
+        return [p for _, p in sorted(self.models.items()) if p.loaded is not None and p.loaded.ahead]
 
     def served(self, name: str | None) -> Predictor:
         """The predictor of a served model by name; None is the main one."""

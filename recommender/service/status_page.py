@@ -84,6 +84,7 @@ def status_view(service: Service) -> dict[str, Any]:
             for name, rec in service.settings.recommenders.items()
         },
         "learning_curve": curve,
+        "precompute": service.ahead.status(),
         "corrections": projects,
         "agreement_reports": {p: f"/projects/{quote(p, safe='')}/agreement?format=html" for p in projects},
     }
@@ -238,6 +239,21 @@ h1 small{font-size:50%;color:#777}
 """
 
 
+def _precompute_html(models: dict[str, dict[str, Any]]) -> str:
+    if not models:
+        return "<p class=muted>No slow model served: every prediction is computed in its request.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td><td><code>{escape(m['version'])}</code></td>"
+        + "".join(f"<td>{m[state]}</td>" for state in ("queued", "running", "done", "failed"))
+        + "</tr>"
+        for name, m in models.items()
+    )
+    return (
+        "<table><tr><th>model</th><th>version</th><th>queued</th><th>running</th><th>done</th>"
+        f"<th>failed</th></tr>{rows}</table>"
+    )
+
+
 def render_status_page(view: dict[str, Any], retraining: dict[str, Any] | None, version: str) -> str:
     recs = "".join(
         f"<tr><td>{escape(name)}</td><td>{escape(r['task'])}</td><td>{escape(r['layer'])}</td>"
@@ -253,6 +269,7 @@ JSON: <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
 <h2>Served model</h2>{_card_html(view["served"])}
 <h2>Recommenders</h2>
 <table><tr><th>name</th><th>task</th><th>layer</th><th>model version</th></tr>{recs}</table>
+<h2>Predictions computed ahead</h2>{_precompute_html(view["precompute"])}
 <h2>Training jobs</h2>{_jobs_html(retraining)}
 <h2>Learning curve of promoted models</h2>{_curve_svg(view["learning_curve"])}
 <h2>Corrections per project</h2>{_corrections_html(view["corrections"], view["agreement_reports"])}

@@ -57,4 +57,26 @@ training_jobs = sa.Table(
     ),
 )
 
-__all__ = ["corrections", "metadata", "training_jobs"]
+# Predictions of slow (generative) models, computed ahead of the annotator: the queue and the cache in
+# one row per (model version, kind of input, input hash). ``input`` is the note to predict on (the
+# store keeps note text already); ``document`` the prediction once done.
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(40), nullable=False),  # served model name (default, or KIWI_SERVE_MODELS)
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # text: from the text alone; given: entities given
+    sa.Column("input_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # queued, running, done, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("input", sa.Text, nullable=False),  # JSON document
+    sa.Column("document", sa.Text, nullable=True),  # JSON document, when done
+    sa.Column("error", sa.String(500), nullable=True),  # why it failed (never note text)
+    sa.UniqueConstraint("model_version", "kind", "input_hash", name="uq_prediction_key"),
+    sa.Index("ix_predictions_state", "model", "state", "id"),
+)
+
+__all__ = ["corrections", "metadata", "predictions", "training_jobs"]

@@ -84,6 +84,7 @@ def _score(span: Any, gen: Any) -> float | None:
 @register(NAME)
 class LlamaExtractor(Extractor):
     config_class = LlamaConfig
+    ahead = True
 
     def __init__(
         self,
