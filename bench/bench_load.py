@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_service import bench_note, inception_body
+from bench_service import bench_note, inception_body, wait_healthy
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
 from recommender.extractors.lexicon import LexiconExtractor
@@ -45,21 +45,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: kiwi serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up in {timeout} s")
-        time.sleep(0.5)
 
 
 @dataclass
@@ -203,7 +188,7 @@ def main() -> int:
                 procs.append(subprocess.Popen(cmd, env=env))
                 urls.append(f"http://127.0.0.1:{port}")
             for url, proc in zip(urls, procs, strict=True):
-                _wait_health(url, proc)
+                wait_healthy(url, proc, 180)
             procs.append(subprocess.Popen([*KIWI, "--role", "trainer"], env=env))
             for url in urls:  # warm-up
                 for body in bodies.values():

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_service import bench_note, inception_body
+from bench_service import bench_note, inception_body, wait_healthy
 
 from recommender.document import Document
 from recommender.text import tokenize
@@ -52,18 +52,7 @@ def serve(encoder: Path, llama: Path, env: dict[str, str]) -> Iterator[str]:
     server = subprocess.Popen([*cmd, "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"kiwi serve exited with {server.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("kiwi serve did not come up in 300 s")
-            time.sleep(0.5)
+        wait_healthy(url, server, 300)
         yield url
     finally:
         server.terminate()

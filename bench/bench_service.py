@@ -43,6 +43,9 @@ from recommender.formats.xmi import (
 )
 from recommender.text import tokenize
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import wait_healthy
+
 TARGET_TOKENS = 650
 
 
@@ -100,18 +103,7 @@ def serve_process(model: Path, model_dir: Path) -> Iterator[str]:
     server = subprocess.Popen(cmd, env=os.environ | {"KIWI_RETRAIN": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"kiwi serve exited with {server.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("kiwi serve did not come up in 120 s")
-            time.sleep(0.5)
+        wait_healthy(url, server, 120)
         yield url
     finally:
         server.terminate()

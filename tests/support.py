@@ -6,8 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from recommender.document import Document, Span
 
@@ -25,6 +29,28 @@ def run_kiwi(
         timeout=timeout,
         env=env,
     )
+
+
+def wait_healthy(
+    url: str, proc: subprocess.Popen[Any], timeout: float, poll: float = 0.5, what: str = "kiwi serve"
+) -> None:
+    """Return once ``url``/health answers 200; RuntimeError naming the url when ``proc`` exits first
+    (with the tail of its output where it was piped) or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            out = proc.stdout or proc.stderr
+            tail = out.read()[-3000:] if out is not None else ""
+            tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+            raise RuntimeError(f"{what} at {url} exited with {proc.returncode}: {tail}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer {url}/health in {timeout:.0f} s")
+        time.sleep(poll)
 
 
 def chromium() -> str | None:

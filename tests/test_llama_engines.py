@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support import wait_healthy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -121,16 +121,7 @@ def served(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start; see {log.name}")
-            time.sleep(0.5)
+        wait_healthy(url, proc, 90, what=f"transformers serve (log: {log.name})")
         yield url, Path(log.name)
     finally:
         proc.terminate()

@@ -6,11 +6,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from support import run_kiwi
+from support import run_kiwi, wait_healthy
 
 from recommender.corpora import SAMPLE_DIR
 
@@ -39,16 +38,7 @@ def test_bootstrap_trains_promotes_and_serves_real_predictions(tmp_path: Path) -
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.5)
+        wait_healthy(base, server, 120)
         task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
         r = httpx.post(f"{base}/predict", json={"tasks": [task]}, timeout=30)
         assert r.status_code == 200

@@ -21,6 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+from support import wait_healthy
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.document import Document
@@ -60,18 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"kiwi serve did not start: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
     try:
+        wait_healthy(url, proc, 60, poll=0.2)
         yield url
     finally:
         proc.terminate()

@@ -11,12 +11,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import venv
 from pathlib import Path
 
 import httpx
 import pytest
+from support import wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,16 +94,7 @@ def test_the_installed_kiwi_bootstraps_a_model_and_serves_it(installed: Path, tm
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the installed kiwi did not come up"
-            time.sleep(0.5)
+        wait_healthy(base, server, 180, what="the installed kiwi")
         task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
         r = httpx.post(f"{base}/predict", json={"tasks": [task]}, timeout=30)
         assert r.status_code == 200
