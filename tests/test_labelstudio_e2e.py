@@ -221,6 +221,7 @@ def test_a_llama_beside_the_lexicon_answers_from_the_cache_and_precompute_pushes
         serve_models={"llama": models["llama"]},
         port=0,
         retrain=False,
+        precompute=False,  # started by hand below: on an idle machine the worker beats the first retrieval
         label_studio_url=str(ls.base_url),
         label_studio_token=LS_TOKEN,
     )
@@ -246,6 +247,7 @@ def test_a_llama_beside_the_lexicon_answers_from_the_cache_and_precompute_pushes
         first = predictions(ls, pid)
         assert {p["model_version"] for p in first} == {f"{lexicon} (fallback for {llama})"}
         assert any(labelled(p) for p in first), "the fallback is the lexicon's prediction, not an empty one"
+        service.ahead.start()
         wait_for(lambda: service.ahead.status()["llama"]["done"] >= len(notes), "the LLaMA predictions", 120)
         r = ls.post(
             "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
