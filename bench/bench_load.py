@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_service import bench_note, inception_body, wait_healthy
+from bench_service import bench_note, inception_body, p95, wait_healthy
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES
 from recommender.extractors.lexicon import LexiconExtractor
@@ -135,7 +135,7 @@ def run_phase(
                 "requests": done,
                 "errors": phase.errors[protocol],
                 "p50_s": round(statistics.median(latencies), 3) if done else None,
-                "p95_s": round(latencies[min(done - 1, int(0.95 * done))], 3) if done else None,
+                "p95_s": round(p95(latencies), 3) if done else None,
                 "notes_per_s": round(done / wall, 2),
             }
         )

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_service import bench_note, inception_body, wait_healthy
+from bench_service import bench_note, concurrently, inception_body, p95, wait_healthy
 
 from recommender.document import Document
 from recommender.text import tokenize
@@ -86,13 +86,7 @@ def run(url: str, path: str, bodies: list[dict[str, Any]], clients: int) -> tupl
                     latencies.append(elapsed)
                     answered.update(who(r.json()))
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = concurrently(worker, clients)
     latencies.sort()
     if not latencies:
         latencies = [float("nan")]
@@ -101,7 +95,7 @@ def run(url: str, path: str, bodies: list[dict[str, Any]], clients: int) -> tupl
         "requests": len(bodies),
         "refused_503": len(refused),
         "p50_s": round(statistics.median(latencies), 4),
-        "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4),
+        "p95_s": round(p95(latencies), 4),
         "max_s": round(latencies[-1], 4),
         "notes_per_s": round((len(bodies) - len(refused)) / wall, 2),
     }

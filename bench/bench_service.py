@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -125,21 +125,31 @@ def run(url: str, path: str, body: dict[str, Any], clients: int, total: int) -> 
                 with lock:
                     latencies.append(elapsed)
 
+    wall = concurrently(worker, clients)
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "p50_s": round(statistics.median(latencies), 4),
+        "p95_s": round(p95(latencies), 4),
+        "notes_per_s": round(len(latencies) / wall, 2),
+    }
+
+
+def concurrently(worker: Callable[[], None], clients: int) -> float:
+    """Run ``worker`` in ``clients`` threads at once; the wall-clock seconds until all are done."""
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "clients": clients,
-        "requests": len(latencies),
-        "p50_s": round(statistics.median(latencies), 4),
-        "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4),
-        "notes_per_s": round(len(latencies) / wall, 2),
-    }
+    return time.perf_counter() - start
+
+
+def p95(ordered: list[float]) -> float:
+    """The 95th percentile of sorted latencies (nearest rank)."""
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def main() -> int:

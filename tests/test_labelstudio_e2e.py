@@ -111,6 +111,17 @@ def predictions(ls: httpx.Client, project: int) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else data.get("results", [])
 
 
+def retrieve_predictions(ls: httpx.Client, project: int) -> list[dict[str, Any]]:
+    """Label Studio's "Retrieve predictions" action over every task of a project, then its predictions."""
+    r = ls.post(
+        "/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project},
+        json={"selectedItems": {"all": True, "excluded": []}},
+    )
+    assert r.status_code == 200, r.text
+    return predictions(ls, project)
+
+
 def labelled(prediction: dict[str, Any]) -> set[tuple[str, str]]:
     return {
         (x["value"]["text"], x["value"]["labels"][0]) for x in prediction["result"] if x["type"] == "labels"
@@ -155,12 +166,7 @@ def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> 
         r = ls.post(f"/api/projects/{pid}/import", json=[{"text": t} for t in notes])
         assert r.status_code == 201, r.text
 
-        retrieve = {"selectedItems": {"all": True, "excluded": []}}
-        r = ls.post(
-            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
-        )
-        assert r.status_code == 200, r.text
-        first = predictions(ls, pid)
+        first = retrieve_predictions(ls, pid)
         assert len(first) == 3 and {p["model_version"] for p in first} == {v1}
         assert all(0 <= p["score"] <= 1 for p in first)
         assert any(("aspirin", "drug") in labelled(p) for p in first)
@@ -191,11 +197,7 @@ def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> 
         v2 = wait_for(lambda: (v := registry.current_version()) != v1 and v, "a promoted retrained model", 90)
         wait_for(lambda: service.predictor.version == v2, "the service to serve v2", 20)
 
-        r = ls.post(
-            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
-        )
-        assert r.status_code == 200, r.text
-        second = [p for p in predictions(ls, pid) if p["model_version"] == v2]
+        second = [p for p in retrieve_predictions(ls, pid) if p["model_version"] == v2]
         assert len(second) == 3
         unseen = next(t["id"] for t in tasks if t["data"]["text"] == notes[2])
         assert (NEW_WORD, "problem") in labelled(next(p for p in second if p["task"] == unseen))
@@ -239,21 +241,12 @@ def test_a_llama_beside_the_lexicon_answers_from_the_cache_and_precompute_pushes
         notes = ["Denies chest pain. Started aspirin 81 mg daily.", "No fever or chills."]
         r = ls.post(f"/api/projects/{pid}/import", json=[{"text": t} for t in notes])
         assert r.status_code == 201, r.text
-        retrieve = {"selectedItems": {"all": True, "excluded": []}}
-        r = ls.post(
-            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
-        )
-        assert r.status_code == 200, r.text
-        first = predictions(ls, pid)
+        first = retrieve_predictions(ls, pid)
         assert {p["model_version"] for p in first} == {f"{lexicon} (fallback for {llama})"}
         assert any(labelled(p) for p in first), "the fallback is the lexicon's prediction, not an empty one"
         service.ahead.start()
         wait_for(lambda: service.ahead.status()["llama"]["done"] >= len(notes), "the LLaMA predictions", 120)
-        r = ls.post(
-            "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid}, json=retrieve
-        )
-        assert r.status_code == 200, r.text
-        own = [p for p in predictions(ls, pid) if p["model_version"] == llama]
+        own = [p for p in retrieve_predictions(ls, pid) if p["model_version"] == llama]
         assert len(own) == len(notes), "every task got the LLaMA's own prediction from the cache"
 
         monkeypatch.setenv("KIWI_DATABASE_URL", str(settings.database_url))
