@@ -2,7 +2,7 @@
 
 Run: ``python bench/bench_active_learning.py [--learner encoder|lexicon] [--strategies random mnlp ...]
 [--seeds 3] [--seed-notes 4] [--batch-notes 8] [--budget-notes 80] [--set encoder_layers=2 ...]
-[--calibration MODEL_DIR]``.
+[--warm-epochs 1] [--threads 2] [--calibration MODEL_DIR]``.
 
 Pool: the 80 training notes; evaluation: the 16 development notes (``corpora.split_documents``). From
 4 seed notes (the same per seed for every strategy), each round the strategy picks ``batch_notes``,
@@ -34,11 +34,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILIES = {"encoder": "kiwi.encoder.v1", "lexicon": "kiwi.lexicon.v1"}
 # The encoder's fast settings (--set replaces them): 2 of MiniLM's 6 layers, small batches so a few
-# notes still give enough optimizer steps, 3 epochs per round from the previous round's weights.
+# notes still give enough optimizer steps, 3 epochs for the seed round and the reference, then
+# WARM_EPOCHS per round from the previous round's weights (which have seen the earlier notes).
 # A lexicon committee beside a lexicon learner must differ from it: this one also predicts the sequences
 # annotated only now and then (the learner needs a label share of 0.3).
 LEXICON_COMMITTEE = ["min_score=0.1"]
 FAST_ENCODER = {"encoder_layers": 2, "batch_size": 2, "epochs": 3, "patience": 3}
+WARM_EPOCHS = 1
 
 
 def _split() -> tuple[list[Any], list[Any]]:
@@ -121,6 +123,12 @@ def main() -> None:
     ap.add_argument("--budget-notes", type=int, default=None, help="default: the whole pool")
     ap.add_argument("--set", action="append", default=[], help="learner setting KEY=VALUE")
     ap.add_argument("--no-warm-start", action="store_true", help="encoder: retrain from scratch each round")
+    ap.add_argument(
+        "--warm-epochs", type=int, default=WARM_EPOCHS, help="encoder: epochs of a warm-started round"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (two 1-thread runs use 2 cores better)"
+    )
     ap.add_argument("--committee", default="kiwi.lexicon.v1", help="second family of qbc")
     ap.add_argument(
         "--committee-set",
@@ -149,11 +157,12 @@ def main() -> None:
     from recommender.active.strategies import STRATEGIES
     from recommender.cli.simulate import parse_settings
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     family = FAMILIES[args.learner]
     sets = [f"{k}={v}" for k, v in FAST_ENCODER.items()] if args.learner == "encoder" else []
     config = parse_settings(family, sets + args.set)
-    learner = Learner(family, config, warm_start=args.learner == "encoder" and not args.no_warm_start)
+    warm = args.learner == "encoder" and not args.no_warm_start
+    learner = Learner(family, config, warm_start=warm, warm_epochs=args.warm_epochs if warm else None)
     committee_sets = args.committee_set
     if committee_sets is None:
         committee_sets = LEXICON_COMMITTEE if args.committee == "kiwi.lexicon.v1" else []
@@ -176,8 +185,8 @@ def main() -> None:
     results["seconds"] = round(time.perf_counter() - started, 1)
     page = write(results, runs, out)
     ref = results["reference"]
-    warm = "warm start, " if learner.warm_start else ""
-    print(f"\nlearner {family} ({warm}{json.dumps(learner.describe()['config'])})")
+    warm_note = f"warm start, {learner.warm_epochs} epoch(s) a round, " if learner.warm_start else ""
+    print(f"\nlearner {family} ({warm_note}{json.dumps(learner.describe()['config'])})")
     reference = (
         f"reference (all {len(pool)} notes): score {ref['score']:.3f} (NER {ref['ner']:.3f}, "
         f"RE {ref['re']:.3f}); target {results['target']:.3f}"

@@ -39,17 +39,22 @@ Say = Callable[[str], None]
 @dataclass
 class Learner:
     """A family and its training config; ``warm_start`` fine-tunes the previous round's model (families
-    whose config has ``init_from``) instead of training from scratch."""
+    whose config has ``init_from``) instead of training from scratch, for ``warm_epochs`` epochs where
+    set (that model has already seen the earlier notes)."""
 
     family: str
     config: ExtractorConfig | None = None
     warm_start: bool = False
+    warm_epochs: int | None = None
 
     def train(self, docs: Sequence[Document], folder: Path, previous: Path | None) -> Extractor:
         cls = get_extractor_class(self.family)
         config = cls.training_config(self.config)
         if self.warm_start and previous is not None and (previous / "kiwi_model.json").is_file():
-            config = type(config).from_dict({**config.to_dict(), "init_from": str(previous)})
+            warm: dict[str, Any] = {"init_from": str(previous)}
+            if self.warm_epochs is not None:
+                warm["epochs"] = self.warm_epochs
+            config = type(config).from_dict({**config.to_dict(), **warm})
         return cls.train(docs, (), config, folder)
 
     def describe(self) -> dict[str, Any]:
@@ -58,6 +63,7 @@ class Learner:
             "family": self.family,
             "config": cls.training_config(self.config).to_dict(),
             "warm_start": self.warm_start,
+            "warm_epochs": self.warm_epochs,
         }
 
 
