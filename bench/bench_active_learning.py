@@ -2,7 +2,7 @@
 
 Run: ``python bench/bench_active_learning.py [--learner encoder|lexicon] [--strategies random mnlp ...]
 [--seeds 3] [--seed-notes 4] [--batch-notes 8] [--budget-notes 80] [--set encoder_layers=2 ...]
-[--warm-epochs 1] [--threads 2] [--calibration MODEL_DIR]``.
+[--warm-epochs 1] [--threads 2] [--default-settings --reference-model DIR] [--calibration MODEL_DIR]``.
 
 Pool: the 80 training notes; evaluation: the 16 development notes (``corpora.split_documents``). From
 4 seed notes (the same per seed for every strategy), each round the strategy picks ``batch_notes``,
@@ -13,6 +13,11 @@ reach 95% of the score of the learner trained on all 80 notes, the saving agains
 under the curve. The learner: ``lexicon`` (trains in milliseconds: every strategy, all 80 notes), or
 ``encoder`` with the fast settings below (warm-started each round from the last model). Written to
 ``bench/results/active_learning_<learner>/`` (results.json, report.html, resumable state per run).
+
+``--default-settings`` uses the encoder's own training defaults instead of the fast ones (the check of
+the winner against random); ``--reference-model DIR`` takes the reference from a model already trained
+on the 80 pool notes with those settings (``bench_models.py --train-dev-notes 0``), checked by its data
+fingerprint, instead of training one.
 
 ``--calibration MODEL_DIR`` instead reports the expected calibration error of an encoder model's span and
 relation scores on the 16 development notes, with its saved temperatures and without them.
@@ -113,6 +118,21 @@ def calibration(folder: Path) -> dict[str, Any]:
     return out
 
 
+def _score_reference(folder: Path, pool: list[Any], dev: list[Any], out: Path) -> None:
+    """The reference of a model trained elsewhere, if it was trained on exactly the pool notes."""
+    from recommender.active.simulate import score
+    from recommender.extractors import load_extractor
+    from recommender.extractors.base import fingerprint
+
+    model = load_extractor(folder)
+    if model.info.data_fingerprint != fingerprint(pool):
+        raise SystemExit(f"error: {folder} was not trained on the {len(pool)} pool notes (data fingerprint)")
+    out.mkdir(parents=True, exist_ok=True)
+    reference = score(model, dev)
+    (out / "reference.json").write_text(json.dumps(reference) + "\n", encoding="utf-8")
+    print(f"reference: {model.version} from {folder}, score {reference['score']:.3f}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--learner", choices=sorted(FAMILIES), default="encoder")
@@ -139,6 +159,10 @@ def main() -> None:
     ap.add_argument(
         "--no-reference", action="store_true", help="skip training on the whole pool (no target: curves only)"
     )
+    ap.add_argument("--default-settings", action="store_true", help="encoder: its own defaults")
+    ap.add_argument(
+        "--reference-model", type=Path, default=None, help="a model trained on the whole pool: the reference"
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--calibration", type=Path, default=None, help="encoder model folder: ECE on dev")
     args = ap.parse_args()
@@ -159,7 +183,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     family = FAMILIES[args.learner]
-    sets = [f"{k}={v}" for k, v in FAST_ENCODER.items()] if args.learner == "encoder" else []
+    fast = args.learner == "encoder" and not args.default_settings
+    sets = [f"{k}={v}" for k, v in FAST_ENCODER.items()] if fast else []
     config = parse_settings(family, sets + args.set)
     warm = args.learner == "encoder" and not args.no_warm_start
     learner = Learner(family, config, warm_start=warm, warm_epochs=args.warm_epochs if warm else None)
@@ -167,7 +192,9 @@ def main() -> None:
     if committee_sets is None:
         committee_sets = LEXICON_COMMITTEE if args.committee == "kiwi.lexicon.v1" else []
     pool, dev = _split()
-    out = args.out or RESULTS / f"active_learning_{args.learner}"
+    out = args.out or RESULTS / f"active_learning_{args.learner}{'' if fast else '_default'}"
+    if args.reference_model is not None and not (out / "reference.json").is_file():
+        _score_reference(args.reference_model, pool, dev, out)
     names = args.strategies or list(STRATEGIES)
     started = time.perf_counter()
     results, runs = simulate(
