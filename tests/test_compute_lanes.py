@@ -153,3 +153,24 @@ def test_the_per_client_cap_keeps_a_lane_for_others_and_waiting_has_a_deadline()
     release.set()
     holder.join(5)
     assert lanes.running == 0 and not lanes._waiting
+
+
+def test_wait_idle_returns_when_the_last_call_ends_or_at_its_timeout() -> None:
+    lanes = ComputeLanes(1, cores=1)
+    assert lanes.wait_idle(0.0), "idle: at once"
+    order: list[str] = []
+    release = threading.Event()
+    holder = _hold(lanes, "a", order, release)
+    _wait_until(lambda: lanes.running == 1)
+    started = time.monotonic()
+    assert not lanes.wait_idle(0.1), "a call runs: timed out"
+    assert time.monotonic() - started >= 0.1
+    waiter_done: list[bool] = []
+    waiter = threading.Thread(target=lambda: waiter_done.append(lanes.wait_idle(10.0)))
+    waiter.start()
+    time.sleep(0.1)
+    assert not waiter_done, "still waiting while the call runs"
+    release.set()
+    waiter.join(5)
+    holder.join(5)
+    assert waiter_done == [True]

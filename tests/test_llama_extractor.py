@@ -10,6 +10,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ class ScriptedEngine:
         self.answers = answers
         self.calls: list[list[Prompt]] = []
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], *, between_steps: Any = None) -> list[Generation]:
         self.calls.append(list(prompts))
         return [self.answers[p.text.split(" <EOS>")[0].strip()] for p in prompts]
 
@@ -137,7 +138,7 @@ def test_garbage_generations_never_crash() -> None:
     ex, _ = scripted()
 
     class Garbage(ScriptedEngine):
-        def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
+        def generate(self, prompts: Sequence[Prompt], *, between_steps: Any = None) -> list[Generation]:
             outs = ["", "</span>" * 3, '<span class="drug">', " \x00 <<>> ", '<span class="problem">No fever']
             return [Generation(outs[i % len(outs)], [], [], i % 2 == 0) for i, _ in enumerate(prompts)]
 

@@ -409,3 +409,17 @@ def test_byte_fallback_tokenizer_engine() -> None:
     assert_same(TransformersEngine(model, tok, max_new_tokens=200, batch_size=2).generate(prompts), ref)
     for p, g in zip(prompts, ref, strict=True):
         assert g.stopped and is_markup(g.text, p.source, p.labels), g.text
+
+
+def test_between_steps_runs_before_every_forward_pass(tokenizer, model, prompts, reference) -> None:
+    """The background worker's pause point: one call before each forward pass, output unchanged."""
+    steps: list[int] = []
+    seen: list[int] = []  # how many steps had run when each forward pass started
+    hook = model.register_forward_hook(lambda *_: seen.append(len(steps)))
+    try:
+        engine = TransformersEngine(model, tokenizer, max_new_tokens=40, batch_size=3, prefix_cache=False)
+        out = engine.generate(prompts, between_steps=lambda: steps.append(1))
+    finally:
+        hook.remove()
+    assert_same(out, reference[True])
+    assert seen == list(range(1, len(seen) + 1)), "a step call before each forward pass, one each"

@@ -138,10 +138,23 @@ def test_tasks_created_queues_the_notes_ahead(client: TestClient, fixtures_dir: 
     wait_for(client, "done", n=n)
 
 
+def test_the_worker_waits_between_steps_while_requests_run(client: TestClient, fixtures_dir: Path) -> None:
+    service = client.app.state.service
+    webhook = fixture(fixtures_dir, "labelstudio/webhook_TASKS_CREATED.json")
+    n = len([t for t in webhook["tasks"] if t["data"].get("text", "").strip()])
+    with service.compute.lane("annotator"):  # a request's model call holds the cores
+        assert client.post("/webhook", json=webhook).json()["new"] == n
+        wait_for(client, "running")
+        time.sleep(1.0)  # the tiny LLaMA generates a note in well under a second when let run
+        counts = client.get("/status").json()["precompute"]["llama"]
+        assert counts["done"] == 0 and counts["running"] == 1, "paused at its first step"
+    wait_for(client, "done", n=n, timeout=60)
+
+
 class BrokenEngine:
     """An engine whose server is down."""
 
-    def generate(self, prompts: Sequence[Any]) -> list[Any]:
+    def generate(self, prompts: Sequence[Any], *, between_steps: Any = None) -> list[Any]:
         raise ConnectionError("refused")
 
 

@@ -166,6 +166,18 @@ class Extractor(ABC):
         """Annotate ``docs``. With ``entities_given`` the main entities already in each document are
         kept as they are (RE mode of the paper) and only modifiers and relations are predicted."""
 
+    def predict_in_background(
+        self,
+        docs: Sequence[Document],
+        *,
+        entities_given: bool = False,
+        between_steps: Callable[[], None] | None = None,
+    ) -> list[Document]:
+        """``predict`` for a background worker: a family that predicts in many steps (generation)
+        calls ``between_steps`` between them, which waits while requests run on the same cores.
+        Families that predict in one short step just predict."""
+        return self.predict(docs, entities_given=entities_given)
+
     @abstractmethod
     def save(self, folder: Path) -> None:
         """Write weights, configuration and ``kiwi_model.json`` into ``folder``."""

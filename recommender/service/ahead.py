@@ -4,9 +4,11 @@ A predict request for a slow model never generates: it answers from the predicti
 ``predictions`` table). On a miss it answers within ``miss_budget_seconds`` with the fallback model's
 (``KIWI_FALLBACK_MODEL``, the encoder) prediction, marked in the model version and the score
 explanation, and queues the note. A background worker computes queued notes one at a time at a
-lower CPU priority than requests, retries a failure up to ``precompute_attempts`` times and then
-reports it failed (a failed note keeps getting the fallback, never an empty prediction). When a
-slow model's version changes (a retrained adapter), the notes its predecessor had are queued for it.
+lower CPU priority than requests, and between two generation steps waits while requests run (they
+share its cores: a step is a forward pass, tens of milliseconds, where a note takes tens of
+seconds). It retries a failure up to ``precompute_attempts`` times and then reports it failed (a
+failed note keeps getting the fallback, never an empty prediction). When a slow model's version
+changes (a retrained adapter), the notes its predecessor had are queued for it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 RunModel = Callable[[Extractor, list[Document], bool, float], list[Document]]
 
 _STALL_CHECK_SECONDS = 30.0
+# The longest the worker waits between two generation steps for requests to finish, so queued notes
+# still progress (one step each time) under a constant stream of requests.
+_MAX_YIELD_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -208,9 +213,11 @@ class AheadPredictions:
                     log.info("precompute [%s]: queued %d note(s) for [%s]", name, carried, extractor.version)
             for claimed in self.cache.claim(name, extractor.version):
                 started = time.monotonic()
+                # Only where requests never run this model themselves (else they would wait on it).
+                yielding = self._yield_to_requests if self.applies(predictor) else None
                 try:
-                    [predicted] = extractor.predict(
-                        [claimed.document], entities_given=claimed.kind == "given"
+                    [predicted] = extractor.predict_in_background(
+                        [claimed.document], entities_given=claimed.kind == "given", between_steps=yielding
                     )
                 except Exception as e:  # any engine failure (server down, timeout, out of memory)
                     reason = f"{type(e).__name__}: {e}" if isinstance(e, KiwiError) else type(e).__name__
@@ -234,6 +241,9 @@ class AheadPredictions:
                 )
                 return True
         return False
+
+    def _yield_to_requests(self) -> None:
+        self.service.compute.wait_idle(0.0 if self._stop.is_set() else _MAX_YIELD_SECONDS)
 
 
 def _why(state: str) -> str:

@@ -110,6 +110,7 @@ class ComputeLanes:
         self.running = 0
         self.held: dict[str, int] = {}  # client -> lanes it holds
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._waiting: deque[tuple[str, threading.Event]] = deque()
 
     def _admit(self, client: str) -> None:
@@ -150,6 +151,12 @@ class ComputeLanes:
         finally:
             self._release(client)
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no model call runs or waits (False when ``timeout`` passed first): how the
+        background worker lets requests go first."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self.running and not self._waiting, timeout)
+
     def _release(self, client: str) -> None:
         with self._lock:
             self.running -= 1
@@ -161,6 +168,8 @@ class ComputeLanes:
                 del self._waiting[i]
                 self._admit(waiter)  # counted before it wakes, so no newcomer takes this lane
                 turn.set()
+            elif not self.running and not self._waiting:
+                self._idle.notify_all()
 
 
 class Service:

@@ -18,7 +18,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +77,9 @@ class OpenAIEngine(Engine):
     def close(self) -> None:
         self._client.close()
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Prompt], *, between_steps: Callable[[], None] | None = None
+    ) -> list[Generation]:
         if len(prompts) <= 1:
             return [self._complete(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -262,7 +264,9 @@ class VllmEngine(Engine):
             structured_outputs=structured,
         )
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Prompt], *, between_steps: Callable[[], None] | None = None
+    ) -> list[Generation]:
         if not prompts:
             return []
         with self._lock:

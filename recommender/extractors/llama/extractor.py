@@ -22,7 +22,7 @@ import math
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ class LlamaExtractor(Extractor):
         """The model folder this extractor was loaded from (None before it is saved)."""
         return self._adapter_dir.parent if self._adapter_dir is not None else None
 
-    def _generate(self, units: Sequence[Unit]) -> list[Any]:
+    def _generate(self, units: Sequence[Unit], between_steps: Callable[[], None] | None) -> list[Any]:
         from recommender.extractors.llama.generation import Prompt
 
         prompts = []
@@ -143,9 +143,23 @@ class LlamaExtractor(Extractor):
         if not prompts:
             return []
         with self._lock:  # one generation at a time: the engine's caches are not thread-safe
-            return list(self.engine().generate(prompts))
+            return list(self.engine().generate(prompts, between_steps=between_steps))
 
     def predict(self, docs: Sequence[Document], *, entities_given: bool = False) -> list[Document]:
+        return self._predict(docs, entities_given, None)
+
+    def predict_in_background(
+        self,
+        docs: Sequence[Document],
+        *,
+        entities_given: bool = False,
+        between_steps: Callable[[], None] | None = None,
+    ) -> list[Document]:
+        return self._predict(docs, entities_given, between_steps)
+
+    def _predict(
+        self, docs: Sequence[Document], entities_given: bool, between_steps: Callable[[], None] | None
+    ) -> list[Document]:
         segs = [segmented(d) for d in docs]
         outs = [
             Document(
@@ -175,7 +189,7 @@ class LlamaExtractor(Extractor):
                 out.spans = [replace(s) for s in d.spans if self.schema.is_entity(s.label)]
         else:
             units = ner_units(segs, self.schema)
-            for unit, gen in zip(units, self._generate(units), strict=True):
+            for unit, gen in zip(units, self._generate(units, between_steps), strict=True):
                 record(unit, gen)
                 read = read_output(unit, segs[unit.doc], gen.text)
                 drops[unit.doc] += read.drops
@@ -190,7 +204,7 @@ class LlamaExtractor(Extractor):
             rel_units += found
             if lost:
                 drops[i][UNWRAPPABLE_ENTITY] += lost
-        for unit, gen in zip(rel_units, self._generate(rel_units), strict=True):
+        for unit, gen in zip(rel_units, self._generate(rel_units, between_steps), strict=True):
             record(unit, gen)
             read = read_output(unit, segs[unit.doc], gen.text)
             drops[unit.doc] += read.drops

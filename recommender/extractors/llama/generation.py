@@ -20,7 +20,7 @@ import codecs
 import inspect
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +65,12 @@ class Generation:
 
 class Engine(ABC):
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
-        """One generation per prompt, in order."""
+    def generate(
+        self, prompts: Sequence[Prompt], *, between_steps: Callable[[], None] | None = None
+    ) -> list[Generation]:
+        """One generation per prompt, in order. An engine that computes here calls ``between_steps``
+        before each forward pass (a background worker's way to let requests go first); an engine
+        whose server computes ignores it."""
 
 
 def cache_argument(module: Any) -> str:
@@ -124,6 +128,10 @@ def _constraint(prompt: Prompt, table: TokenTable, stop: str, constrained: bool)
 
 
 # --- the baseline: Hugging Face generate, one prompt at a time ---------------------------------
+
+
+def _no_pause() -> None:
+    pass
 
 
 class _StopOnBytes(StoppingCriteria):
@@ -246,7 +254,10 @@ class TransformersEngine(Engine):
         """Forget the cached prefixes: call it after changing the model's weights."""
         self._prefixes.clear()
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Prompt], *, between_steps: Callable[[], None] | None = None
+    ) -> list[Generation]:
+        step = between_steps or _no_pause
         items = [self._item(i, p) for i, p in enumerate(prompts)]
         # similar lengths share a batch, so little padding and few rows idle at the end
         items.sort(key=lambda it: (it.shared, len(it.rest)))
@@ -261,7 +272,7 @@ class TransformersEngine(Engine):
                     and items[end].shared == items[start].shared
                 ):
                     end += 1
-                for it, gen in zip(items[start:end], self._batch(items[start:end]), strict=True):
+                for it, gen in zip(items[start:end], self._batch(items[start:end], step), strict=True):
                     out[it.index] = gen
                 start = end
         return [g for g in out if g is not None]
@@ -299,7 +310,8 @@ class TransformersEngine(Engine):
         )
         return out.logits.float()  # as generate: choices and log-probabilities in float32
 
-    def _batch(self, items: list[_Item]) -> list[Generation]:
+    def _batch(self, items: list[_Item], step: Callable[[], None]) -> list[Generation]:
+        step()
         n_rows, shared = len(items), items[0].shared
         cache = DynamicCache(config=self.model.config)
         if shared:  # every row starts from its own copy of the prefix's cache (update copies)
@@ -333,6 +345,7 @@ class TransformersEngine(Engine):
             cache.batch_select_indices(torch.tensor(active, dtype=torch.long))
             mask = mask[active]
         while active:
+            step()
             drafts = [self._draft(rows[r]) for r in active]
             width = 1 + max(len(d) for d, _ in drafts)
             ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
