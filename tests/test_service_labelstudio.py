@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fastapi.testclient import TestClient
 
@@ -179,6 +180,14 @@ def test_start_training_and_legacy_train_queue_jobs(
         assert metrics["retraining"]["queued"]
 
 
+def jwt_token(token_type: str) -> str:
+    """A token of Label Studio's shape (the SDK reads its type and expiry, not its signature)."""
+    return jwt.encode({"token_type": token_type, "exp": int(time.time()) + 3600}, "k" * 32, algorithm="HS256")
+
+
+REFRESH, ACCESS = jwt_token("refresh"), jwt_token("access")
+
+
 class FakeLabelStudio:
     """Label Studio's API as the backend calls it: token refresh, export, project PATCH."""
 
@@ -189,11 +198,14 @@ class FakeLabelStudio:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls.append((request.method, request.url.path, request.headers.get("authorization")))
-        if request.url.path == "/api/token/refresh/":
-            return httpx.Response(200, json={"access": "short.lived.access"})
+        if request.method == "POST" and request.url.path == "/api/token/refresh/":
+            assert json.loads(request.content) == {"refresh": REFRESH}
+            return httpx.Response(200, json={"access": ACCESS})
         if request.url.path == "/api/projects/1/export":
+            assert request.url.params["export_type"] == "JSON"
             return httpx.Response(200, json=self.tasks)
-        if request.method == "PATCH" and request.url.path == "/api/projects/1":
+        if request.method == "PATCH" and request.url.path == "/api/projects/1/":
+            assert json.loads(request.content).keys() == {"model_version"}, "nothing else of the project"
             if self.refuse_pins > 0:
                 self.refuse_pins -= 1
                 return httpx.Response(400, json={"detail": "Model version doesn't exist"})
@@ -208,14 +220,16 @@ def test_start_training_pulls_annotations_and_predict_pins_the_version(
 ) -> None:
     task = body(fixtures_dir, "train_request_legacy.json")["annotations"][0]
     fake = FakeLabelStudio([task], refuse_pins=1)
-    with make_client(tmp_path, model_dir, label_studio_url="http://ls.test", label_studio_token="x.y.z") as c:
+    with make_client(tmp_path, model_dir, label_studio_url="http://ls.test", label_studio_token=REFRESH) as c:
         service = c.app.state.service
         service.labelstudio = LabelStudioClient(
-            "http://ls.test", "x.y.z", transport=httpx.MockTransport(fake)
+            "http://ls.test", REFRESH, transport=httpx.MockTransport(fake)
         )
         c.post("/webhook", json=body(fixtures_dir, "webhook_START_TRAINING.json"))
         assert len(service.store.latest("labelstudio-1")) == 1, "pulled through the export API"
-        assert ("GET", "/api/projects/1/export", "Bearer short.lived.access") in fake.calls
+        assert ("GET", "/api/projects/1/export", f"Bearer {ACCESS}") in fake.calls
         c.post("/predict", json=body(fixtures_dir, "predict_request_batch.json"))
     pins = [call for call in fake.calls if call[0] == "PATCH"]
+    assert {auth for _, _, auth in pins} == {f"Bearer {ACCESS}"}
+    assert [call[1] for call in fake.calls].count("/api/token/refresh/") == 1, "the access token is reused"
     assert len(pins) == 2, "refused once (no predictions stored yet), then pinned"
