@@ -264,3 +264,63 @@ def test_a_llama_beside_the_lexicon_answers_from_the_cache_and_precompute_pushes
         assert again.returncode == 0, again.stderr
         assert "2 done before" in again.stderr and "0 to go" in again.stderr, "resumed from the position"
         assert len([p for p in predictions(ls, pid) if p["model_version"] == llama]) == 2 * len(notes)
+
+
+def test_a_backend_behind_basic_auth_gives_its_webhook_the_credentials(
+    label_studio: httpx.Client, tmp_path: Path
+) -> None:
+    """Label Studio creates the backend's webhook without credentials; the first ``/predict`` adds
+    them (through the SDK), so the next ANNOTATION_CREATED passes the backend's basic auth."""
+    ls = label_studio
+    sample = brat.read(SAMPLE_DIR)
+    LexiconExtractor.train(sample).save(tmp_path / "lexicon")
+    password = "kiwi-e2e-basic-pass"
+    settings = Settings(
+        model=tmp_path / "lexicon",
+        model_dir=tmp_path / "models",
+        port=0,
+        retrain=False,
+        basic_auth_user="kiwi",
+        basic_auth_password=password,
+        label_studio_url=str(ls.base_url),
+        label_studio_token=LS_TOKEN,
+    )
+    app = create_app(settings, corpora=Corpora(seed=[], dev=[]))
+    with running_server(app, settings) as backend:
+        pid = ls.post(
+            "/api/projects/", json={"title": "kiwi basic auth", "label_config": labelstudio_config()}
+        ).json()["id"]
+        ml = ls.post(
+            "/api/ml/",
+            json={
+                "url": backend,
+                "project": pid,
+                "title": "kiwi",
+                "auth_method": "BASIC_AUTH",
+                "basic_auth_user": "kiwi",
+                "basic_auth_pass": password,
+            },
+        )
+        assert ml.status_code == 201, ml.text
+        r = ls.post(f"/api/projects/{pid}/import", json=[{"text": "Denies chest pain. Started aspirin."}])
+        assert r.status_code == 201, r.text
+        [prediction] = retrieve_predictions(ls, pid)
+
+        def our_hooks() -> list[dict[str, Any]]:
+            hooks = ls.get("/api/webhooks/", params={"project": pid}).json()
+            return [h for h in hooks if h["url"].rstrip("/") == f"{backend}/webhook"]
+
+        assert our_hooks(), "Label Studio made a webhook for the backend"
+        wait_for(
+            lambda: all(
+                (h.get("headers") or {}).get("Authorization", "").startswith("Basic ") for h in our_hooks()
+            ),
+            "the webhook's credentials",
+            20,
+        )
+        tasks = ls.get("/api/tasks/", params={"project": pid}).json()
+        [task] = tasks["tasks"] if isinstance(tasks, dict) else tasks
+        r = ls.post(f"/api/tasks/{task['id']}/annotations/", json={"result": prediction["result"]})
+        assert r.status_code == 201, r.text
+        service = app.state.service
+        wait_for(lambda: service.store.latest(f"labelstudio-{pid}"), "the authorized ANNOTATION_CREATED", 20)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fastapi.testclient import TestClient
 
 from recommender.corpora import SAMPLE_DIR
+from recommender.errors import ConfigError
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
 from recommender.guidelines import labelstudio_config
@@ -179,6 +181,14 @@ def test_start_training_and_legacy_train_queue_jobs(
         assert metrics["retraining"]["queued"]
 
 
+def jwt_token(token_type: str) -> str:
+    """A token of Label Studio's shape (the SDK reads its type and expiry, not its signature)."""
+    return jwt.encode({"token_type": token_type, "exp": int(time.time()) + 3600}, "k" * 32, algorithm="HS256")
+
+
+REFRESH, ACCESS = jwt_token("refresh"), jwt_token("access")
+
+
 class FakeLabelStudio:
     """Label Studio's API as the backend calls it: token refresh, export, project PATCH."""
 
@@ -189,11 +199,14 @@ class FakeLabelStudio:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls.append((request.method, request.url.path, request.headers.get("authorization")))
-        if request.url.path == "/api/token/refresh/":
-            return httpx.Response(200, json={"access": "short.lived.access"})
+        if request.method == "POST" and request.url.path == "/api/token/refresh/":
+            assert json.loads(request.content) == {"refresh": REFRESH}
+            return httpx.Response(200, json={"access": ACCESS})
         if request.url.path == "/api/projects/1/export":
+            assert request.url.params["export_type"] == "JSON"
             return httpx.Response(200, json=self.tasks)
-        if request.method == "PATCH" and request.url.path == "/api/projects/1":
+        if request.method == "PATCH" and request.url.path == "/api/projects/1/":
+            assert json.loads(request.content).keys() == {"model_version"}, "nothing else of the project"
             if self.refuse_pins > 0:
                 self.refuse_pins -= 1
                 return httpx.Response(400, json={"detail": "Model version doesn't exist"})
@@ -208,14 +221,63 @@ def test_start_training_pulls_annotations_and_predict_pins_the_version(
 ) -> None:
     task = body(fixtures_dir, "train_request_legacy.json")["annotations"][0]
     fake = FakeLabelStudio([task], refuse_pins=1)
-    with make_client(tmp_path, model_dir, label_studio_url="http://ls.test", label_studio_token="x.y.z") as c:
+    with make_client(tmp_path, model_dir, label_studio_url="http://ls.test", label_studio_token=REFRESH) as c:
         service = c.app.state.service
         service.labelstudio = LabelStudioClient(
-            "http://ls.test", "x.y.z", transport=httpx.MockTransport(fake)
+            "http://ls.test", REFRESH, transport=httpx.MockTransport(fake)
         )
         c.post("/webhook", json=body(fixtures_dir, "webhook_START_TRAINING.json"))
         assert len(service.store.latest("labelstudio-1")) == 1, "pulled through the export API"
-        assert ("GET", "/api/projects/1/export", "Bearer short.lived.access") in fake.calls
+        assert ("GET", "/api/projects/1/export", f"Bearer {ACCESS}") in fake.calls
         c.post("/predict", json=body(fixtures_dir, "predict_request_batch.json"))
     pins = [call for call in fake.calls if call[0] == "PATCH"]
+    assert {auth for _, _, auth in pins} == {f"Bearer {ACCESS}"}
+    assert [call[1] for call in fake.calls].count("/api/token/refresh/") == 1, "the access token is reused"
     assert len(pins) == 2, "refused once (no predictions stored yet), then pinned"
+
+
+def test_precompute_calls_page_through_tasks_and_name_refusals() -> None:
+    """What ``kiwi precompute --label-studio`` asks: the config, every task page by page, a prediction
+    per task; a refusal or an unreachable Label Studio is a ConfigError naming the status."""
+    calls: list[str] = []
+    posted: list[dict[str, Any]] = []
+
+    def fake(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}?{request.url.query.decode()}")
+        assert request.headers["authorization"] == "Token legacy-key"
+        if request.url.path == "/api/projects/1/":
+            return httpx.Response(200, json={"id": 1, "label_config": "<View/>"})
+        if request.url.path == "/api/projects/2/":
+            return httpx.Response(403, json={"detail": "forbidden"})
+        if request.url.path == "/api/tasks/":
+            page = int(request.url.params["page"])
+            if page > 2:
+                return httpx.Response(404, json={"detail": "Invalid page."})
+            tasks = [{"id": 2 * page + i, "data": {"text": f"note {page}.{i}"}} for i in range(2)]
+            return httpx.Response(200, json={"tasks": tasks, "total": 4})
+        if request.method == "POST" and request.url.path == "/api/predictions/":
+            posted.append(json.loads(request.content))
+            return httpx.Response(201, json={"id": 90 + posted[-1]["task"]})
+        return httpx.Response(404, json={})
+
+    client = LabelStudioClient("http://ls.test/", "legacy-key", transport=httpx.MockTransport(fake))
+    assert client.project(1)["label_config"] == "<View/>"
+    assert client.tasks(1, page_size=2) == [
+        {"id": i, "data": {"text": f"note {i // 2}.{i % 2}"}} for i in (2, 3, 4, 5)
+    ]
+    assert calls[1:] == [
+        f"GET /api/tasks/?fields=task_only&page={p}&page_size=2&project=1" for p in (1, 2, 3)
+    ], "page by page until Label Studio answers 404"
+    prediction = {"model_version": "v1", "score": 0.5, "result": []}
+    assert client.create_prediction(4, prediction) == 94
+    assert posted == [{"task": 4, **prediction}]
+    with pytest.raises(ConfigError, match=r"project \[2\] answered \[403\]"):
+        client.project(2)
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    down = LabelStudioClient("http://ls.test", "legacy-key", transport=httpx.MockTransport(unreachable))
+    with pytest.raises(ConfigError, match=r"tasks of project \[1\] answered \[ConnectError\]"):
+        down.tasks(1)
+    assert down.pin_model_version(1, "v1") is False, "pinning logs and gives up"

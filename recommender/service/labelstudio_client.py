@@ -5,8 +5,8 @@ project's ``model_version`` to the version of our newest predictions, and give t
 to our ``/webhook`` the backend's credentials. ``kiwi precompute --label-studio`` also reads a
 project's labeling config and tasks and pushes predictions task by task.
 
-The calls are httpx, not ``label-studio-sdk``: every SDK release (1.x and 2.x) requires numpy >= 2
-and pulls pandas, OpenCV, NLTK and code generators into the service, beside our numpy 1.26 stack.
+The calls go through ``label-studio-sdk``, imported on the first call: it takes about a second and
+pulls pandas, which a service without Label Studio never needs.
 
 Label Studio's uncertainty sampling only orders tasks whose prediction has
 ``model_version == project.model_version`` and falls back to random order without a word otherwise;
@@ -21,26 +21,45 @@ behind auth answers every ``ANNOTATION_*`` event with 401. ``authorize_webhooks`
 posts to ``/webhook`` of one of the project's ML backends that Label Studio reaches with our basic-auth
 user (bearer only: the project's single ML backend), so the credentials never go to another server.
 
-Tokens: a personal access token (a JWT) is exchanged for a 5-minute access token
-(``/api/token/refresh/``) and sent as ``Bearer``; a legacy token is sent as ``Token <key>``.
+Tokens are the SDK's business: it exchanges a personal access token (a JWT) for short-lived access
+tokens sent as ``Bearer`` and sends a legacy token as ``Token <key>``.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from recommender.errors import ConfigError
 from recommender.settings import Settings
 
+if TYPE_CHECKING:
+    from label_studio_sdk.client import LabelStudio
+
 log = logging.getLogger(__name__)
 
-_ACCESS_LIFETIME = 240.0  # seconds; Label Studio's access tokens live 300 s
+
+@contextmanager
+def _answer(what: str) -> Iterator[None]:
+    """Label Studio's refusals and transport failures as ConfigError ``<what> [<status>]``."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        yield
+    except ApiError as e:
+        raise ConfigError(f"{what} [{e.status_code}]") from None
+    except httpx.HTTPError as e:
+        raise ConfigError(f"{what} [{type(e).__name__}]") from None
+    except json.JSONDecodeError:  # the SDK's token exchange reads any error answer as JSON
+        raise ConfigError(f"{what} [not JSON]") from None
 
 
 class LabelStudioClient:
@@ -49,98 +68,79 @@ class LabelStudioClient:
     ) -> None:
         self.url = url.rstrip("/")
         self._token = token
-        self._client = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(timeout=timeout, transport=transport)
         self._lock = threading.Lock()
-        self._access: tuple[str, float] | None = None
+        self._ls: LabelStudio | None = None
         self._pinned: dict[int, str] = {}
         self._webhooks_done: set[int] = set()
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
-    # --- auth ------------------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
-        if self._token.count(".") != 2:
-            return {"Authorization": f"Token {self._token}"}
+    def _sdk(self) -> LabelStudio:
+        """The SDK client, made on the first call (it rejects an expired personal access token)."""
         with self._lock:
-            if self._access is None or self._access[1] < time.monotonic():
-                r = self._client.post("/api/token/refresh/", json={"refresh": self._token})
-                if r.status_code != 200:
-                    raise ConfigError(f"Label Studio refused the access token exchange [{r.status_code}]")
-                self._access = (r.json()["access"], time.monotonic() + _ACCESS_LIFETIME)
-            return {"Authorization": f"Bearer {self._access[0]}"}
+            if self._ls is None:
+                from label_studio_sdk.client import LabelStudio
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return self._client.request(method, path, headers=self._headers(), **kw)
+                self._ls = LabelStudio(base_url=self.url, api_key=self._token, httpx_client=self._http)
+            return self._ls
 
     # --- calls -----------------------------------------------------------------------------------
     def export_tasks(self, project_id: int) -> list[dict[str, Any]]:
-        """Every task of the project with its annotations (Label Studio's JSON export)."""
-        r = self._request("GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON"})
-        if r.status_code != 200:
-            raise ConfigError(f"Label Studio export of project [{project_id}] failed [{r.status_code}]")
-        data = r.json()
+        """The project's annotated tasks with their annotations (Label Studio's JSON export)."""
+        with _answer(f"Label Studio export of project [{project_id}] failed"):
+            raw = b"".join(self._sdk().projects.exports.download_sync(project_id, export_type="JSON"))
+        data = json.loads(raw)
         return data if isinstance(data, list) else []
 
     def project(self, project_id: int) -> dict[str, Any]:
         """The project (its ``label_config`` among others)."""
-        r = self._request("GET", f"/api/projects/{project_id}")
-        if r.status_code != 200:
-            raise ConfigError(f"Label Studio project [{project_id}] answered [{r.status_code}]")
-        return dict(r.json())
+        from label_studio_sdk.projects.client import ProjectsClient
+
+        with _answer(f"Label Studio project [{project_id}] answered"):
+            # The generated get, not the SDK's override: that one re-validates the answer against every
+            # field its schema requires and rejects a Label Studio version lacking any of them.
+            return ProjectsClient.get(self._sdk().projects, project_id).dict()
 
     def tasks(self, project_id: int, page_size: int = 100) -> list[dict[str, Any]]:
-        """Every task of the project (id and data), page by page."""
-        out: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            r = self._request(
-                "GET", "/api/tasks/", params={"project": project_id, "page": page, "page_size": page_size}
-            )
-            if r.status_code == 404 and page > 1:  # past the last page
-                break
-            if r.status_code != 200:
-                raise ConfigError(f"Label Studio tasks of project [{project_id}] answered [{r.status_code}]")
-            data = r.json()
-            items = data.get("tasks", []) if isinstance(data, dict) else data
-            out += [t for t in items if isinstance(t, dict)]
-            total = data.get("total") if isinstance(data, dict) else None
-            if not items or len(items) < page_size or (total is not None and len(out) >= total):
-                break
-            page += 1
-        return out
+        """Every task of the project (id and data); the SDK's pager asks page by page."""
+        with _answer(f"Label Studio tasks of project [{project_id}] answered"):
+            pages = self._sdk().tasks.list(project=project_id, fields="task_only", page_size=page_size)
+            return [{"id": t.id, "data": t.data} for t in pages]
 
     def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> int:
         """Store ``prediction`` (result, score, model_version) on the task; returns its id."""
-        r = self._request("POST", "/api/predictions/", json={"task": task_id, **prediction})
-        if r.status_code != 201:
-            raise ConfigError(f"Label Studio refused a prediction for task [{task_id}] [{r.status_code}]")
-        return int(r.json()["id"])
+        with _answer(f"Label Studio refused a prediction for task [{task_id}]"):
+            return int(self._sdk().predictions.create(task=task_id, **prediction).id)
 
     def pin_model_version(
         self, project_id: int, version: str, *, attempts: int = 6, first_delay: float = 0.5
     ) -> bool:
         """Set the project's ``model_version`` once predictions of ``version`` exist; True when pinned."""
+        from label_studio_sdk.core.api_error import ApiError
+
         if self._pinned.get(project_id) == version:
             return True
         delay = first_delay
         for attempt in range(attempts):
             try:
-                r = self._request("PATCH", f"/api/projects/{project_id}", json={"model_version": version})
-            except (httpx.HTTPError, ConfigError) as e:
-                log.warning("Label Studio project [%s]: pinning failed (%s)", project_id, type(e).__name__)
-                return False
-            if r.status_code == 200:
-                self._pinned[project_id] = version
-                log.info("Label Studio project [%s]: model_version pinned to [%s]", project_id, version)
-                return True
-            if r.status_code != 400 or attempt == attempts - 1:
+                self._sdk().projects.update(project_id, model_version=version)
+            except ApiError as e:
+                if e.status_code == 400 and attempt < attempts - 1:
+                    time.sleep(delay)  # 400 = predictions of this version not stored yet
+                    delay *= 2
+                    continue
                 log.warning(
-                    "Label Studio project [%s]: pinning to [%s] got [%d]", project_id, version, r.status_code
+                    "Label Studio project [%s]: pinning to [%s] got [%s]", project_id, version, e.status_code
                 )
                 return False
-            time.sleep(delay)  # 400 = predictions of this version not stored yet
-            delay *= 2
+            except (httpx.HTTPError, json.JSONDecodeError) as e:
+                log.warning("Label Studio project [%s]: pinning failed (%s)", project_id, type(e).__name__)
+                return False
+            self._pinned[project_id] = version
+            log.info("Label Studio project [%s]: model_version pinned to [%s]", project_id, version)
+            return True
         return False
 
     def authorize_webhooks(self, project_id: int, authorization: str, *, basic_user: str | None) -> int:
@@ -154,28 +154,29 @@ class LabelStudioClient:
             self._webhooks_done.add(project_id)
         try:
             targets = self._backend_webhook_urls(project_id, basic_user)
+            with _answer("GET /api/webhooks/ got"):
+                hooks = self._sdk().webhooks.list(project=str(project_id))
             changed = 0
-            for hook in self._list("/api/webhooks/", project_id):
-                url, headers = hook.get("url"), hook.get("headers") or {}
-                if not isinstance(url, str) or url.rstrip("/") not in targets:
+            for hook in hooks:
+                headers = hook.headers or {}
+                if not isinstance(hook.url, str) or hook.url.rstrip("/") not in targets:
                     continue
                 if headers.get("Authorization") == authorization:
                     continue
-                # Label Studio's update resets ``actions`` when the body lacks them: send them back.
                 kept = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-                body = {"url": url, "headers": kept | {"Authorization": authorization}}
-                r = self._request(
-                    "PATCH",
-                    f"/api/webhooks/{hook['id']}/",
-                    json=body | {"actions": hook.get("actions") or []},
-                )
-                if r.status_code != 200:
-                    raise ConfigError(f"webhook [{hook['id']}] update got [{r.status_code}]")
+                with _answer(f"webhook [{hook.id}] update got"):
+                    # Label Studio's update resets ``actions`` when the body lacks them: send them back.
+                    self._sdk().webhooks.update(
+                        hook.id,
+                        url=hook.url,
+                        headers=kept | {"Authorization": authorization},
+                        actions=hook.actions or [],
+                    )
                 changed += 1
         except ConfigError as e:
             log.warning("Label Studio project [%s]: webhooks keep no credentials (%s)", project_id, e)
             return 0
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning(
                 "Label Studio project [%s]: webhooks keep no credentials (%s)", project_id, type(e).__name__
             )
@@ -190,22 +191,15 @@ class LabelStudioClient:
 
     def _backend_webhook_urls(self, project_id: int, basic_user: str | None) -> set[str]:
         """``<url>/webhook`` of the project's ML backends that are this backend."""
-        backends = [b for b in self._list("/api/ml/", project_id) if isinstance(b.get("url"), str)]
+        with _answer("GET /api/ml/ got"):
+            backends = [b for b in self._sdk().ml.list(project=project_id) if isinstance(b.url, str)]
         if basic_user is not None:
-            ours = [b for b in backends if b.get("basic_auth_user") == basic_user]
+            ours = [b for b in backends if b.basic_auth_user == basic_user]
         else:
             ours = backends if len(backends) == 1 else []
         if not ours:
             raise ConfigError(f"none of its [{len(backends)}] ML backend(s) is recognisably this backend")
-        return {f"{b['url'].rstrip('/')}/webhook" for b in ours}
-
-    def _list(self, path: str, project_id: int) -> list[dict[str, Any]]:
-        r = self._request("GET", path, params={"project": project_id})
-        if r.status_code != 200:
-            raise ConfigError(f"GET {path} got [{r.status_code}]")
-        data = r.json()
-        items = data.get("results", []) if isinstance(data, dict) else data  # paginated or plain
-        return [x for x in items if isinstance(x, dict)]
+        return {f"{b.url.rstrip('/')}/webhook" for b in ours}
 
 
 def backend_authorization(settings: Settings) -> str | None:
