@@ -5,6 +5,7 @@ failures are retried a bounded number of times and reported; the cache survives 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -142,13 +143,27 @@ def test_the_worker_waits_between_steps_while_requests_run(client: TestClient, f
     service = client.app.state.service
     webhook = fixture(fixtures_dir, "labelstudio/webhook_TASKS_CREATED.json")
     n = len([t for t in webhook["tasks"] if t["data"].get("text", "").strip()])
-    with service.compute.lane("annotator"):  # a request's model call holds the cores
-        assert client.post("/webhook", json=webhook).json()["new"] == n
-        wait_for(client, "running")
-        time.sleep(1.0)  # the tiny LLaMA generates a note in well under a second when let run
-        counts = client.get("/status").json()["precompute"]["llama"]
-        assert counts["done"] == 0 and counts["running"] == 1, "paused at its first step"
-    wait_for(client, "done", n=n, timeout=60)
+    waiting = threading.Event()
+    wait_idle = service.compute.wait_idle
+
+    def recorded(timeout: float) -> bool:
+        waiting.set()
+        return wait_idle(timeout)
+
+    service.compute.wait_idle = recorded
+    forwards: list[float] = []
+    model = service.models["llama"].current.engine().model
+    hook = model.register_forward_hook(lambda *_: forwards.append(time.monotonic()))
+    try:
+        with service.compute.lane("annotator"):  # a request's model call holds the cores
+            assert client.post("/webhook", json=webhook).json()["new"] == n
+            assert waiting.wait(60), "the worker never waited for the request"
+            time.sleep(0.5)
+            assert forwards == [], "no forward pass while a request's model call runs"
+        wait_for(client, "done", n=n, timeout=60)
+    finally:
+        hook.remove()
+    assert forwards, "it generated once the request was done"
 
 
 class BrokenEngine:
