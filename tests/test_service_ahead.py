@@ -166,6 +166,51 @@ def test_the_worker_waits_between_steps_while_requests_run(client: TestClient, f
     assert forwards, "it generated once the request was done"
 
 
+def test_imported_notes_get_their_fallback_ahead_too(client: TestClient, fixtures_dir: Path) -> None:
+    service = client.app.state.service
+    lexicon, llama = service.predictor.version, service.models["llama"].version
+    webhook = fixture(fixtures_dir, "labelstudio/webhook_TASKS_CREATED.json")
+    tasks = [t for t in webhook["tasks"] if t["data"].get("text", "").strip()]
+    request = fixture(fixtures_dir, "labelstudio/predict_request_batch.json") | {"tasks": tasks}
+    fallback = service.predictor.current
+    with service.compute.lane("annotator"):  # holds the LLaMA at its first step: misses stay misses
+        client.post("/webhook", json=webhook)
+        until = time.monotonic() + 60
+        while client.get("/status").json()["precompute"].get("default", {}).get("done", 0) < len(tasks):
+            assert time.monotonic() < until, "the fallback model's predictions were not computed ahead"
+            time.sleep(0.1)
+
+        def computed_in_the_request(*_: Any, **__: Any) -> Any:
+            raise AssertionError("the fallback was computed in the request")
+
+        fallback.predict = computed_in_the_request
+        try:
+            answer = client.post("/labelstudio/llama/predict", json=request)
+        finally:
+            del fallback.predict
+        assert answer.status_code == 200
+        results = answer.json()["results"]
+        assert len(results) == len(tasks) and any(r["result"] for r in results)
+        assert {r["model_version"] for r in results} == {f"{lexicon} (fallback for {llama})"}
+    wait_for(client, "done", n=len(tasks))
+
+
+def test_a_fallback_computed_in_a_request_is_cached(client: TestClient, fixtures_dir: Path) -> None:
+    service = client.app.state.service
+    request = fixture(fixtures_dir, "labelstudio/predict_request_batch.json")
+    n = len([t for t in request["tasks"] if (t.get("data") or {}).get("text", "").strip()])
+    with service.compute.lane("annotator"):
+        first = client.post("/labelstudio/llama/predict", json=request).json()
+        assert client.get("/status").json()["precompute"]["default"]["done"] == n
+        fallback = service.predictor.current
+        fallback.predict = lambda *_, **__: pytest.fail("computed again")
+        try:
+            again = client.post("/labelstudio/llama/predict", json=request).json()
+        finally:
+            del fallback.predict
+    assert again["results"] == first["results"]
+
+
 class BrokenEngine:
     """An engine whose server is down."""
 

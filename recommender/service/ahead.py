@@ -3,12 +3,16 @@
 A predict request for a slow model never generates: it answers from the prediction cache (the
 ``predictions`` table). On a miss it answers within ``miss_budget_seconds`` with the fallback model's
 (``KIWI_FALLBACK_MODEL``, the encoder) prediction, marked in the model version and the score
-explanation, and queues the note. A background worker computes queued notes one at a time at a
-lower CPU priority than requests, and between two generation steps waits while requests run (they
-share its cores: a step is a forward pass, tens of milliseconds, where a note takes tens of
-seconds). It retries a failure up to ``precompute_attempts`` times and then reports it failed (a
-failed note keeps getting the fallback, never an empty prediction). When a slow model's version
-changes (a retrained adapter), the notes its predecessor had are queued for it.
+explanation, and queues the note. Notes imported ahead of the annotator (Label Studio's
+``TASKS_CREATED``) are queued for the fallback model too, so a miss on an imported note is answered
+from the cache as well; a fallback computed in a request is cached for the next ask.
+
+A background worker computes queued notes one at a time (the fallback model's first) at a lower CPU
+priority than requests, and between two generation steps waits while requests run (they share its
+cores: a step is a forward pass, tens of milliseconds, where a note takes tens of seconds). It
+retries a failure up to ``precompute_attempts`` times and then reports it failed (a failed note keeps
+getting the fallback, never an empty prediction). When a model's version changes (a retrained
+adapter), the notes its predecessor had are queued for it.
 """
 
 from __future__ import annotations
@@ -112,10 +116,14 @@ class AheadPredictions:
         to answer misses. A slow model served alone predicts in its requests, as any other (a LLaMA
         behind a GPU server answers in about a second)."""
         extractor = predictor.loaded
-        if extractor is None or not extractor.ahead:
-            return False
+        return extractor is not None and extractor.ahead and self._fast(predictor) is not None
+
+    def _fast(self, predictor: Predictor) -> Predictor | None:
+        """The fast model that answers ``predictor``'s misses, if one is served."""
         fast = self.service.served(self.service.settings.fallback_model)
-        return fast is not predictor and fast.loaded is not None and not fast.loaded.ahead
+        if fast is predictor or fast.loaded is None or fast.loaded.ahead:
+            return None
+        return fast
 
     def _fallback(
         self,
@@ -138,7 +146,7 @@ class AheadPredictions:
                 f"meanwhile (KIWI_FALLBACK_MODEL [{settings.fallback_model}]); retry later"
             )
         budget = min(deadline, time.monotonic() + settings.miss_budget_seconds)
-        predicted = run(fast, misses, kind == "given", budget)
+        predicted = self._fast_predictions(fast_predictor, fast, misses, kind, run, budget)
         state = {
             d.id: entries[h].state if h in entries else "queued" for d, h in zip(docs, hashes, strict=True)
         }
@@ -152,20 +160,62 @@ class AheadPredictions:
             for p in predicted
         }
 
+    def _fast_predictions(
+        self,
+        fast_predictor: Predictor,
+        fast: Extractor,
+        misses: list[Document],
+        kind: Kind,
+        run: RunModel,
+        budget: float,
+    ) -> list[Document]:
+        """The fast model's predictions for a prefix of ``misses``: cached (computed ahead), else
+        computed now within ``budget`` and cached for the next ask."""
+        hashes = [input_hash(d, kind) for d in misses]
+        entries = self.cache.lookup(fast.version, kind, hashes)
+        out: list[Document] = []
+        live: list[Document] = []
+        for doc, digest in zip(misses, hashes, strict=True):
+            entry = entries.get(digest)
+            if entry is not None and entry.state == "done" and entry.document is not None:
+                out.append(replace(entry.document, id=doc.id))
+            else:
+                live.append(doc)
+        if not live:
+            return out
+        computed = run(fast, live, kind == "given", budget)
+        for doc, predicted in zip(live, computed, strict=False):
+            try:
+                self.cache.put(fast_predictor.name, fast.version, kind, doc, predicted)
+            except UnavailableError:  # answered all the same; the next ask computes it again
+                log.warning("precompute [%s]: a fallback prediction was not cached", fast_predictor.name)
+        by_id = {p.id: p for p in [*out, *computed]}
+        return [by_id[d.id] for d in misses if d.id in by_id]
+
     def queue(self, predictor: Predictor, docs: Sequence[Document], kind: Kind = "text") -> int:
-        """Queue ``docs`` for ``predictor``'s slow model (not done yet); returns how many were new."""
+        """Queue ``docs`` for ``predictor``'s slow model (not done yet) and for its fallback model;
+        returns how many were new for the slow model."""
         n = self.cache.enqueue(predictor.name, predictor.current.version, kind, docs)
-        if n:
+        fast = self._fast(predictor)
+        new_fast = self.cache.enqueue(fast.name, fast.current.version, kind, docs) if fast is not None else 0
+        if n or new_fast:
             self._wake.set()
         return n
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per slow model: its version and how many notes are queued, running, done and failed."""
+        """Per model the worker computes for: its version and how many notes are queued, running,
+        done and failed."""
         out = {}
-        for predictor in self.service.slow_models():
+        for predictor in self._worked():
             version = predictor.current.version
             out[predictor.name] = {"version": version, **self.cache.counts(predictor.name, version)}
         return out
+
+    def _worked(self) -> list[Predictor]:
+        """The fallback models of the slow ones (fast: done first), then the slow models."""
+        slow = self.service.slow_models()
+        fast = [f for p in slow if (f := self._fast(p)) is not None]
+        return list(dict.fromkeys([*fast, *slow]))
 
     # --- the background worker -------------------------------------------------------------------
     def start(self) -> None:
@@ -202,9 +252,9 @@ class AheadPredictions:
                 self._wake.clear()
 
     def step(self) -> bool:
-        """Compute one queued prediction of a slow model; False when none was queued."""
+        """Compute one queued prediction (a fallback model's first); False when none was queued."""
         settings = self.service.settings
-        for predictor in self.service.slow_models():
+        for predictor in self._worked():
             name, extractor = predictor.name, predictor.current
             if self._versions.get(name) != extractor.version:
                 self._versions[name] = extractor.version
@@ -213,7 +263,7 @@ class AheadPredictions:
                     log.info("precompute [%s]: queued %d note(s) for [%s]", name, carried, extractor.version)
             for claimed in self.cache.claim(name, extractor.version):
                 started = time.monotonic()
-                # Only where requests never run this model themselves (else they would wait on it).
+                # Only slow models whose requests never run them (else those would wait on it).
                 yielding = self._yield_to_requests if self.applies(predictor) else None
                 try:
                     [predicted] = extractor.predict_in_background(
