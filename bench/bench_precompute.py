@@ -10,6 +10,9 @@ its own process (a fresh SQLite database, retraining off). Rows:
   ``/labelstudio/llama/predict``, every request a note not seen before (the ~650-token note of
   ``bench_service.py`` with a numbered line appended), so each is answered by the encoder as the
   fallback and queued, while the server's background worker generates queued notes with the LLaMA;
+* ``llama miss, imported``: Label Studio ``/labelstudio/llama/predict`` for notes not seen before
+  that arrived first by a ``TASKS_CREATED`` webhook (a task import), whose fallback the worker computed
+  ahead: still LLaMA misses, answered by the encoder's cached prediction;
 * ``llama hit``: the same two with the note whose LLaMA prediction ``kiwi precompute`` put in the
   cache before the server started (skip with ``--no-hits``: it generates one note first).
 
@@ -117,6 +120,12 @@ def who(answer: dict[str, Any]) -> set[str]:
     return out
 
 
+def fallback_done(url: str) -> int:
+    """Predictions of the fallback (main) model the server's worker has cached."""
+    queue = httpx.get(f"{url}/status", timeout=30).json()["precompute"]
+    return int(queue.get("default", {}).get("done", 0))
+
+
 def variant(note: Document, k: int) -> Document:
     """The note with a numbered line appended: another text, so another cache key."""
     return Document(f"{note.id}-{k}", f"{note.text}\n\nFollow-up visit {k}.")
@@ -169,6 +178,20 @@ def main() -> int:
             def inc(docs: list[Document]) -> list[dict[str, Any]]:
                 return [inception_body(d) for d in docs]
 
+            def imported(n: int) -> list[dict[str, Any]]:
+                """Predict bodies of ``n`` new notes, imported first (their fallback computed ahead)."""
+                docs = misses(n)
+                tasks = [{"id": 100_000 + k + i, "data": {"text": d.text}} for i, d in enumerate(docs)]
+                done = fallback_done(url)
+                hook = {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": tasks}
+                httpx.post(f"{url}/webhook", json=hook, timeout=60).raise_for_status()
+                until = time.monotonic() + 600
+                while fallback_done(url) < done + n:
+                    if time.monotonic() > until:
+                        raise SystemExit("error: the imported notes' fallback was not computed in 10 min")
+                    time.sleep(0.5)
+                return [{"tasks": [t]} for t in tasks]
+
             run(url, "/inception/entities/predict", inc([note] * 3), 1)  # warm-up
             for clients in args.clients:
                 plan = [
@@ -189,6 +212,12 @@ def main() -> int:
                         "labelstudio /predict",
                         "/labelstudio/llama/predict",
                         ls(misses(args.requests)),
+                    ),
+                    (
+                        "llama miss, imported",
+                        "labelstudio /predict",
+                        "/labelstudio/llama/predict",
+                        imported(args.requests),
                     ),
                 ]
                 if not args.no_hits:
@@ -223,10 +252,10 @@ def main() -> int:
         ("max s", 8),
         ("notes/s", 9),
     )
-    print(f"{'case':<12}{'protocol':<22}" + "".join(f"{name:>{width}}" for name, width in head))
+    print(f"{'case':<22}{'protocol':<22}" + "".join(f"{name:>{width}}" for name, width in head))
     for r in rows:
         print(
-            f"{r['case']:<12}{r['protocol']:<22}{r['clients']:>8}{r['requests']:>9}{r['refused_503']:>5}{r['p50_s']:>8.3f}"
+            f"{r['case']:<22}{r['protocol']:<22}{r['clients']:>8}{r['requests']:>9}{r['refused_503']:>5}{r['p50_s']:>8.3f}"
             f"{r['p95_s']:>8.3f}{r['max_s']:>8.3f}{r['notes_per_s']:>9.1f}"
         )
     print(f"LLaMA queue at the end: {queue.get('llama')}")
