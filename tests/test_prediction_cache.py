@@ -77,6 +77,19 @@ def test_a_stalled_prediction_counts_as_a_failed_attempt(database_url: str) -> N
     store.close()
 
 
+def test_a_heartbeat_keeps_a_paused_prediction_from_counting_as_stalled(database_url: str) -> None:
+    store = CorrectionStore(database_url)
+    cache = PredictionCache(store.engine)
+    cache.enqueue("llama", "v1", "text", [NOTE])
+    [claimed] = cache.claim("llama", "v1")
+    time.sleep(0.3)
+    cache.heartbeat(claimed.id)
+    assert cache.requeue_stalled(0.2, max_attempts=2) == 0, "alive 0.3 s after its claim"
+    time.sleep(0.3)
+    assert cache.requeue_stalled(0.2, max_attempts=2) == 1, "no heartbeat since: stalled"
+    store.close()
+
+
 def test_a_new_version_queues_what_the_old_one_had(database_url: str) -> None:
     store = CorrectionStore(database_url)
     cache = PredictionCache(store.engine)

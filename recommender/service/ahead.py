@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from recommender.document import Document
@@ -70,6 +71,7 @@ class AheadPredictions:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._versions: dict[str, str] = {}  # model name -> version the worker last carried over to
+        self._heartbeat = 0.0  # when the worker last marked its paused row alive
 
     # --- the request path ------------------------------------------------------------------------
     def predict(
@@ -264,7 +266,7 @@ class AheadPredictions:
             for claimed in self.cache.claim(name, extractor.version):
                 started = time.monotonic()
                 # Only slow models whose requests never run them (else those would wait on it).
-                yielding = self._yield_to_requests if self.applies(predictor) else None
+                yielding = partial(self._yield_to_requests, claimed.id) if self.applies(predictor) else None
                 try:
                     [predicted] = extractor.predict_in_background(
                         [claimed.document], entities_given=claimed.kind == "given", between_steps=yielding
@@ -292,8 +294,16 @@ class AheadPredictions:
                 return True
         return False
 
-    def _yield_to_requests(self) -> None:
-        self.service.compute.wait_idle(0.0 if self._stop.is_set() else _MAX_YIELD_SECONDS)
+    def _yield_to_requests(self, row_id: int) -> None:
+        compute = self.service.compute
+        if compute.wait_idle(0.0) or self._stop.is_set():
+            return
+        compute.wait_idle(_MAX_YIELD_SECONDS)
+        now = time.monotonic()
+        if now - self._heartbeat > _STALL_CHECK_SECONDS:  # paused, not stalled: keep the row running
+            self._heartbeat = now
+            with contextlib.suppress(UnavailableError):
+                self.cache.heartbeat(row_id)
 
 
 def _why(state: str) -> str:

@@ -229,6 +229,16 @@ class PredictionCache:
         return len(ids)
 
     @outage_is_unavailable
+    def heartbeat(self, row_id: int) -> None:
+        """The worker of a running row is alive (paused for requests), so the row is not stalled."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(predictions)
+                .where(predictions.c.id == row_id, predictions.c.state == "running")
+                .values(updated=datetime.now(UTC))
+            )
+
+    @outage_is_unavailable
     def carry_over(self, model: str, version: str) -> int:
         """Queue for ``version`` the inputs that ``model``'s other versions had (a retrained adapter
         computes ahead what its predecessor had computed); returns how many were new."""
