@@ -38,12 +38,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILIES = {"encoder": "kiwi.encoder.v1", "lexicon": "kiwi.lexicon.v1"}
-# The encoder's fast settings (--set replaces them): 2 of MiniLM's 6 layers, small batches so a few
-# notes still give enough optimizer steps, 3 epochs for the seed round and the reference, then
-# WARM_EPOCHS per round from the previous round's weights (which have seen the earlier notes).
 # A lexicon committee beside a lexicon learner must differ from it: this one also predicts the sequences
 # annotated only now and then (the learner needs a label share of 0.3).
 LEXICON_COMMITTEE = ["min_score=0.1"]
+# The encoder's fast settings (--set replaces them): 2 of MiniLM's 6 layers, small batches so a few
+# notes still give enough optimizer steps, 3 epochs for the seed round and the reference, then
+# WARM_EPOCHS per round from the previous round's weights (which have seen the earlier notes).
 FAST_ENCODER = {"encoder_layers": 2, "batch_size": 2, "epochs": 3, "patience": 3}
 WARM_EPOCHS = 1
 

@@ -163,11 +163,11 @@ class Settings(BaseSettings):
     )
 
     # --- active learning -------------------------------------------------------------------------
-    # token_entropy won bench/bench_active_learning.py (lexicon learner, 3 seeds): 95% of the full-pool
-    # score after 28,818 annotated tokens against random's 35,348 (18% fewer) and 7,487 edits against
-    # 8,184 (9% fewer); least confidence, the old order, needed 39,768 (more than random).
+    # bench/bench_active_learning.py with the encoder learner (3 seeds, bench/README.md): no per-note
+    # strategy saves tokens against random (all within 1-3%); least confidence is the one that needs
+    # fewer edits than random to reach 95% of the full-pool score (8,003 against 8,354).
     al_strategy: str = Field(
-        "token_entropy",
+        "least_confidence",
         description="active-learning score behind Label Studio's task order and INCEpTION's suggestion "
         f"scores: {', '.join(PER_NOTE)} (recommender/active/strategies.py; kiwi simulate compares them)",
     )

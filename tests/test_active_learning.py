@@ -303,10 +303,11 @@ def test_simulation_on_a_tiny_encoder(tmp_path: Path) -> None:
     base = _tiny_bert(tmp_path / "bert")
     train, dev = development_split(generate(30, seed=11))
     config = EncoderConfig(
-        base_model=str(base), max_length=64, window_overlap=16, epochs=1, batch_size=4, precision="fp32"
+        base_model=str(base), max_length=64, window_overlap=16, epochs=2, batch_size=4, precision="fp32"
     )
+    learner = Learner("kiwi.encoder.v1", config, warm_start=True, warm_epochs=1)
     run = Run(
-        train[:10], dev[:3], Learner("kiwi.encoder.v1", config, warm_start=True), "relation", 0,
+        train[:10], dev[:3], learner, "relation", 0,
         Plan(seed_notes=2, batch_notes=2, budget_notes=6), tmp_path / "run",
     )  # fmt: skip
     rounds = run.run()
@@ -314,6 +315,7 @@ def test_simulation_on_a_tiny_encoder(tmp_path: Path) -> None:
     assert rounds[1].selected and rounds[1].selected_edits["total"] >= 0
     saved = json.loads((tmp_path / "run" / "models" / "round-2" / "kiwi_model.json").read_text())
     assert saved["config"]["init_from"].endswith("round-1")  # warm-started from the last round
+    assert saved["config"]["epochs"] == 1, "a warm-started round trains warm_epochs"
     from recommender.extractors import load_extractor
 
     pred = load_extractor(tmp_path / "run" / "models" / "round-2").predict([dev[0].without_annotations()])[0]
