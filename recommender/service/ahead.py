@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,7 @@ class AheadPredictions:
         self._thread: threading.Thread | None = None
         self._versions: dict[str, str] = {}  # model name -> version the worker last carried over to
         self._heartbeat = 0.0  # when the worker last marked its paused row alive
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="kiwi-fallback-cache")
 
     # --- the request path ------------------------------------------------------------------------
     def predict(
@@ -186,13 +188,21 @@ class AheadPredictions:
         if not live:
             return out
         computed = run(fast, live, kind == "given", budget)
-        for doc, predicted in zip(live, computed, strict=False):
-            try:
-                self.cache.put(fast_predictor.name, fast.version, kind, doc, predicted)
-            except UnavailableError:  # answered all the same; the next ask computes it again
-                log.warning("precompute [%s]: a fallback prediction was not cached", fast_predictor.name)
+        # Written after the answer: a durable commit per note would queue concurrent misses on it.
+        pairs = list(zip(live, computed, strict=False))
+        with contextlib.suppress(RuntimeError):  # shutting down: not cached, answered all the same
+            self._writer.submit(self._cache_fallbacks, fast_predictor.name, fast.version, kind, pairs)
         by_id = {p.id: p for p in [*out, *computed]}
         return [by_id[d.id] for d in misses if d.id in by_id]
+
+    def _cache_fallbacks(
+        self, name: str, version: str, kind: Kind, pairs: list[tuple[Document, Document]]
+    ) -> None:
+        try:
+            for doc, predicted in pairs:
+                self.cache.put(name, version, kind, doc, predicted)
+        except UnavailableError:  # answered all the same; the next ask computes it again
+            log.warning("precompute [%s]: fallback predictions not cached (database unavailable)", name)
 
     def queue(self, predictor: Predictor, docs: Sequence[Document], kind: Kind = "text") -> int:
         """Queue ``docs`` for ``predictor``'s slow model (not done yet) and for its fallback model;
@@ -230,6 +240,7 @@ class AheadPredictions:
         retried by the stall check once ``precompute_timeout_seconds`` have passed)."""
         self._stop.set()
         self._wake.set()
+        self._writer.shutdown(wait=True)  # a few quick inserts at most
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
