@@ -107,3 +107,39 @@ def emoji_note() -> Document:
     for head, tail in ((pain, neg), (pain, loc), (drug, strength), (drug, freq), (test, val)):
         doc.add_relation(head, tail)
     return doc.validate()
+
+
+def tiny_bert(folder: Path, layers: int = 1, dropout: float | None = None) -> Path:
+    """A random BERT with the MiniLM vocabulary (offline), saved as a local Hugging Face folder;
+    ``dropout`` replaces BERT's default where given."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from recommender.extractors.encoder import resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
+    names = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+    extra = {} if dropout is None else dict.fromkeys(names, dropout)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **extra,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def predict_labels(base: str) -> dict[str, Any]:
+    """Label Studio /predict of a short note at ``base``; asserts it finds a problem and a drug and
+    returns the prediction."""
+    task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
+    r = httpx.post(f"{base}/predict", json={"tasks": [task]}, timeout=30)
+    assert r.status_code == 200
+    (prediction,) = r.json()["results"]
+    labels = {x["value"]["labels"][0] for x in prediction["result"] if x["type"] == "labels"}
+    assert {"problem", "drug"} <= labels
+    return dict(prediction)

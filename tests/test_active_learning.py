@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from support import chromium, chromium_screenshot, run_kiwi
+from support import chromium, chromium_screenshot, run_kiwi, tiny_bert
 
 from recommender.active.report import write
 from recommender.active.simulate import Learner, Plan, Round, Run, area, reach, simulate
@@ -300,7 +300,7 @@ def test_simulation_on_a_tiny_encoder(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from recommender.extractors.encoder import EncoderConfig
 
-    base = _tiny_bert(tmp_path / "bert")
+    base = tiny_bert(tmp_path / "bert")
     train, dev = development_split(generate(30, seed=11))
     config = EncoderConfig(
         base_model=str(base), max_length=64, window_overlap=16, epochs=2, batch_size=4, precision="fp32"
@@ -322,25 +322,6 @@ def test_simulation_on_a_tiny_encoder(tmp_path: Path) -> None:
     kinds = {c.kind for c in pred.choices}
     assert {"entity", "modifier"} <= kinds  # every word of both heads
     assert all(0 <= c.second <= c.top <= 1 and 0 <= c.entropy <= 1.0001 for c in pred.choices)
-
-
-def _tiny_bert(folder: Path) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from recommender.extractors.encoder import resolve_base_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 # --- the tools --------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from support import emoji_note, phrase_spans  # noqa: E402
+from support import emoji_note, phrase_spans, tiny_bert  # noqa: E402
 
 from recommender.document import Document  # noqa: E402
 from recommender.errors import ConfigError, ModelError  # noqa: E402
 from recommender.extractors import load_extractor  # noqa: E402
-from recommender.extractors.encoder import EncoderConfig, resolve_base_model, train_encoder  # noqa: E402
+from recommender.extractors.encoder import EncoderConfig, train_encoder  # noqa: E402
 from recommender.extractors.encoder.extractor import EncoderExtractor, decode_bio, word_tags  # noqa: E402
 from recommender.extractors.encoder.model import encode_text  # noqa: E402
 from recommender.formats import FORMATS, read_documents, write_documents  # noqa: E402
@@ -52,24 +52,9 @@ def _note() -> Document:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT with the MiniLM vocabulary, saved as a local Hugging Face folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))  # its vocabulary, offline
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,  # memorising two notes needs no regularisation
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    # memorising two notes needs no regularisation
+    return tiny_bert(tmp_path_factory.mktemp("tiny_bert"), layers=2, dropout=0.0)
 
 
 @pytest.fixture(scope="module")

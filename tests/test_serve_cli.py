@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from support import run_kiwi, wait_healthy
+from support import predict_labels, run_kiwi, wait_healthy
 
 from recommender.corpora import SAMPLE_DIR
 
@@ -39,12 +39,7 @@ def test_bootstrap_trains_promotes_and_serves_real_predictions(tmp_path: Path) -
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base, server, 120)
-        task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
-        r = httpx.post(f"{base}/predict", json={"tasks": [task]}, timeout=30)
-        assert r.status_code == 200
-        (prediction,) = r.json()["results"]
-        labels = {x["value"]["labels"][0] for x in prediction["result"] if x["type"] == "labels"}
-        assert {"problem", "drug"} <= labels
+        prediction = predict_labels(base)
         versions = httpx.get(f"{base}/models", timeout=5).json()
         assert versions["current"] == prediction["model_version"]
         page = httpx.get(f"{base}/", timeout=5)

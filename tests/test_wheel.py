@@ -14,9 +14,8 @@ import sysconfig
 import venv
 from pathlib import Path
 
-import httpx
 import pytest
-from support import wait_healthy
+from support import predict_labels, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,12 +94,7 @@ def test_the_installed_kiwi_bootstraps_a_model_and_serves_it(installed: Path, tm
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base, server, 180, what="the installed kiwi")
-        task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
-        r = httpx.post(f"{base}/predict", json={"tasks": [task]}, timeout=30)
-        assert r.status_code == 200
-        (prediction,) = r.json()["results"]
-        labels = {x["value"]["labels"][0] for x in prediction["result"] if x["type"] == "labels"}
-        assert {"problem", "drug"} <= labels
+        predict_labels(base)
     finally:
         server.terminate()
         server.wait(timeout=30)
