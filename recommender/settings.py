@@ -112,18 +112,23 @@ class Settings(BaseSettings):
         "answers INCEpTION at /inception/NAME/entities and /inception/NAME/relations and Label Studio at "
         "/labelstudio/NAME; the main one is also reachable as NAME default",
     )
-    llama_engine: Literal["transformers", "openai", "vllm"] | None = Field(
+    llama_engine: Literal["transformers", "openai"] | None = Field(
         None,
         description="generation engine of served LLaMA models, replacing the one in the model's config: "
-        "transformers (in process), openai (an OpenAI-compatible server), vllm (GPU)",
+        "transformers (in process), openai (an OpenAI-compatible server: vLLM on a GPU or CPU host)",
     )
     llama_engine_url: str | None = Field(
         None, description="base URL of the OpenAI-compatible server (llama_engine openai)"
     )
     llama_engine_model: str | None = Field(
         None,
-        description="model name the server knows the LLaMA by (llama_engine openai; default: the model "
-        "version, as in `vllm serve BASE --enable-lora --lora-modules VERSION=MODEL_DIR/adapter`)",
+        description="model name the server knows the LLaMA by (llama_engine openai); default: the model "
+        "version, under which the service loads the model's adapter into a vLLM server at run time",
+    )
+    llama_engine_structured_outputs: bool | None = Field(
+        None,
+        description="send the copy-or-tag constraint as vLLM's structured_outputs (llama_engine openai); "
+        "default: when the server is vLLM",
     )
     fallback_model: str = Field(
         DEFAULT_MODEL,
@@ -245,6 +250,8 @@ class Settings(BaseSettings):
             llama["engine_url"] = self.llama_engine_url
         if self.llama_engine_model is not None:
             llama["engine_model"] = self.llama_engine_model
+        if self.llama_engine_structured_outputs is not None:
+            llama["engine_structured_outputs"] = self.llama_engine_structured_outputs
         return {"kiwi.llama.v1": llama} if llama else {}
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,15 @@ def test_images_install_the_wheel_and_run_as_a_user(name: str) -> None:
     assert "USER 10001" in lines and any(line.startswith("HEALTHCHECK") for line in lines)
 
 
+def test_the_project_images_never_install_vllm() -> None:
+    """vLLM needs numpy >= 2, the package pins numpy < 2: vLLM runs in its own image or venv."""
+    for name in ["Dockerfile", "Dockerfile.gpu"]:
+        text = (DOCKER / name).read_text(encoding="utf-8")
+        installs = [line for line in text.splitlines() if "pip install" in line or line.startswith("    ")]
+        assert not [line for line in installs if "vllm" in line.lower()], name
+    assert re.search(r'"numpy[^"]*<2"', (DOCKER.parent / "pyproject.toml").read_text(encoding="utf-8"))
+
+
 def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yml").read_text(encoding="utf-8"))
     services = compose["services"]
@@ -61,5 +71,14 @@ def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> No
     assert {services[n].get("profiles", [None])[0] for n in ("vllm", "kiwi-llama")} == {"gpu"}
     llama = services["kiwi-llama"]["environment"]
     assert llama["KIWI_LLAMA_ENGINE"] == "openai" and llama["KIWI_LLAMA_ENGINE_URL"] == "http://vllm:8000"
+    assert llama["KIWI_TRAINER"] == "kiwi.llama.v1"
+    assert llama["KIWI_LLAMA_ENGINE_STRUCTURED_OUTPUTS"] == "true"
+    # vLLM's own image, pinned; adapters come at run time from the service, not at start
+    vllm = services["vllm"]
+    assert vllm["image"].split(":")[-1].startswith("v0.") and "vllm/vllm-openai" in vllm["image"]
+    assert "--lora-modules" not in vllm["command"] and "--enable-lora" in vllm["command"]
+    rank = vllm["command"][vllm["command"].index("--max-lora-rank") + 1]
+    assert rank == "${KIWI_LORA_RANK:-16}" and "${KIWI_LORA_RANK:-16}" in llama["KIWI_TRAINER_CONFIG"]
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     # secrets come from the env file, never from the compose file itself
     assert "${POSTGRES_PASSWORD:?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]

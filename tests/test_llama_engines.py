@@ -1,6 +1,6 @@
 """The LLaMA generation engines: ``openai`` against a real OpenAI-compatible server started here on
 loopback (``transformers serve`` over a tiny random Llama folder), its failure modes against a small
-loopback HTTP server, the choice of engine by configuration, and ``vllm`` behind the ``gpu`` marker.
+loopback HTTP server, and the choice of engine by configuration (a real vLLM server: test_vllm_server.py).
 
 The tiny model has float64 weights so that the server's computation and this process's cannot flip
 a near-tie: the engines must then give the same text, prompt for prompt.
@@ -463,37 +463,3 @@ def test_copy_or_tag_regex_accepts_tagged_copies_only() -> None:
     assert not pattern.fullmatch(" No chills . <EOS>"), "only the source's words"
     assert not pattern.fullmatch(' No <span class="drug">fever</span> . <EOS>'), "only the labels given"
     assert not pattern.fullmatch(" No fever .")
-
-
-# --- vLLM (GPU) ----------------------------------------------------------------------------------
-
-
-@pytest.mark.gpu
-def test_vllm_engine_matches_transformers_and_the_constraint_takes_effect(
-    tiny: Path, notes: list[Document]
-) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU here")
-    pytest.importorskip("vllm")
-    from recommender.extractors.llama.engines import VllmEngine
-
-    prompts = kiwi_prompts(notes)
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny)
-    reference = plain_generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW, constrained=False)
-    free = VllmEngine(str(tiny), None, None, "v1", max_new_tokens=MAX_NEW, constrained=False, dtype="float32")
-    texts = [g.text for g in free.generate(prompts)]
-    agree = sum(a == b.text for a, b in zip(texts, reference, strict=True))
-    assert agree >= len(prompts) - 1, f"{agree}/{len(prompts)} equal (float32 on a GPU may flip a near-tie)"
-    units = ner_units(notes)[: len(prompts)]
-    constrained_prompts = [
-        Prompt(p.prefix, p.text, u.source, tuple(u.labels)) for p, u in zip(prompts, units, strict=True)
-    ]
-    free.constrained = True
-    for unit, gen in zip(units, free.generate(constrained_prompts), strict=True):
-        # the constraint took effect: a random model copies the words it was given, in order (the
-        # last one may be cut by the token cap), with tags between them
-        words = re.sub(r"</?span[^>]*>", "", gen.text).split()
-        assert words[:-1] == unit.source.split(" ")[: len(words) - 1], gen.text
-        if gen.stopped:
-            assert words == unit.source.split(" ")

@@ -67,7 +67,7 @@ def train_family(
 
 def _option_name(f: Field[Any]) -> str:
     flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-    return f"{flag}/--no-{flag[2:]}" if f.type in (bool, "bool") else flag
+    return f"{flag}/--no-{flag[2:]}" if f.type in (bool, "bool", "bool | None") else flag
 
 
 def _train_command(fam: Family) -> Callable[..., None]:

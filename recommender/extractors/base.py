@@ -182,6 +182,15 @@ class Extractor(ABC):
     def save(self, folder: Path) -> None:
         """Write weights, configuration and ``kiwi_model.json`` into ``folder``."""
 
+    def activate(self) -> None:
+        """Get ready to answer before the service swaps this model in (a LLaMA behind a vLLM server
+        loads its adapter there). Best effort: what fails here fails again at the first prediction."""
+        return None
+
+    def retire(self) -> None:
+        """Release what serving held, once a newer model answers in this one's place."""
+        return None
+
     def configure(self, **values: Any) -> None:
         """Override config fields of a loaded model; families with nothing to override refuse."""
         raise ConfigError(f"extractor [{self.name}] takes no settings, got [{', '.join(sorted(values))}]")

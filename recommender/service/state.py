@@ -67,8 +67,11 @@ class Predictor:
 
     def load(self, path: Path) -> Extractor:
         extractor = load_extractor(path, self.overrides)  # slow part outside the lock
+        extractor.activate()  # e.g. its adapter loaded into the vLLM server, before it answers
         with self._lock:
-            self._extractor, self.path = extractor, Path(path)
+            old, self._extractor, self.path = self._extractor, extractor, Path(path)
+        if old is not None and old.version != extractor.version:
+            old.retire()  # after the swap: a request that took it finishes or fails, never waits
         # The model, its tokenizer and the libraries are hundreds of thousands of objects that live
         # as long as the process: a full garbage collection traversing them stalled requests by
         # ~0.25 s (the 95th-percentile latency). Frozen objects are skipped by the collector.

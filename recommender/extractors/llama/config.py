@@ -11,7 +11,7 @@ from recommender.extractors.base import ExtractorConfig, setting
 DEFAULT_BASE = "smollm2"
 QUANTIZATIONS = ("nf4", "none")
 DTYPES = ("auto", "bf16", "fp32")
-ENGINES = ("transformers", "openai", "vllm")
+ENGINES = ("transformers", "openai")
 
 
 @dataclass
@@ -69,20 +69,22 @@ class LlamaConfig(ExtractorConfig):
     constrained: bool = setting(True, "copy-or-tag decoding: the output is always the input with tags")
     engine: str = setting(
         "transformers",
-        "generation engine: transformers (in process), openai (an OpenAI-compatible server at engine_url), "
-        "vllm (in process on a GPU, extra .[gpu])",
+        "generation engine: transformers (in process), openai (an OpenAI-compatible server at engine_url, "
+        "vLLM's on a GPU or CPU host)",
     )
     engine_url: str | None = setting(None, "base URL of the OpenAI-compatible server (engine openai)")
     engine_model: str | None = setting(
-        None, "model or adapter name the server serves (engine openai; default: this model's version)"
+        None,
+        "model name to ask the server for (engine openai); default: this model's version, under which "
+        "the service loads the model's adapter into a vLLM server",
     )
     engine_timeout_s: float = setting(120.0, "seconds one completion request may take (engine openai)")
     engine_retries: int = setting(3, "retries of a failed completion request, with backoff (engine openai)")
     engine_concurrency: int = setting(4, "completion requests in flight at once (engine openai)")
-    engine_structured_outputs: bool = setting(
-        False,
-        "send the copy-or-tag constraint as vLLM's structured_outputs regex (engine openai against vllm "
-        "serve 0.11+; transformers serve refuses the field); off: the server decodes unconstrained",
+    engine_structured_outputs: bool | None = setting(
+        None,
+        "send the copy-or-tag constraint as vLLM's structured_outputs regex (engine openai); default: "
+        "when the server is vLLM (its /version answers), as transformers serve refuses the field",
     )
     keep_prompts: bool = setting(
         False, "keep raw prompts and generations for audit (in the predicted notes' meta; they are PHI)"
@@ -121,6 +123,10 @@ class LlamaConfig(ExtractorConfig):
             raise ConfigError(f"max_grad_norm must be positive, got [{self.max_grad_norm}]")
         if self.draft_tokens < 0:
             raise ConfigError(f"draft_tokens must be >= 0, got [{self.draft_tokens}]")
+        if self.engine == "vllm":
+            raise ConfigError(
+                "engine [vllm] (in process) is gone: run a vLLM server and use engine openai with its URL"
+            )
         for name, choices in (("quantization", QUANTIZATIONS), ("dtype", DTYPES), ("engine", ENGINES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, got [{getattr(self, name)}]")

@@ -1,15 +1,14 @@
 """Generation engines beyond the in-process one, and the choice among them by configuration.
 
 ``transformers`` (:class:`~recommender.extractors.llama.generation.TransformersEngine`) decodes in
-this process. ``openai`` sends each prompt to an OpenAI-compatible ``/v1/completions`` server
-(``vllm serve --enable-lora``, ``transformers serve``, llama.cpp's server) for scale-out: greedy, the
-same stop string and token cap, token log-probabilities where the server returns them (``logprobs``),
-else none, so span scores are None rather than invented; the copy-or-tag constraint goes as vLLM's
-``structured_outputs`` regex only when ``engine_structured_outputs`` says the server takes it.
-``vllm`` runs vLLM in this process on a GPU (extra ``.[gpu]``): the LoRA adapter through vLLM's LoRA
-support under a versioned name, automatic prefix caching for the shared instruction, and the
-copy-or-tag constraint through vLLM's ``structured_outputs`` (its old ``guided_*`` fields are
-ignored since 0.12).
+this process. ``openai`` sends each prompt to an OpenAI-compatible ``/v1/completions`` server (vLLM,
+``transformers serve``, llama.cpp's server) for scale-out: greedy, the same stop string and token
+cap, token log-probabilities where the server returns them (``logprobs``), else none, so span scores
+are None rather than invented. Against vLLM (found by its ``/version``) the copy-or-tag constraint
+goes as its ``structured_outputs`` regex, and a model folder's LoRA adapter is loaded into the
+server at run time under the model's version (:mod:`~recommender.extractors.llama.vllm_server`).
+vLLM in this process is not offered: a second ``LLM`` built after a reload asks for GPU memory the
+first still holds, vLLM needs numpy >= 2 where this package pins numpy < 2, and the server covers it.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from recommender.errors import ModelError
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.constrained import OPEN_TAG
 from recommender.extractors.llama.generation import STOP, Engine, Generation, Prompt
+from recommender.extractors.llama.vllm_server import VllmServer, adapter_rank, check_lora_rank
 
 if TYPE_CHECKING:
     from recommender.extractors.llama.extractor import LlamaExtractor
@@ -44,6 +44,10 @@ class OpenAIEngine(Engine):
     A connection failure, a timeout or a 408/429/5xx answer is retried ``retries`` times with
     exponential backoff; then, or at once for any other error or an answer that is not a completion,
     one :class:`ModelError` names the URL and what went wrong (never the prompt: it is note text).
+
+    With ``adapter`` (a LoRA folder) and ``server`` (vLLM), ``model`` is the adapter's name there:
+    it is loaded before the first completion and again when the server answers 404 for it (a
+    restarted, empty server), until :meth:`retire` (a newer version took over: never load it back).
     """
 
     def __init__(
@@ -60,8 +64,15 @@ class OpenAIEngine(Engine):
         logprobs: bool = True,
         structured: bool = False,
         api_key: str | None = None,
+        adapter: Path | None = None,
+        server: VllmServer | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/v1/completions"
+        self.adapter = adapter if server is not None else None
+        self.server = server
+        self._adapter_loaded = False
+        self._retired = False
+        self._adapter_lock = threading.Lock()
         self.structured = structured
         self.model = model
         self.max_new_tokens = max_new_tokens
@@ -76,10 +87,41 @@ class OpenAIEngine(Engine):
 
     def close(self) -> None:
         self._client.close()
+        if self.server is not None:
+            self.server.close()
+
+    def load_adapter(self, *, check: bool = True) -> None:
+        """Have the server hold this engine's adapter (no-op without one). ``check``: ask the server
+        first; else load at once (it answered 404 for the name)."""
+        if self.adapter is None or self.server is None:
+            return
+        with self._adapter_lock:
+            if self._retired:
+                raise ModelError(f"adapter [{self.model}] was superseded; not loading it again")
+            if check and self._adapter_loaded:
+                return
+            if check:
+                self.server.ensure(self.model, self.adapter)
+            else:
+                self.server.load(self.model, self.adapter)
+            self._adapter_loaded = True
+
+    def retire(self) -> None:
+        """A newer version took over: unload this adapter from the server (best effort) and never
+        load it again (a request still running on it gets an error, not a revived old version)."""
+        if self.adapter is None or self.server is None:
+            return
+        with self._adapter_lock:
+            self._retired = True
+            try:
+                self.server.unload(self.model)
+            except ModelError as e:
+                log.warning("%s", e)
 
     def generate(
         self, prompts: Sequence[Prompt], *, between_steps: Callable[[], None] | None = None
     ) -> list[Generation]:
+        self.load_adapter()
         if len(prompts) <= 1:
             return [self._complete(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -99,7 +141,11 @@ class OpenAIEngine(Engine):
             body["logprobs"] = 0  # the chosen token's log-probability, no alternatives
         if self.structured and prompt.source is not None:
             body["structured_outputs"] = {"regex": copy_or_tag_regex(prompt.source, prompt.labels, self.stop)}
-        return self._parse(self._post(body))
+        try:
+            return self._parse(self._post(body))
+        except _ModelMissing:
+            self.load_adapter(check=False)  # the server restarted without it: load it again, once
+            return self._parse(self._post(body))
 
     def _post(self, body: dict[str, Any]) -> Any:
         for attempt in range(self.retries + 1):
@@ -120,6 +166,8 @@ class OpenAIEngine(Engine):
                         raise ModelError(
                             f"generation server [{self.url}] answered {r.status_code} with no JSON"
                         ) from None
+                if r.status_code == 404 and self.adapter is not None and not self._retired:
+                    raise _ModelMissing(f"generation server [{self.url}] has no model [{self.model}]")
                 if last or r.status_code not in RETRY_STATUS:
                     raise ModelError(f"generation server [{self.url}] answered {r.status_code}: {_reason(r)}")
             time.sleep(self.backoff_s * 2**attempt)
@@ -141,6 +189,10 @@ class OpenAIEngine(Engine):
         text = text[:cut] if cut >= 0 else text
         lps, offsets = _logprobs(choice.get("logprobs"), len(text))
         return Generation(text, lps, offsets, stopped)
+
+
+class _ModelMissing(ModelError):
+    """The server does not know the adapter's name (404)."""
 
 
 def _reason(r: httpx.Response) -> str:
@@ -171,7 +223,7 @@ def _logprobs(block: Any, n_chars: int) -> tuple[list[float], list[int]]:
     return [float(x) for x in lps], [min(max(o - first, 0), n_chars) for o in offsets]
 
 
-# --- vLLM (GPU) --------------------------------------------------------------------------------
+# --- the copy-or-tag constraint as a regular expression --------------------------------------
 
 
 def copy_or_tag_regex(source: str, labels: Sequence[str], stop: str = STOP) -> str:
@@ -188,114 +240,6 @@ def copy_or_tag_regex(source: str, labels: Sequence[str], stop: str = STOP) -> s
     return " " + " ".join(words) + " " + re.escape(stop)
 
 
-class VllmEngine(Engine):
-    """Greedy decoding in vLLM with the adapter as a LoRA and automatic prefix caching.
-
-    :meth:`load_adapter` registers a retrained adapter under a new name and id and removes the old
-    one: reusing a name for new weights can serve stale prefix-cache blocks."""
-
-    def __init__(
-        self,
-        base: str,
-        tokenizer: str | None,
-        adapter: Path | None,
-        version: str,
-        *,
-        max_new_tokens: int = 512,
-        stop: str = STOP,
-        constrained: bool = True,
-        max_lora_rank: int = 16,
-        dtype: str = "auto",
-        gpu_memory_utilization: float = 0.85,
-    ) -> None:
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise ModelError(
-                "the vllm engine needs vLLM on a CUDA GPU: pip install 'kiwi-recommender[gpu]'"
-            ) from None
-        self.max_new_tokens = max_new_tokens
-        self.stop = stop
-        self.constrained = constrained
-        self.llm = LLM(
-            model=base,
-            tokenizer=tokenizer,
-            enable_lora=adapter is not None,
-            max_lora_rank=max_lora_rank,
-            enable_prefix_caching=True,
-            dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-        )
-        self._lock = threading.Lock()
-        self._lora: Any = None
-        self._next_id = 1
-        if adapter is not None:
-            self.load_adapter(adapter, version)
-
-    @property
-    def adapter_name(self) -> str | None:
-        return None if self._lora is None else self._lora.lora_name
-
-    def load_adapter(self, folder: Path, version: str) -> str:
-        """Serve the adapter in ``folder`` from now on, named ``<version>-<n>``; returns the name."""
-        from vllm.lora.request import LoRARequest
-
-        with self._lock:
-            old = self._lora
-            self._lora = LoRARequest(f"{version}-{self._next_id}", self._next_id, str(folder))
-            self._next_id += 1
-            if old is not None:
-                self.llm.llm_engine.remove_lora(old.lora_int_id)
-            return self._lora.lora_name
-
-    def sampling_params(self, prompt: Prompt) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        structured = None
-        if self.constrained and prompt.source is not None:
-            structured = StructuredOutputsParams(regex=copy_or_tag_regex(prompt.source, prompt.labels))
-        return SamplingParams(
-            temperature=0.0,
-            max_tokens=self.max_new_tokens,
-            stop=[self.stop],
-            include_stop_str_in_output=False,
-            logprobs=0,
-            structured_outputs=structured,
-        )
-
-    def generate(
-        self, prompts: Sequence[Prompt], *, between_steps: Callable[[], None] | None = None
-    ) -> list[Generation]:
-        if not prompts:
-            return []
-        with self._lock:
-            lora = self._lora
-        outputs = self.llm.generate(
-            [p.prefix + p.text for p in prompts],
-            [self.sampling_params(p) for p in prompts],
-            lora_request=lora,
-            use_tqdm=False,
-        )
-        return [_vllm_generation(out.outputs[0], self.stop) for out in outputs]
-
-
-def _vllm_generation(completion: Any, stop: str) -> Generation:
-    text = completion.text
-    cut = text.find(stop)
-    text = text[:cut] if cut >= 0 else text
-    lps: list[float] = []
-    offsets: list[int] = []
-    if completion.logprobs:
-        at = 0
-        for token, chosen in zip(completion.token_ids, completion.logprobs, strict=False):
-            entry = chosen[token]
-            offsets.append(min(at, len(text)))
-            lps.append(float(entry.logprob))
-            at += len(entry.decoded_token or "")
-    return Generation(text, lps, offsets, completion.finish_reason == "stop" or cut >= 0)
-
-
 # --- choice by configuration ---------------------------------------------------------------------
 
 
@@ -304,23 +248,7 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
     cfg: LlamaConfig = extractor.config
     if cfg.engine == "openai":
         assert cfg.engine_url is not None  # LlamaConfig refuses openai without a URL
-        if cfg.constrained and not cfg.engine_structured_outputs:
-            log.info(
-                "engine openai [%s]: decoding is unconstrained (engine_structured_outputs off)",
-                cfg.engine_url,
-            )
-        return OpenAIEngine(
-            cfg.engine_url,
-            cfg.engine_model or extractor.version,
-            max_new_tokens=cfg.max_new_tokens,
-            stop=STOP,
-            timeout_s=cfg.engine_timeout_s,
-            retries=cfg.engine_retries,
-            concurrency=cfg.engine_concurrency,
-            structured=cfg.constrained and cfg.engine_structured_outputs,
-        )
-    if cfg.engine == "vllm":
-        return _vllm_for(extractor)
+        return _openai_for(extractor)
     from recommender.extractors.llama.generation import TransformersEngine
 
     return TransformersEngine(
@@ -335,32 +263,51 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
     )
 
 
-def _vllm_for(extractor: LlamaExtractor) -> VllmEngine:
-    """vLLM over the merged weights when the folder has them, else the base plus the adapter."""
-    from recommender.extractors.llama.base_model import CACHE_DIR, pretrained_path, resolve
-    from recommender.extractors.llama.extractor import ADAPTER_DIR, MERGED_DIR, TOKENIZER_DIR
+def _openai_for(extractor: LlamaExtractor) -> OpenAIEngine:
+    """The ``openai`` engine. Against vLLM (unless ``engine_model`` names what to call): the model
+    folder's adapter, loaded there as the model's version; and the constraint on unless
+    ``engine_structured_outputs`` is False. ModelError when the server cannot be reached (the engine
+    is built again at the next call)."""
+    from recommender.extractors.llama.extractor import ADAPTER_DIR, MERGED_DIR
 
     cfg = extractor.config
+    assert cfg.engine_url is not None
+    server = VllmServer(cfg.engine_url, timeout_s=cfg.engine_timeout_s)
+    try:
+        vllm_version = server.version()
+    except ModelError:
+        server.close()
+        raise
+    structured = cfg.engine_structured_outputs
+    if structured is None:
+        structured = vllm_version is not None
+    if cfg.constrained and not structured:
+        log.info("engine openai [%s]: decoding is unconstrained (not vLLM, or turned off)", cfg.engine_url)
+    adapter: Path | None = None
     folder = extractor.folder
-    if folder is None:
-        raise ModelError("the vllm engine serves a saved model folder; save the model first")
-    common = {"max_new_tokens": cfg.max_new_tokens, "constrained": cfg.constrained}
-    dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(cfg.dtype, "auto")
-    if (folder / MERGED_DIR / "config.json").is_file():
-        return VllmEngine(str(folder / MERGED_DIR), None, None, extractor.version, dtype=dtype, **common)
-    if extractor.base is None:
-        raise ModelError("kiwi_model.json names no base model for the adapter", source=folder)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else folder.resolve().parent / CACHE_DIR
-    base = pretrained_path(resolve(extractor.base.name), cache)
-    return VllmEngine(
-        base,
-        str(folder / TOKENIZER_DIR),
-        folder / ADAPTER_DIR,
-        extractor.version,
-        max_lora_rank=cfg.lora_r,
-        dtype=dtype,
-        **common,
+    if (
+        vllm_version is not None
+        and cfg.engine_model is None
+        and folder is not None
+        and (folder / ADAPTER_DIR).is_dir()
+        and not (folder / MERGED_DIR / "config.json").is_file()
+    ):
+        adapter = folder / ADAPTER_DIR
+        check_lora_rank(adapter_rank(adapter))
+    if adapter is None:
+        server.close()
+    return OpenAIEngine(
+        cfg.engine_url,
+        cfg.engine_model or extractor.version,
+        max_new_tokens=cfg.max_new_tokens,
+        stop=STOP,
+        timeout_s=cfg.engine_timeout_s,
+        retries=cfg.engine_retries,
+        concurrency=cfg.engine_concurrency,
+        structured=cfg.constrained and structured,
+        adapter=adapter,
+        server=server if adapter is not None else None,
     )
 
 
-__all__ = ["OpenAIEngine", "VllmEngine", "build_engine", "copy_or_tag_regex"]
+__all__ = ["OpenAIEngine", "build_engine", "copy_or_tag_regex"]

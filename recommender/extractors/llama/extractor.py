@@ -127,6 +127,23 @@ class LlamaExtractor(Extractor):
             self.config = replace(self.config, **values)
             self._engine = None
 
+    def activate(self) -> None:
+        """Behind a vLLM server: load this version's adapter there before the service answers with it."""
+        if self.config.engine != "openai":
+            return
+        try:
+            with self._lock:
+                engine = self.engine()
+            engine.load_adapter()
+        except ModelError as e:  # the first prediction tries again; until then the fallback answers
+            log.warning("model [%s] is not ready on its server yet: %s", self.version, e)
+
+    def retire(self) -> None:
+        """Behind a vLLM server: unload this version's adapter (a newer one answers now)."""
+        engine = self._engine
+        if engine is not None and hasattr(engine, "retire"):
+            engine.retire()
+
     @property
     def folder(self) -> Path | None:
         """The model folder this extractor was loaded from (None before it is saved)."""

