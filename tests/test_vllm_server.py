@@ -22,7 +22,7 @@ pytest.importorskip("peft")
 
 from recommender.corpora import load_sample
 from recommender.document import Document
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, ModelError
 from recommender.extractors import load_extractor
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.engines import OpenAIEngine, copy_or_tag_regex
@@ -161,6 +161,27 @@ def test_unsupported_lora_rank_is_refused_in_one_line() -> None:
     message = str(e.value)
     assert "\n" not in message and "[12]" in message
     assert all(str(r) in message for r in LORA_RANKS)
+
+
+def test_loading_is_idempotent_across_replicas(vllm: VllmCpu, tuned: Path) -> None:
+    """Two replicas picking up the same promotion: one load between them, no error; a retired
+    version is not loaded back by a request still running on it."""
+    replicas = [load_extractor(tuned) for _ in range(2)]
+    for extractor in replicas:
+        extractor.configure(engine="openai", engine_url=vllm.url)
+    first, second = (e.engine() for e in replicas)
+    assert isinstance(first, OpenAIEngine) and isinstance(second, OpenAIEngine)
+    name = first.model
+    VllmServer(vllm.url).unload(name)  # whatever an earlier test left
+    assert first.server is not None and first.server.ensure(name, tuned / "adapter")
+    assert second.server is not None and not second.server.ensure(name, tuned / "adapter")
+    assert not second.server.load(name, tuned / "adapter"), "a second load of the same name is a no-op"
+    first.retire()
+    assert name not in adapters(vllm.url)
+    second.retire()  # already gone: no error
+    with pytest.raises(ModelError, match="superseded"):
+        first.generate([Prompt("Copy: ", "x")])
+    assert name not in adapters(vllm.url)
 
 
 def test_adapters_follow_promotion_on_vllm(vllm: VllmCpu, base_cache: Path, tmp_path: Path) -> None:
