@@ -21,6 +21,10 @@ processes, summed, for vLLM), and how many generations differ between the engine
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import os
@@ -50,13 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def dev_notes(n: int) -> list[Any]:
     if not SHARED_MTSAMPLES.is_dir():
         raise SystemExit(f"the MTSamples notes are not at {SHARED_MTSAMPLES}")
-    _, dev = split_documents(brat.read_dir(SHARED_MTSAMPLES))
+    _, dev = split_documents(brat.read(SHARED_MTSAMPLES))
     return dev[:n]
 
 
 def brief_adapter(folder: Path, cache: Path, steps: int) -> Path:
     """The SmolLM2 base with an adapter of ``steps`` optimizer steps on four MTSamples train notes."""
-    train, _ = split_documents(brat.read_dir(SHARED_MTSAMPLES))
+    train, _ = split_documents(brat.read(SHARED_MTSAMPLES))
     config = LlamaConfig(
         base="smollm2",
         cache_dir=str(cache),
@@ -116,7 +120,6 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16", help="notes per predict call, comma-separated")
     ap.add_argument("--loads", default="idle,training", help="idle and/or training")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "vllm.json")
     args = ap.parse_args()
     reason = unavailable()
@@ -130,13 +133,18 @@ def main() -> None:
     assert isinstance(extractor, LlamaExtractor)
     if extractor.config.cache_dir:
         cache = Path(extractor.config.cache_dir)
-    extractor.configure(keep_prompts=True, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
-    from recommender.extractors.llama.base_model import pretrained_path, resolve
+    extractor.configure(keep_prompts=True, max_new_tokens=args.max_new_tokens)
+    import torch
+
+    from recommender.extractors.llama.base_model import pretrained_path, resolve, resolve_dtype
+
+    # vLLM in the dtype the in-process engine loaded the weights in
+    dtype = "bfloat16" if resolve_dtype(extractor.config.dtype) == torch.bfloat16 else "float32"
 
     assert extractor.base is not None
     base = Path(pretrained_path(resolve(extractor.base.name), cache))
     server = VllmCpu(base, work / "vllm.log", max_lora_rank=extractor.config.lora_r,
-                     dtype={"bf16": "bfloat16", "fp32": "float32"}[args.dtype])  # fmt: skip
+                     dtype=dtype)  # fmt: skip
     rows: list[dict[str, Any]] = []
     levels = [int(c) for c in args.concurrency.split(",")]
     try:
@@ -174,7 +182,7 @@ def main() -> None:
         if args.model
         else f"SmolLM2-135M base + {args.train_steps}-step adapter (not tuned)",
         "notes": len(gold),
-        "dtype": args.dtype,
+        "dtype": dtype,
         "max_new_tokens": args.max_new_tokens,
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
