@@ -28,7 +28,7 @@ from recommender.errors import ModelError
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.constrained import OPEN_TAG
 from recommender.extractors.llama.generation import STOP, Engine, Generation, Prompt
-from recommender.extractors.llama.vllm_server import VllmServer, adapter_rank, check_lora_rank
+from recommender.extractors.llama.vllm_server import VllmServer, adapter_rank, check_lora_rank, reason
 
 if TYPE_CHECKING:
     from recommender.extractors.llama.extractor import LlamaExtractor
@@ -169,7 +169,7 @@ class OpenAIEngine(Engine):
                 if r.status_code == 404 and self.adapter is not None and not self._retired:
                     raise _ModelMissing(f"generation server [{self.url}] has no model [{self.model}]")
                 if last or r.status_code not in RETRY_STATUS:
-                    raise ModelError(f"generation server [{self.url}] answered {r.status_code}: {_reason(r)}")
+                    raise ModelError(f"generation server [{self.url}] answered {r.status_code}: {reason(r)}")
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
@@ -193,18 +193,6 @@ class OpenAIEngine(Engine):
 
 class _ModelMissing(ModelError):
     """The server does not know the adapter's name (404)."""
-
-
-def _reason(r: httpx.Response) -> str:
-    """The server's one-line reason (its JSON error message, else the start of the body)."""
-    try:
-        data = r.json()
-        message = data.get("error", data.get("detail", data)) if isinstance(data, dict) else data
-        if isinstance(message, dict):
-            message = message.get("message", message)
-    except ValueError:
-        message = r.text
-    return " ".join(str(message).split())[:200]
 
 
 def _logprobs(block: Any, n_chars: int) -> tuple[list[float], list[int]]:

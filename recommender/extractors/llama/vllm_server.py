@@ -92,7 +92,7 @@ class VllmServer:
             return True
         if r.status_code == 400 and "already" in r.text:  # another replica was first
             return False
-        raise ModelError(f"vLLM server [{self.url}] refused adapter [{name}] ({r.status_code}: {_reason(r)})")
+        raise ModelError(f"vLLM server [{self.url}] refused adapter [{name}] ({r.status_code}: {reason(r)})")
 
     def unload(self, name: str) -> bool:
         """Unload the adapter ``name``; False when the server did not hold it."""
@@ -102,9 +102,7 @@ class VllmServer:
             return True
         if r.status_code in (400, 404):  # not loaded (a restarted server, another replica was first)
             return False
-        raise ModelError(
-            f"vLLM server [{self.url}] could not unload [{name}] ({r.status_code}: {_reason(r)})"
-        )
+        raise ModelError(f"vLLM server [{self.url}] could not unload [{name}] ({r.status_code}: {reason(r)})")
 
     def ensure(self, name: str, folder: Path) -> bool:
         """Make sure the server holds ``name`` (loading it from ``folder``); True when it was loaded now."""
@@ -113,10 +111,11 @@ class VllmServer:
         return self.load(name, folder)
 
 
-def _reason(r: httpx.Response) -> str:
+def reason(r: httpx.Response) -> str:
+    """A server's one-line reason for an error answer (its JSON error message, else the body's start)."""
     try:
         data = r.json()
-        message = data.get("error", data.get("message", data)) if isinstance(data, dict) else data
+        message = data.get("error", data.get("detail", data)) if isinstance(data, dict) else data
         if isinstance(message, dict):
             message = message.get("message", message)
     except ValueError:
@@ -124,4 +123,4 @@ def _reason(r: httpx.Response) -> str:
     return " ".join(str(message).split())[:200]
 
 
-__all__ = ["LORA_RANKS", "VllmServer", "adapter_rank", "check_lora_rank"]
+__all__ = ["LORA_RANKS", "VllmServer", "adapter_rank", "check_lora_rank", "reason"]
