@@ -148,6 +148,16 @@ def main() -> None:
     server = VllmCpu(base, work / "vllm.log", max_lora_rank=extractor.config.lora_r,
                      dtype=dtype)  # fmt: skip
     rows: list[dict[str, Any]] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": str(args.model)
+        if args.model
+        else f"SmolLM2-135M base + {args.train_steps}-step adapter (not tuned)",
+        "notes": len(gold),
+        "dtype": dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "cpu_count": os.cpu_count(),
+    }
     levels = [int(c) for c in args.concurrency.split(",")]
     try:
         server.start()
@@ -167,7 +177,10 @@ def main() -> None:
                     rows.append({"engine": "vllm-cpu", "load": load, "concurrency": c, **there,
                                  "peak_rss_gb": round(server.peak_rss_bytes() / 2**30, 2),
                                  "generations_differing": differ})  # fmt: skip
+                    rows[-1]["load_average"] = rows[-2]["load_average"] = os.getloadavg()[0]
                     print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
+                    # after every pair: a run cut short keeps what it measured
+                    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
             finally:
                 if job is not None:
                     job.kill()
@@ -178,18 +191,6 @@ def main() -> None:
     print(" ".join(f"{c:>16}" for c in (*columns, "peak_rss_gb")))
     for r in rows:
         print(" ".join(f"{r[c]:>16}" for c in (*columns, "peak_rss_gb")))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "model": str(args.model)
-        if args.model
-        else f"SmolLM2-135M base + {args.train_steps}-step adapter (not tuned)",
-        "notes": len(gold),
-        "dtype": dtype,
-        "max_new_tokens": args.max_new_tokens,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-    }
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 
