@@ -1,7 +1,7 @@
 """The built images, run with podman: the CPU image serves both protocols, the compose file's roles run.
 
 `bash scripts/images.sh` builds the images (make test runs it); where podman or the images are absent
-these tests skip and say so. The compose file is validated wherever podman-compose is installed.
+these tests skip and say so, and in CI they fail naming what is missing (``support.require_or_skip``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import require_or_skip
 
 from recommender.formats.xmi import PREDICTED, load_cas, load_typesystem_xml
 
@@ -51,11 +52,11 @@ def _podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
 
 def _need_image(image: str) -> None:
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (scripts/images.sh installs it where it runs as root)")
+        require_or_skip("podman", "not installed (scripts/images.sh installs it where it runs as root)")
     if os.geteuid() != 0:
-        pytest.skip("the images are run with rootful podman; not root here")
+        require_or_skip("podman", "the images are run with rootful podman; not root here")
     if _podman("image", "exists", image, check=False).returncode != 0:
-        pytest.skip(f"no image [{image}]: `bash scripts/images.sh` builds it (make test runs it)")
+        require_or_skip(f"image [{image}]", "not built: `bash scripts/images.sh` builds it (make test)")
 
 
 def _free_port() -> int:
@@ -142,8 +143,10 @@ def _compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
 
 
 def test_compose_file_is_valid() -> None:
-    if PODMAN_COMPOSE is None or shutil.which("podman") is None:
-        pytest.skip("podman-compose (dev extra) and podman are needed to validate docker/compose.yml")
+    if shutil.which("podman") is None:
+        require_or_skip("podman", "not installed; it runs podman-compose's check of docker/compose.yml")
+    if PODMAN_COMPOSE is None:
+        require_or_skip("podman-compose", "not installed (dev extra)")
     run = _compose("--env-file", str(REPO / "docker" / "env.example"), "config")
     assert run.returncode == 0, run.stderr
     for service in ("postgres", "kiwi-trainer", "kiwi-recommender", "inception", "label-studio"):
@@ -154,7 +157,7 @@ def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
     _need_image(CPU_IMAGE)
     _need_image(PG_IMAGE)
     if PODMAN_COMPOSE is None:
-        pytest.skip("podman-compose is not installed (dev extra)")
+        require_or_skip("podman-compose", "not installed (dev extra)")
     project = f"kiwi-test-{uuid.uuid4().hex[:8]}"
     overrides = {
         "KIWI_IMAGE": CPU_IMAGE,
