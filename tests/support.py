@@ -33,11 +33,11 @@ def require_or_skip(name: str, reason: str) -> NoReturn:
 
 
 def run_kiwi(
-    *args: str, timeout: float = 180, columns: int | None = None
+    *args: str, timeout: float = 180, columns: int | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The `kiwi` console script in a fresh process: exit codes and stderr as a user sees them
-    (``columns``: the terminal width rich lays help tables out for)."""
-    env = None if columns is None else {**os.environ, "COLUMNS": str(columns)}
+    (``columns``: the terminal width rich lays help tables out for; ``env``: variables to add)."""
+    env = {**os.environ, **(env or {}), **({} if columns is None else {"COLUMNS": str(columns)})}
     return subprocess.run(
         [sys.executable, "-c", "from recommender.cli import main; main()", *args],
         capture_output=True,
