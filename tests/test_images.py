@@ -153,6 +153,20 @@ def test_compose_file_is_valid() -> None:
         assert f"{service}:" in run.stdout
 
 
+# Run inside a replica: /health and /predict of a short note; prints both statuses, then the labels.
+PROBE = """
+import httpx
+r = httpx.get("http://127.0.0.1:5000/health", timeout=3)
+task = {"id": 1, "data": {"text": "He denies chest pain. Aspirin 81 mg daily."}}
+t = httpx.post("http://127.0.0.1:5000/predict", timeout=30, json={"tasks": [task]})
+labels = set()
+if t.status_code == 200:
+    regions = [x for p in t.json()["results"] for x in p["result"] if x["type"] == "labels"]
+    labels = {x["value"]["labels"][0] for x in regions}
+print(r.status_code, t.status_code, *sorted(labels))
+"""
+
+
 def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
     _need_image(CPU_IMAGE)
     _need_image(PG_IMAGE)
@@ -180,18 +194,15 @@ def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
         )
         replica = next(n for n in api.stdout.split() if "kiwi-recommender" in n)
         # healthcheck conditions are not enforced by podman 4.3's compose: wait on /health ourselves
-        probe = (
-            "import httpx; r = httpx.get('http://127.0.0.1:5000/health', timeout=3); "
-            "t = httpx.post('http://127.0.0.1:5000/predict', timeout=30, json={'tasks': "
-            "[{'id': 1, 'data': {'text': 'He denies chest pain.'}}]}); print(r.status_code, t.status_code)"
-        )
         deadline = time.monotonic() + 300
         while True:
-            run = _podman("exec", replica, "python", "-c", probe, check=False)
-            if run.stdout.strip() == "200 200":
+            run = _podman("exec", replica, "python", "-c", PROBE, check=False)
+            if run.stdout.split()[:2] == ["200", "200"]:
                 break
             assert time.monotonic() < deadline, _compose(*args, "logs").stdout[-4000:]
             time.sleep(2)
+        # the replica predicts with the model the trainer bootstrapped (the lexicon on the offline seed)
+        assert {"problem", "drug"} <= set(run.stdout.split()[2:]), run.stdout
         # the trainer role refuses to start on SQLite: waiting for jobs means it took PostgreSQL's queue
         logs = _compose(*args, "logs", "kiwi-trainer")
         assert "waiting for jobs" in logs.stdout + logs.stderr
