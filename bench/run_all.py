@@ -1,8 +1,8 @@
 """Run every CPU benchmark in turn (`make bench`), each as bench/README.md documents it: the encoder;
 the service on the trained encoder (one process, then replicas under load); correction-to-promotion;
 what each first-run seed gives; the model families side by side; constrained against free decoding
-and the generation engine on the LLaMA just trained; the LLaMA served beside the encoder (precompute);
-active learning with the encoder learner. Each prints its own table and writes
+the generation engine and the RE analysis on the LLaMA just trained; the LLaMA served beside the
+encoder (precompute); active learning with the encoder learner; two torch processes sharing the cores. Each prints its own table and writes
 bench/results/<name>.json. Not here: bench/gpu_check.sh (needs a CUDA GPU).
 
 On 2 CPU cores this takes most of a day: the LLaMA training is about an hour, active learning with the
@@ -35,11 +35,13 @@ def main() -> None:
     llama = str(MODELS / "llama")
     run("bench_constrained.py", "--model", llama, "--dev-notes", "2")
     run("bench_llama_engine.py", "--model", llama, "--notes", "1", "--prompts", "0")
+    run("bench_re_analysis.py", "--model", llama)
     run(
         "bench_precompute.py", "--encoder", str(MODELS / "bert"), "--llama", llama,
         "--requests", "48", "--clients", "4", "16",
     )  # fmt: skip
     run("bench_active_learning.py", "--learner", "encoder", "--batch-notes", "10", "--threads", "1")
+    run("bench_cores.py")
 
 
 if __name__ == "__main__":
