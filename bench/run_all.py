@@ -1,9 +1,10 @@
 """Run every CPU benchmark in turn (`make bench`), each as bench/README.md documents it: the encoder;
 the service on the trained encoder (one process, then replicas under load); correction-to-promotion;
-what each first-run seed gives; the model families side by side; constrained against free decoding
+what each first-run seed gives; the model families side by side; constrained against free decoding,
 the generation engine and the RE analysis on the LLaMA just trained; the LLaMA served beside the
-encoder (precompute); active learning with the encoder learner; two torch processes sharing the cores. Each prints its own table and writes
-bench/results/<name>.json. Not here: bench/gpu_check.sh (needs a CUDA GPU).
+encoder (precompute); active learning with the encoder learner; two torch processes sharing the
+cores. Each prints its own table and writes bench/results/<name>.json. Not here: bench/gpu_check.sh
+(needs a CUDA GPU).
 
 On 2 CPU cores this takes most of a day: the LLaMA training is about an hour, active learning with the
 encoder learner about two."""
