@@ -44,3 +44,18 @@ def test_reuse_accepts_the_same_run_and_refuses_another_by_name(tmp_path: Path) 
     other = bench.reuse_mismatches(tmp_path / "model", config.to_dict(), generate(14, seed=6))
     assert len(other) == 2
     assert other[0].startswith("training data fingerprint [") and other[1].startswith("validation notes [")
+
+
+def test_reuse_of_a_family_that_selects_nothing_checks_its_config_and_data(tmp_path: Path) -> None:
+    from recommender.extractors.lexicon import LexiconConfig, LexiconExtractor
+
+    bench = _bench()
+    docs = generate(14, seed=5)
+    LexiconExtractor.train(docs).save(tmp_path / "lexicon")
+    config = LexiconConfig().to_dict()
+    assert bench.reuse_mismatches(tmp_path / "lexicon", config, docs, selects=False) == []
+    # a family that should have selected on validation notes and recorded none is refused
+    (why,) = bench.reuse_mismatches(tmp_path / "lexicon", config, docs, selects=True)
+    assert why.startswith("validation notes [unrecorded]")
+    (why,) = bench.reuse_mismatches(tmp_path / "lexicon", {**config, "max_tokens": 6}, docs, selects=False)
+    assert why == "[max_tokens] is 8, this run asks for 6"
