@@ -1,0 +1,283 @@
+"""The suggestion log: written for both protocols, corrections scored against the right suggestion,
+figures from a known set, the migration up and down, and no note text stored (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from test_service_inception import SPAN, predict_request, predict_typesystem, response_cas
+
+from recommender.corpora import SAMPLE_DIR
+from recommender.document import Document
+from recommender.evaluation.corrections import score_correction
+from recommender.evaluation.evidence import by_version, notes_of, summarize
+from recommender.extractors.lexicon import LexiconExtractor
+from recommender.formats import brat
+from recommender.formats.labelstudio import DEFAULT_CONFIG
+from recommender.formats.xmi import DEFAULT_LAYERS, cas_to_document
+from recommender.guidelines import labelstudio_config
+from recommender.retraining import Corpora
+from recommender.service import create_app
+from recommender.settings import Settings
+from recommender.store.database import downgrade, migrate, open_engine, schema_revision
+from recommender.store.suggestions import NewSuggestion, ScoreRow, SuggestionLog, text_hash
+
+NOTE = "Patient denies chest pain. Aspirin 81 mg daily for hypertension."
+
+
+def note(
+    text: str = NOTE, spans: list[tuple[str, int, int]] = (), relations: list[tuple[int, int]] = ()
+) -> Document:
+    doc = Document(id="n", text=text)
+    made = [doc.add_span(label, b, e) for label, b, e in spans]
+    for h, t in relations:
+        doc.add_relation(made[h], made[t])
+    return doc
+
+
+def at(word: str, text: str = NOTE) -> tuple[int, int]:
+    b = text.index(word)
+    return b, b + len(word)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "lexicon"
+    LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(folder)
+    return folder
+
+
+@pytest.fixture
+def client(tmp_path: Path, model_dir: Path, database_url: str) -> Iterator[TestClient]:
+    settings = Settings(
+        model=model_dir, model_dir=tmp_path / "models", retrain=False, database_url=database_url
+    )
+    with TestClient(create_app(settings, corpora=Corpora([], []))) as c:
+        yield c
+
+
+def all_text(engine: sa.engine.Engine, table: str) -> str:
+    with engine.connect() as conn:
+        return " ".join(str(v) for row in conn.execute(sa.text(f"SELECT * FROM {table}")) for v in row)
+
+
+# --- one note scored: the figures from a known case ------------------------------------------------
+def test_a_correction_is_classified_span_by_span() -> None:
+    suggested = note(
+        spans=[
+            ("negation", *at("denies")),  # accepted
+            ("problem", *at("chest pain")),  # relabelled below
+            ("drug", *at("Aspirin 81")),  # re-bounded to "Aspirin"
+            ("test", *at("daily")),  # deleted
+        ],
+        relations=[(1, 0)],  # problem -> negation: kept
+    )
+    corrected = note(
+        spans=[
+            ("negation", *at("denies")),
+            ("problem", *at("chest pain")),
+            ("drug", *at("Aspirin")),
+            ("problem", *at("hypertension")),  # missed
+        ],
+        relations=[(1, 0), (2, 3)],  # the second is missed
+    )
+    suggested.spans[1].label = "treatment"  # same range, another label: relabelled
+    suggested.relations.clear()
+    figures = score_correction(suggested, corrected, "all")
+    outcomes = {label: {k: v for k, v in row.items() if v} for label, row in figures["spans"].items()}
+    assert outcomes == {
+        "negation": {"accepted": 1},
+        "treatment": {"relabelled": 1},
+        "drug": {"rebounded": 1},
+        "test": {"deleted": 1},
+        "problem": {"missed": 1},
+    }
+    assert figures["relations"] == {"accepted": 0, "deleted": 0, "missed": 2}
+    # exact: only "denies" matches; relaxed also the re-bounded drug
+    spans = figures["tasks"]["spans"]
+    assert spans["exact"]["negation"] == [1, 0, 0] and spans["exact"]["drug"] == [0, 1, 1]
+    assert spans["relaxed"]["drug"] == [1, 0, 0]
+    assert figures["edits"]["total"] == 1 + 1 + 1 + 1 + 2  # relabel, rebound, delete, add, 2 relations
+
+
+def test_scope_limits_what_is_scored() -> None:
+    corrected = note(spans=[("problem", *at("chest pain")), ("negation", *at("denies"))], relations=[(0, 1)])
+    entities = score_correction(note(spans=[("problem", *at("chest pain"))]), corrected, "entities")
+    assert set(entities["tasks"]) == {"ner", "spans"} and "relations" not in entities
+    assert entities["edits"]["relations_added"] == 0  # relations were not this suggestion's to make
+    relations = score_correction(corrected, corrected, "relations")
+    assert set(relations["tasks"]) == {"re"} and relations["relations"]["accepted"] == 1
+    assert relations["edits"]["total"] == 0 and "spans" not in relations
+
+
+def row(
+    version: str, doc: str, figures: dict[str, Any], n: int, annotator: str = "a", day: int = 0
+) -> ScoreRow:
+    created = datetime(2026, 12, 1, tzinfo=UTC) + timedelta(days=day)
+    return ScoreRow(n, created, n, n, version, "all", "p", doc, annotator, figures)
+
+
+def test_status_figures_from_a_known_set() -> None:
+    perfect = note(spans=[("problem", *at("chest pain")), ("drug", *at("Aspirin"))])
+    half = note(spans=[("problem", *at("chest pain")), ("drug", *at("daily"))])
+    good = score_correction(perfect, perfect)
+    bad = score_correction(half, perfect)
+    rows = [
+        row("v1", "d1", bad, 1),
+        row("v1", "d1", good, 2),  # the newer correction of the same note replaces the first
+        row("v1", "d2", bad, 3, day=1),
+        row("v2", "d1", good, 4, day=2),
+    ]
+    versions = by_version(notes_of(rows))
+    assert list(versions) == ["v1", "v2"]
+    v1 = versions["v1"]
+    assert v1["notes"] == 2 and v1["spans_suggested"] == 4
+    assert v1["acceptance"]["rate"] == 0.75  # 3 of 4 suggested spans accepted unchanged
+    assert v1["f1"]["spans"]["exact"]["f1"] == 0.75  # tp 3, fp 1, fn 1
+    assert v1["edits_per_note"]["mean"] == 1.0  # 0, and 2 for the other (delete "daily", add "Aspirin")
+    lo, hi = v1["acceptance"]["ci"]
+    assert 0.5 <= lo <= 0.75 <= hi <= 1.0
+    assert set(v1["days"]) == {"2026-12-01", "2026-12-02"} and v1["days"]["2026-12-02"]["notes"] == 1
+    assert v1["labels"]["drug"]["f1"] == 0.5 and v1["labels"]["problem"]["f1"] == 1.0
+    assert versions["v2"]["acceptance"]["rate"] == 1.0 and versions["v2"]["edits_per_note"]["mean"] == 0
+    assert summarize([])["notes"] == 0
+
+
+# --- the store ---------------------------------------------------------------------------------------
+def test_migration_up_and_down(database_url: str) -> None:
+    engine = open_engine(database_url)
+    try:
+        migrate(engine)
+        assert {"suggestions", "suggestion_scores"} <= set(sa.inspect(engine).get_table_names())
+        downgrade(engine, "0004")
+        assert schema_revision(engine) == "0004"
+        tables = set(sa.inspect(engine).get_table_names())
+        assert "suggestions" not in tables and "suggestion_scores" not in tables and "predictions" in tables
+        migrate(engine)
+        assert "suggestions" in set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_latest_suggestion_is_per_note_text_and_task_and_retention_prunes(database_url: str) -> None:
+    engine = open_engine(database_url)
+    migrate(engine)
+    log = SuggestionLog(engine)
+    try:
+        one = note(spans=[("problem", *at("chest pain"))])
+        old = datetime.now(UTC) - timedelta(days=10)
+        assert (
+            log.record([NewSuggestion("default", "v1", "labelstudio", "all", "p", "task-1", one)], now=old)
+            == 1
+        )
+        assert log.record([NewSuggestion("default", "v1", "labelstudio", "all", "p", "task-1", one)]) == 0, (
+            "repeat"
+        )
+        log.record([NewSuggestion("default", "v2", "labelstudio", "all", "p", "task-1", note())])
+        log.record([NewSuggestion("default", "v3", "labelstudio", "all", "p", "task-2", one)])  # another note
+        edited = note(text=NOTE + " Follow up.")
+        log.record(
+            [NewSuggestion("default", "v4", "labelstudio", "all", "p", "task-1", edited)]
+        )  # other text
+        found = log.latest("p", "task-1", text_hash(NOTE))
+        assert (
+            list(found) == ["all"] and found["all"].model_version == "v2" and not found["all"].document.spans
+        )
+        assert log.latest("q", "task-1", text_hash(NOTE)) == {}
+        assert log.prune(retention_days=5) == 1
+        assert [s.model_version for s in log.suggestions()] == ["v2", "v3", "v4"]
+    finally:
+        engine.dispose()
+
+
+# --- through the protocols ---------------------------------------------------------------------------
+def labelstudio_webhook(
+    task_id: int, annotation_id: int, result: list[dict[str, Any]], user: int = 1
+) -> dict:
+    return {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": 3, "label_config": labelstudio_config()},
+        "task": {"id": task_id, "data": {"text": NOTE}},
+        "annotation": {"id": annotation_id, "completed_by": user, "result": result, "was_cancelled": False},
+    }
+
+
+def test_label_studio_predictions_are_logged_and_corrections_scored(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    version = client.post("/setup").json()["model_version"]
+    tasks = [{"id": 11, "data": {"text": NOTE}}, {"id": 12, "data": {"text": "Cough. No fever."}}]
+    predictions = client.post("/predict", json={"tasks": tasks, "project": "3.1700000000"}).json()["results"]
+    service.evidence.flush()
+    logged = service.evidence.log.suggestions()
+    assert {(s.project, s.document_id, s.model_version, s.tool) for s in logged} == {
+        ("labelstudio-3", "task-11", version, "labelstudio"),
+        ("labelstudio-3", "task-12", version, "labelstudio"),
+    }
+    first = next(s for s in logged if s.document_id == "task-11")
+    assert len(first.document.spans) == sum(r["type"] == "labels" for r in predictions[0]["result"]) > 0
+    assert "Aspirin" not in all_text(service.store.engine, "suggestions"), "no note text in the log"
+
+    # The annotator keeps every suggestion but the first and adds one span.
+    regions = [r for r in predictions[0]["result"] if r["type"] == "labels"]
+    kept = [
+        *regions[1:],
+        {
+            "id": "new1",
+            "from_name": DEFAULT_CONFIG.from_name,
+            "to_name": DEFAULT_CONFIG.to_name,
+            "type": "labels",
+            "value": {"start": 0, "end": 7, "text": "Patient", "labels": ["problem"]},
+        },
+    ]
+    r = client.post("/webhook", json=labelstudio_webhook(11, 501, kept))
+    assert r.json()["new"] == 1
+    # a correction of a task nobody suggested anything for is not scored against another task
+    client.post("/webhook", json=labelstudio_webhook(99, 502, kept))
+    service.evidence.flush()
+    [score] = service.evidence.log.scores()
+    assert (score.document_id, score.model_version, score.suggestion_id) == ("task-11", version, first.id)
+    outcomes = [sum(row[k] for row in score.figures["spans"].values()) for k in ("deleted", "missed")]
+    assert outcomes == [1, 1]
+
+    status = client.get("/status").json()["page"]["evidence"]
+    assert status[version]["notes"] == 1 and status[version]["outcomes"]["deleted"] == 1
+    assert status[version]["acceptance"]["rate"] == pytest.approx((len(regions) - 1) / len(regions), abs=1e-4)
+
+
+def test_inception_predictions_are_logged_and_train_scores_them(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    ts = predict_typesystem()
+    request = predict_request(Document(id="d", text=NOTE), SPAN, ts)
+    body = client.post("/inception/entities/predict", json=request).json()
+    service.evidence.flush()
+    [logged] = service.evidence.log.suggestions()
+    assert (logged.project, logged.document_id, logged.task, logged.tool) == (
+        "inception-0",
+        "7",
+        "entities",
+        "inception",
+    )
+    assert logged.document.spans and NOTE not in all_text(service.store.engine, "suggestions")
+
+    # The annotator accepts every suggestion: INCEpTION sends the CAS with them as annotations.
+    cas = response_cas(body, request)
+    accepted = cas_to_document(cas, DEFAULT_LAYERS)
+    train = {
+        "typeSystem": ts.to_xml(),
+        "documents": [
+            {"xmi": predict_request(accepted, SPAN, ts)["document"]["xmi"], "documentId": 7, "userId": "ann1"}
+        ],
+        "metadata": request["metadata"],
+    }
+    assert client.post("/inception/entities/train", json=train).status_code == 204
+    service.evidence.flush()
+    [score] = service.evidence.log.scores()
+    assert score.suggestion_id == logged.id and score.task == "entities" and score.annotator == "ann1"
+    figures = summarize(notes_of([score]))
+    assert figures["acceptance"]["rate"] == 1.0 and figures["edits_per_note"]["mean"] == 0.0
