@@ -281,3 +281,26 @@ def test_inception_predictions_are_logged_and_train_scores_them(client: TestClie
     assert score.suggestion_id == logged.id and score.task == "entities" and score.annotator == "ann1"
     figures = summarize(notes_of([score]))
     assert figures["acceptance"]["rate"] == 1.0 and figures["edits_per_note"]["mean"] == 0.0
+
+
+def test_agreement_report_has_model_vs_annotators_from_the_log(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    version = client.post("/setup").json()["model_version"]
+    tasks = [{"id": 21, "data": {"text": NOTE}}]
+    [prediction] = client.post("/predict", json={"tasks": tasks, "project": 3}).json()["results"]
+    regions = [r for r in prediction["result"] if r["type"] == "labels"]
+    assert len(regions) >= 2
+    client.post("/webhook", json=labelstudio_webhook(21, 601, regions, user=1))  # accepts all
+    client.post("/webhook", json=labelstudio_webhook(21, 602, regions[1:], user=2))  # deletes one
+    service.evidence.flush()
+    report = client.get("/projects/labelstudio-3/agreement", params={"resamples": 50}).json()
+    [versus] = report["model_vs_annotators"]
+    assert versus["model"] == f"suggested:{version}" and versus["documents"] == 1
+    per = versus["per_annotator"]
+    assert per["user-1"]["spans_exact_f1"] == 1.0
+    n = len(regions)
+    assert per["user-2"]["spans_exact_f1"] == pytest.approx(2 * (n - 1) / (2 * (n - 1) + 1))
+    # the annotators' own agreement is untouched by the model's table
+    assert report["raters"] == ["user-1", "user-2"]
+    html = client.get("/projects/labelstudio-3/agreement", params={"format": "html", "resamples": 50}).text
+    assert "Model vs annotators" in html and f"suggested:{version}" in html
