@@ -22,9 +22,13 @@ from recommender.formats import brat
 from recommender.formats.labelstudio import DEFAULT_CONFIG
 from recommender.formats.xmi import DEFAULT_LAYERS, cas_to_document
 from recommender.guidelines import labelstudio_config
-from recommender.retraining import Corpora
+from recommender.registry import ModelRegistry
+from recommender.retraining import Corpora, Retrainer
+from recommender.retraining.recent import check as recent_check
 from recommender.service import create_app
+from recommender.service.evidence import Evidence
 from recommender.settings import Settings
+from recommender.store import CorrectionStore
 from recommender.store.database import downgrade, migrate, open_engine, schema_revision
 from recommender.store.suggestions import NewSuggestion, ScoreRow, SuggestionLog, text_hash
 
@@ -304,3 +308,64 @@ def test_agreement_report_has_model_vs_annotators_from_the_log(client: TestClien
     assert report["raters"] == ["user-1", "user-2"]
     html = client.get("/projects/labelstudio-3/agreement", params={"format": "html", "resamples": 50}).text
     assert "Model vs annotators" in html and f"suggested:{version}" in html
+
+
+# --- the promotion gate on recently corrected notes --------------------------------------------------
+def test_recent_notes_check_compares_with_what_the_promoted_model_suggested(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path}/db.sqlite3")
+    migrate(engine)
+    log = SuggestionLog(engine)
+    gold = note(spans=[("problem", *at("chest pain")), ("drug", *at("Aspirin"))])
+    gold.meta["correction"] = {"id": 7}
+    log.record([NewSuggestion("default", "v1", "labelstudio", "all", "p", "task-1", gold)])
+    [suggestion] = log.latest("p", "task-1", text_hash(NOTE)).values()
+    log.add_score(suggestion, 7, "a", score_correction(suggestion.document, gold))
+    worse = {7: note(spans=[("problem", *at("chest pain"))])}  # misses the drug: F1 0.667
+    passes, reason, figures = recent_check(log, "v1", [gold], worse, 10, 0.0)
+    assert not passes and "recently corrected" in reason and figures["promoted"] == 1.0
+    assert figures["candidate"] == pytest.approx(0.6667, abs=1e-4) and figures["notes"] == 1
+    assert recent_check(log, "v1", [gold], worse, 10, 0.5)[0], "within the margin"
+    none = recent_check(log, "v2", [gold], worse, 10, 0.0)
+    assert none[0] and "not checked" in none[1], "no suggestion of the promoted version: not checked"
+    engine.dispose()
+
+
+def test_the_gate_says_what_the_recent_notes_check_found(tmp_path: Path) -> None:
+    sample = brat.read(SAMPLE_DIR)
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        trainer="kiwi.lexicon.v1",
+        retrain_debounce_seconds=0.0,
+        heldout_fraction=0.5,
+        promotion_margin=1.0,  # the main gate passes whatever the scores
+        gate_recent_notes=5,
+    )
+    store = CorrectionStore(f"sqlite:///{tmp_path}/c.sqlite3")
+    registry = ModelRegistry(settings.model_dir)
+    with registry.staging() as tmp:
+        LexiconExtractor.train(sample).save(tmp)
+        best = registry.add(tmp)
+    registry.promote(best)
+    evidence = Evidence(settings, store.engine)
+    promoted = LexiconExtractor.load(registry.current())
+    notes = sample[1:3]
+    shown = promoted.predict([d.without_annotations() for d in notes])
+    evidence.record(
+        [
+            NewSuggestion("default", best, "labelstudio", "all", "proj", d.id, p)
+            for d, p in zip(notes, shown, strict=True)
+        ]
+    )
+    for d in notes:
+        evidence.score("proj", d.id, store.add("proj", d.id, "ann", "labelstudio", d))
+    evidence.flush()
+    evidence.close()
+    rt = Retrainer(settings, store, registry, corpora=Corpora(seed=sample[:1], dev=sample[3:]))
+    try:
+        job = rt.wait(rt.request("proj", delay=0), timeout=60)
+    finally:
+        rt.shutdown()
+        store.close()
+    assert job.state == "finished", job.message
+    assert job.metrics["recent"]["notes"] == 1  # one of the two corrected notes is held out
+    assert "most recently corrected held-out note" in job.metrics["reason"]
