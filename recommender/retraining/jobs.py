@@ -139,7 +139,9 @@ class JobRunner:
         save(job)
         if self._corpora is None:
             self._corpora = default_corpora(self.settings)  # read once; the seed and dev sets are fixed
-        data = assemble(self.store, self._corpora, self.settings.heldout_fraction)
+        data = assemble(
+            self.store, self._corpora, self.settings.heldout_fraction, self.settings.retrain_agreement
+        )
         job.metrics = data.counts()
         current_version = self.registry.current_version()
         current = self.registry.path(current_version) if current_version else None
