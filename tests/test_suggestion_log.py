@@ -369,3 +369,48 @@ def test_the_gate_says_what_the_recent_notes_check_found(tmp_path: Path) -> None
     assert job.state == "finished", job.message
     assert job.metrics["recent"]["notes"] == 1  # one of the two corrected notes is held out
     assert "most recently corrected held-out note" in job.metrics["reason"]
+
+
+def test_precompute_logs_what_it_pushes_to_label_studio(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from recommender.cli import precompute
+    from recommender.service import labelstudio_client
+    from recommender.store.predictions import PredictionCache
+
+    tasks = [{"id": 31, "data": {"text": NOTE}}, {"id": 32, "data": {"text": "Cough. No fever."}}]
+
+    def fake(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/projects/5/":
+            return httpx.Response(200, json={"id": 5, "label_config": labelstudio_config()})
+        if request.url.path == "/api/tasks/":
+            page = int(request.url.params["page"])
+            return httpx.Response(200, json={"tasks": tasks}) if page == 1 else httpx.Response(404, json={})
+        if request.url.path == "/api/predictions/":
+            return httpx.Response(201, json={"id": 1})
+        return httpx.Response(404, json={})
+
+    real = labelstudio_client.LabelStudioClient
+    monkeypatch.setattr(
+        labelstudio_client,
+        "LabelStudioClient",
+        lambda url, token: real(url, token, transport=httpx.MockTransport(fake)),
+    )
+    engine = open_engine(f"sqlite:///{tmp_path}/db.sqlite3")
+    migrate(engine)
+    extractor = LexiconExtractor.load(model_dir)
+    ahead = precompute.Ahead(PredictionCache(engine), "default", extractor, 1)
+    settings = Settings(
+        model_dir=tmp_path, label_studio_url="http://ls.test", label_studio_token="legacy-key"
+    )
+    log = SuggestionLog(engine)
+    precompute._label_studio(ahead, settings, 5, tmp_path / "position.json", log)
+    logged = log.suggestions("labelstudio-5")
+    assert [(s.document_id, s.tool, s.model_version) for s in logged] == [
+        ("task-31", "precompute", extractor.version),
+        ("task-32", "precompute", extractor.version),
+    ]
+    assert logged[0].document.spans and logged[0].text_hash == text_hash(NOTE)
+    engine.dispose()
