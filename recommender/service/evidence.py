@@ -80,8 +80,9 @@ class Evidence:
     def _guarded(fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
-        except KiwiError as e:  # the database is down: the log misses this one, the service carries on
-            log.warning("suggestion log: %s not written (%s)", fn.__name__.strip("_"), type(e).__name__)
+        except Exception as e:  # a database outage or a bad stored row: the log misses this one only
+            level = logging.WARNING if isinstance(e, KiwiError) else logging.ERROR
+            log.log(level, "suggestion log: %s not written (%s)", fn.__name__.strip("_"), type(e).__name__)
 
     def _record(self, items: list[NewSuggestion]) -> None:
         self.log.record(items)
