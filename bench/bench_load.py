@@ -13,6 +13,10 @@ Without ``--model`` the replicas serve a lexicon model trained on the sample not
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import os

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recommender.cores import core_budget, set_torch_threads
 from recommender.errors import ConflictError, KiwiError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
@@ -119,6 +120,7 @@ class JobRunner:
 
     def run(self, job: Job, save: Callable[[Job], None] = lambda job: None) -> None:
         """Run ``job`` to ``finished`` or ``failed``; never raises for a failure of the job itself."""
+        set_torch_threads(core_budget(self.settings).trainer_threads)  # this thread's share of the cores
         try:
             self._train_and_gate(job, save)
             job.state = "finished"

@@ -91,6 +91,7 @@ def status_view(service: Service) -> dict[str, Any]:
         "learning_curve": curve,
         "evidence": service.evidence.view(dev),
         "precompute": service.ahead.status(),
+        "cores": service.cores.as_dict(),
         "corrections": projects,
         "agreement_reports": {p: f"/projects/{quote(p, safe='')}/agreement?format=html" for p in projects},
     }
@@ -375,6 +376,20 @@ def _precompute_html(models: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _cores_html(cores: dict[str, Any]) -> str:
+    lanes = cores["lanes"]
+    return (
+        f"<table><tr><th>cores available</th><td>{cores['cores']}</td></tr>"
+        f"<tr><th>threads of this process</th><td>{cores['threads']} "
+        f"<span class=muted>(OpenMP waiting: {escape(cores['wait_policy'].lower())})</span></td></tr>"
+        f"<tr><th>requests</th><td>{lanes} model call{'s' if lanes > 1 else ''} at once, "
+        f"{cores['lane_threads']} thread(s) each</td></tr>"
+        f"<tr><th>a training job</th><td>{cores['trainer_threads']} thread(s)</td></tr>"
+        f"<tr><th>precompute worker</th><td>{cores['precompute_threads']} thread(s), lower priority</td></tr>"
+        "</table>"
+    )
+
+
 def render_status_page(view: dict[str, Any], retraining: dict[str, Any] | None, version: str) -> str:
     recs = "".join(
         f"<tr><td>{escape(name)}</td><td>{escape(r['task'])}</td><td>{escape(r['layer'])}</td>"
@@ -392,6 +407,7 @@ JSON: <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
 <table><tr><th>name</th><th>task</th><th>layer</th><th>model version</th></tr>{recs}</table>
 <h2>Predictions computed ahead</h2>{_precompute_html(view["precompute"])}
 <h2>Training jobs</h2>{_jobs_html(retraining)}
+<h2>Cores</h2>{_cores_html(view["cores"])}
 <h2>What the annotators' corrections say</h2>{_evidence_html(view["evidence"])}
 <h2>Learning curve of promoted models</h2>{_curve_svg(view["learning_curve"])}
 <h2>Corrections per project</h2>{_corrections_html(view["corrections"], view["agreement_reports"])}
