@@ -3,7 +3,9 @@ figures from a known set, the migration up and down, and no note text stored (SQ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from support import run_kiwi
 from test_service_inception import SPAN, predict_request, predict_typesystem, response_cas
 
 from recommender.corpora import SAMPLE_DIR
@@ -414,3 +417,33 @@ def test_precompute_logs_what_it_pushes_to_label_studio(
     ]
     assert logged[0].document.spans and logged[0].text_hash == text_hash(NOTE)
     engine.dispose()
+
+
+def test_kiwi_agreement_adds_the_logged_suggestions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gold = note(spans=[("negation", *at("denies")), ("problem", *at("chest pain")), ("drug", *at("Aspirin"))])
+    for annotator, spans in (("ann1", gold.spans), ("ann2", gold.spans[:2])):
+        brat.write([replace(gold, id="note1", spans=list(spans))], tmp_path / annotator)
+    url = f"sqlite:///{tmp_path}/db.sqlite3"
+    engine = open_engine(url)
+    migrate(engine)
+    suggested = replace(gold, spans=gold.spans[1:])  # missed the negation
+    SuggestionLog(engine).record(
+        [NewSuggestion("default", "v7", "labelstudio", "all", "p", "task-9", suggested)]
+    )
+    engine.dispose()
+    monkeypatch.setenv("KIWI_DATABASE_URL", url)
+    run = run_kiwi(
+        "agreement",
+        str(tmp_path / "ann1"),
+        str(tmp_path / "ann2"),
+        "--json",
+        "--suggestions",
+        "all",
+        "--resamples",
+        "20",
+    )
+    assert run.returncode == 0, run.stderr
+    [versus] = json.loads(run.stdout)["model_vs_annotators"]
+    assert versus["model"] == "suggested:v7" and versus["documents"] == 1
+    assert versus["per_annotator"]["ann1"]["spans_exact_f1"] == pytest.approx(0.8)  # 2 of 3
+    assert versus["per_annotator"]["ann2"]["spans_exact_f1"] == pytest.approx(0.5)  # 1 of 2 and 1 spurious
