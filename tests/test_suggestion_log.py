@@ -152,6 +152,7 @@ def test_status_figures_from_a_known_set() -> None:
     assert 0.5 <= lo <= 0.75 <= hi <= 1.0
     assert set(v1["days"]) == {"2026-12-01", "2026-12-02"} and v1["days"]["2026-12-02"]["notes"] == 1
     assert v1["labels"]["drug"]["f1"] == 0.5 and v1["labels"]["problem"]["f1"] == 1.0
+    assert v1["labels"]["drug"]["acceptance"] == 0.5 and v1["labels"]["problem"]["acceptance"] == 1.0
     assert versions["v2"]["acceptance"]["rate"] == 1.0 and versions["v2"]["edits_per_note"]["mean"] == 0
     assert summarize([])["notes"] == 0
 

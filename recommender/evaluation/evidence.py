@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recommender.evaluation.corrections import OUTCOMES
 from recommender.evaluation.matching import MODES
 from recommender.evaluation.scorer import TaskCounts
 from recommender.evaluation.stats import LEVEL, interval, resample_weights
@@ -128,6 +129,17 @@ def summarize(
                 if modes["exact"].tp + modes["exact"].fp + modes["exact"].fn
             }
     out["f1"] = f1
+    if labels:  # what became of each label's suggestions
+        by_label: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for note in notes:
+            for f in note.figures:
+                for label, row in f.get("spans", {}).items():
+                    by_label[label][0] += row["accepted"]
+                    by_label[label][1] += sum(row[k] for k in OUTCOMES)
+        for label, (accepted, suggested) in by_label.items():
+            if suggested:
+                entry = out.setdefault("labels", {}).setdefault(label, {"f1": None, "ci": None})
+                entry["acceptance"] = round(accepted / suggested, 4)
     return out
 
 

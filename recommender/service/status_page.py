@@ -283,8 +283,8 @@ def _evidence_html(evidence: dict[str, dict[str, Any]]) -> str:
     details = []
     for version, v in reversed(list(evidence.items())):
         labels = "".join(
-            f"<tr><td>{escape(label)}</td><td>{_rate(x, 'f1')}</td><td>{x['suggested']}</td>"
-            f"<td>{x['support']}</td></tr>"
+            f"<tr><td>{escape(label)}</td><td>{_rate(x, 'f1')}</td><td>{_rate(x, 'acceptance')}</td>"
+            f"<td>{x.get('suggested', 0)}</td><td>{x.get('support', 0)}</td></tr>"
             for label, x in sorted(v.get("labels", {}).items())
         )
         projects = "".join(
@@ -294,7 +294,8 @@ def _evidence_html(evidence: dict[str, dict[str, Any]]) -> str:
         )
         details.append(
             f"<details><summary><code>{escape(version)}</code>: per label and per project</summary>"
-            "<table><tr><th>label</th><th>F1 (exact)</th><th>suggested</th><th>annotated</th></tr>"
+            "<table><tr><th>label</th><th>F1 (exact)</th><th>accepted</th><th>suggested</th>"
+            "<th>annotated</th></tr>"
             f"{labels}</table><table><tr><th>project</th><th>notes</th><th>accepted</th><th>F1</th>"
             f"<th>edits per note</th></tr>{projects}</table></details>"
         )
