@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from support import run_kiwi
-from test_service_inception import SPAN, predict_request, predict_typesystem, response_cas
+from test_service_inception import REL, SPAN, predict_request, predict_typesystem, response_cas
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.document import Document
@@ -448,3 +448,32 @@ def test_kiwi_agreement_adds_the_logged_suggestions(tmp_path: Path, monkeypatch:
     assert versus["model"] == "suggested:v7" and versus["documents"] == 1
     assert versus["per_annotator"]["ann1"]["spans_exact_f1"] == pytest.approx(0.8)  # 2 of 3
     assert versus["per_annotator"]["ann2"]["spans_exact_f1"] == pytest.approx(0.5)  # 1 of 2 and 1 spurious
+
+
+def test_inception_relation_suggestions_are_scored_on_relations_only(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    gold = brat.read(SAMPLE_DIR)[0]
+    assert gold.relations, "a sample note with relations"
+    ts = predict_typesystem()
+    spans_only = Document(gold.id, gold.text, spans=list(gold.spans))
+    request = predict_request(spans_only, REL, ts)
+    assert client.post("/inception/relations/predict", json=request).status_code == 200
+    service.evidence.flush()
+    [logged] = service.evidence.log.suggestions()
+    assert logged.task == "relations" and logged.document.relations
+    train = {
+        "typeSystem": ts.to_xml(),
+        "documents": [
+            {"xmi": predict_request(gold, REL, ts)["document"]["xmi"], "documentId": 7, "userId": "u"}
+        ],
+        "metadata": request["metadata"],
+    }
+    assert client.post("/inception/relations/train", json=train).status_code == 204
+    service.evidence.flush()
+    [score] = service.evidence.log.scores()
+    assert score.suggestion_id == logged.id and set(score.figures["tasks"]) == {"re"}
+    assert "spans" not in score.figures  # the spans were the annotator's own
+    rel = score.figures["relations"]
+    assert rel["accepted"] + rel["deleted"] == len(logged.document.relations)
+    assert rel["accepted"] + rel["missed"] == len(gold.relations)
+    assert score.figures["edits"]["total"] == rel["deleted"] + rel["missed"]
