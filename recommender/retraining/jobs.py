@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -58,6 +59,14 @@ class Job:
     attempts: int = 0  # runs started: more than one when a worker died during the job
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
+    def expected_end(self, now: float | None = None) -> float | None:
+        """When a running job should end (``time.time()``), from the share of its progress made so
+        far; None before training has moved it past loading (5%)."""
+        if self.state != "running" or self.started is None or self.progress <= 0.05:
+            return None
+        now = time.time() if now is None else now
+        return now + (now - self.started) * (1 - self.progress) / self.progress
+
     def to_dict(self) -> dict[str, Any]:
         def stamp(t: float | None) -> str | None:
             return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") if t is not None else None
@@ -73,6 +82,7 @@ class Job:
             "created": stamp(self.created),
             "started": stamp(self.started),
             "finished": stamp(self.finished),
+            "expected_end": stamp(self.expected_end()),
             "candidate": self.candidate,
             "metrics": self.metrics,
             "message": self.message,

@@ -124,6 +124,12 @@ def _card_html(card: dict[str, Any] | None) -> str:
     )
 
 
+def _expected_end(stamp: str | None) -> str:
+    if not stamp:
+        return ""
+    return f" <span class=muted>(expected to end about {escape(stamp[11:16])} UTC)</span>"
+
+
 def _jobs_html(retraining: dict[str, Any] | None) -> str:
     if retraining is None:
         return "<p class=muted>The retraining worker is off (KIWI_RETRAIN=false).</p>"
@@ -141,7 +147,8 @@ def _jobs_html(retraining: dict[str, Any] | None) -> str:
         rows.append(
             f"<tr><td>{j['id']}</td><td>{escape(j['project'])}</td><td>{escape(j['state'])}</td>"
             f"<td><progress max=1 value={j['progress']}></progress> {100 * j['progress']:.0f}% "
-            f"{escape(j['stage'])}</td><td>{escape(j['candidate'] or '')}</td><td>{decision}</td></tr>"
+            f"{escape(j['stage'])}{_expected_end(j.get('expected_end'))}</td>"
+            f"<td>{escape(j['candidate'] or '')}</td><td>{decision}</td></tr>"
         )
     return (
         "<table><tr><th>job</th><th>project</th><th>state</th><th>progress</th><th>candidate</th>"
