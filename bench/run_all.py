@@ -2,9 +2,9 @@
 the service on the trained encoder (one process, then replicas under load); correction-to-promotion;
 what each first-run seed gives; the model families side by side; constrained against free decoding,
 the generation engine and the RE analysis on the LLaMA just trained; the LLaMA served beside the
-encoder (precompute); active learning with the encoder learner; two torch processes sharing the
-cores. Each prints its own table and writes bench/results/<name>.json. Not here: bench/gpu_check.sh
-(needs a CUDA GPU).
+encoder (precompute); active learning with the encoder learner; the agreement-aware training rules;
+two torch processes sharing the cores. Each prints its own table and writes
+bench/results/<name>.json. Not here: bench/gpu_check.sh (needs a CUDA GPU).
 
 On 2 CPU cores this takes most of a day: the LLaMA training is about an hour, active learning with the
 encoder learner about two."""
@@ -42,6 +42,7 @@ def main() -> None:
         "--requests", "48", "--clients", "4", "16",
     )  # fmt: skip
     run("bench_active_learning.py", "--learner", "encoder", "--batch-notes", "10", "--threads", "1")
+    run("bench_agreement_rule.py", "--seeds", "3")
     run("bench_cores.py")
 
 
