@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
 import httpx
@@ -30,6 +32,14 @@ def require_or_skip(name: str, reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI needs {name}: {reason}", pytrace=False)
     pytest.skip(f"{name}: {reason}")
+
+
+def require_module(module: str, name: str, how: str) -> ModuleType:
+    """``module`` imported, or require_or_skip naming the component ``name`` and ``how`` to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        require_or_skip(name, f"cannot import {module} ({e}); {how}")
 
 
 def run_kiwi(

@@ -14,10 +14,13 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS.parent / "scripts"
 NEEDS_A_WIDGET = """
-from support import require_or_skip
+from support import require_module, require_or_skip
 
 def test_with_a_widget():
     require_or_skip("Widget", "not installed (make widget)")
+
+def test_with_a_widget_module():
+    require_module("kiwi_widget_that_is_not_there", "Widget", "make widget")
 """
 
 
@@ -40,12 +43,14 @@ def test_a_missing_component_skips_on_a_laptop_and_fails_by_name_in_ci(tmp_path:
     )
     if ci:
         assert run.returncode == 1, run.stdout
-        assert "1 failed" in run.stdout
-        (line,) = [x for x in run.stdout.splitlines() if x.startswith("FAILED")]
-        assert line.endswith("CI needs Widget: not installed (make widget)")
+        assert "2 failed" in run.stdout
+        first, second = [x for x in run.stdout.splitlines() if x.startswith("FAILED")]
+        assert first.endswith("CI needs Widget: not installed (make widget)")
+        assert "CI needs Widget: cannot import kiwi_widget_that_is_not_there" in second
+        assert second.endswith("; make widget")
     else:
         assert run.returncode == 0, run.stdout
-        assert "1 skipped" in run.stdout and "Widget: not installed (make widget)" in run.stdout
+        assert "2 skipped" in run.stdout and "Widget: not installed (make widget)" in run.stdout
 
 
 def _script(tmp_path: Path, name: str, fakes: dict[str, str]) -> tuple[Path, dict[str, str]]:
