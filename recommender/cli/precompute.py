@@ -125,8 +125,8 @@ def _notes(ahead: Ahead, path: Path, fmt: str | None) -> None:
 
 
 def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> None:
-    from recommender.formats.labelstudio import document_prediction, task_text
-    from recommender.service.labelstudio import project_view, restrict
+    from recommender.formats.labelstudio import document_prediction, labeling_config, task_text
+    from recommender.guidelines import labelstudio_config
     from recommender.service.labelstudio_client import LabelStudioClient
 
     if settings.label_studio_url is None or settings.label_studio_token is None:
@@ -134,7 +134,7 @@ def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> No
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_token.get_secret_value())
     version = ahead.extractor.version
     try:
-        view = project_view(client.project(pid).get("label_config"))
+        config = labeling_config(client.project(pid).get("label_config") or labelstudio_config())
         tasks = sorted(client.tasks(pid), key=lambda t: int(t["id"]))
         after, failed = _read_position(where, pid, version)
         todo = [t for t in tasks if int(t["id"]) > after or int(t["id"]) in failed]
@@ -146,10 +146,10 @@ def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> No
         pushed = 0
         for task in progress(todo, "predicting and pushing", total=len(todo)):
             task_id = int(task["id"])
-            text = task_text(task, view.config)
+            text = task_text(task, config)
             predicted = ahead.predict(Document(id=str(task_id), text=text)) if text.strip() else None
             if predicted is not None:
-                prediction = document_prediction(restrict(predicted, view, dropped), view.config, version)
+                prediction = document_prediction(config.restrict(predicted, dropped), config, version)
                 client.create_prediction(task_id, prediction)
                 pushed += 1
                 failed.discard(task_id)
