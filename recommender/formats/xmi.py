@@ -509,15 +509,13 @@ def _xml_safe(doc: Document) -> None:
             )
 
 
-def add_document_annotations(
-    cas: Cas, doc: Document, layers: LayerMapping = DEFAULT_LAYERS, *, predicted: bool = False
-) -> None:
-    """Write ``doc``'s spans and relations into ``cas``; every other annotation and layer stays as it was.
+def add_document_annotations(cas: Cas, doc: Document, layers: LayerMapping = DEFAULT_LAYERS) -> None:
+    """Write ``doc``'s spans and relations into ``cas`` as annotations (the file writer's part of
+    ``document_to_cas``); every other annotation and layer stays as it was.
 
-    A span already in the CAS with the same label and offsets is reused rather than duplicated (that is
-    how INCEpTION anchors relation suggestions to accepted spans). ``predicted`` marks new feature
-    structures with ``inception_internal_predicted`` and scores go to ``<feature>_score`` when the
-    type system has those features (INCEpTION's prediction type system does).
+    A span already in the CAS with the same label and offsets is reused rather than duplicated; scores
+    go to ``<feature>_score`` when the type system has that feature. INCEpTION's suggestions are
+    written by ``suggest_spans`` and ``suggest_relations``, not here.
     """
     view = _text_view(cas)
     if view.sofa_string != doc.text:
@@ -538,7 +536,7 @@ def add_document_annotations(
         if fs is None:  # two equal spans of ``doc`` stay two (only what the CAS had is reused)
             fs = span_type(begin=span.begin, end=span.end)
             fs.set(layers.span_feature, span.label)
-            _mark(fs, layers.span_feature, span.score, predicted)
+            _score(fs, layers.span_feature, span.score)
             view.add(fs)
         by_id[span.id] = fs
 
@@ -568,15 +566,13 @@ def add_document_annotations(
         fs.set(layers.governor, gov)
         fs.set(layers.dependent, dep)
         fs.set(layers.relation_feature, rel.label)
-        _mark(fs, layers.relation_feature, rel.score, predicted)
+        _score(fs, layers.relation_feature, rel.score)
         view.add(fs)
 
 
-def _mark(fs: Any, feature: str, score: float | None, predicted: bool) -> None:
+def _score(fs: Any, feature: str, score: float | None) -> None:
     if score is not None and fs.type.get_feature(f"{feature}_score") is not None:
         fs.set(f"{feature}_score", float(score))
-    if predicted and fs.type.get_feature(PREDICTED) is not None:
-        fs.set(PREDICTED, True)
 
 
 # --- INCEpTION's suggestions -------------------------------------------------------------------
