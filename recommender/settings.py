@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -282,8 +281,3 @@ def load_settings(**overrides: object) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"invalid settings [{problems}]") from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

@@ -11,24 +11,29 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from recommender.cli import app
 from recommender.cli.common import err_console, progress
 from recommender.document import Document
 from recommender.errors import ConfigError, NotFoundError
-from recommender.extractors.base import Extractor
-from recommender.settings import DEFAULT_MODEL, Settings
-from recommender.store.predictions import PredictionCache, input_hash
+from recommender.settings import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from recommender.extractors.base import Extractor
+    from recommender.settings import Settings
+    from recommender.store.predictions import PredictionCache
 
 
 def say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
+
+@commands.command()
 def precompute(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json) whose predictions to compute")],
     notes: Annotated[
@@ -58,6 +63,7 @@ def precompute(
     from recommender.extractors import load_extractor
     from recommender.settings import load_settings
     from recommender.store import CorrectionStore
+    from recommender.store.predictions import PredictionCache
 
     if (notes is None) == (label_studio is None):
         raise ConfigError("give NOTES or --label-studio PROJECT (one of them)")
@@ -87,6 +93,8 @@ class Ahead:
 
     def predict(self, doc: Document) -> Document | None:
         """The prediction for ``doc``'s text; None when every attempt failed (reported, not stored)."""
+        from recommender.store.predictions import input_hash
+
         version = self.extractor.version
         entry = self.cache.lookup(version, "text", [input_hash(doc, "text")]).get(input_hash(doc, "text"))
         if entry is not None and entry.state == "done" and entry.document is not None:

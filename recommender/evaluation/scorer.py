@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,7 +37,6 @@ from recommender.evaluation.matching import (
     span_mentions,
 )
 from recommender.evaluation.stats import LEVEL, RESAMPLES, SEED, bootstrap_f1, interval, resample_weights
-from recommender.extractors.base import Extractor
 from recommender.schema import Schema, load_schema
 
 TASKS = ("ner", "re", "spans")
@@ -247,6 +246,12 @@ def _unique_ids(docs: Sequence[Document], side: str) -> list[str]:
 Track = Callable[[Iterable[Any], str, int], Iterable[Any]]
 
 
+class Predicts(Protocol):
+    """What the scorer needs of a model: ``Extractor.predict`` (the scorer sits below the extractors)."""
+
+    def predict(self, docs: Sequence[Document], *, entities_given: bool = False) -> list[Document]: ...
+
+
 def entities_only(doc: Document, schema: Schema | None = None) -> Document:
     """A copy of ``doc`` keeping only its main entity spans: the input of the paper's RE setting."""
     schema = schema or load_schema()
@@ -259,7 +264,7 @@ def entities_only(doc: Document, schema: Schema | None = None) -> Document:
 
 
 def predict_for_scoring(
-    extractor: Extractor,
+    extractor: Predicts,
     gold: Sequence[Document],
     *,
     batch_size: int = 8,
@@ -293,7 +298,7 @@ def predict_for_scoring(
 
 
 def evaluate_extractor(
-    extractor: Extractor,
+    extractor: Predicts,
     gold: Sequence[Document],
     *,
     batch_size: int = 8,

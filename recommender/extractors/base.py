@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -154,6 +155,9 @@ class Extractor(ABC):
     # Too slow to predict inside a request (generation: seconds to minutes a note): the service
     # serves its predictions from the prediction cache, computed in the background.
     ahead: ClassVar[bool] = False
+    # "module:function" of the family's trainer where it has a module of its own (torch training
+    # loops): that module builds extractors of this class, so it is named here, not imported.
+    trainer: ClassVar[str | None] = None
 
     info: ModelInfo
 
@@ -195,17 +199,21 @@ class Extractor(ABC):
     def train(
         cls,
         train_docs: Sequence[Document],
-        dev_docs: Sequence[Document],
-        config: ExtractorConfig,
-        out_dir: Path,
+        dev_docs: Sequence[Document] = (),
+        config: ExtractorConfig | None = None,
+        out_dir: Path | None = None,
         *,
         progress: Progress[Any] | None = None,
     ) -> Extractor:
         """Train a model on ``train_docs`` (early stopping and calibration on ``dev_docs`` where the
         family does that) and save it to ``out_dir``. A config field ``init_from`` names a model folder
-        of the same family to start from. Extractors that are not trained here (test doubles, remote
-        models) keep this refusal."""
-        raise ConfigError(f"extractor [{cls.name}] cannot be trained")
+        of the same family to start from. Runs the family's ``trainer``; extractors without one (test
+        doubles, remote models) refuse."""
+        if cls.trainer is None:
+            raise ConfigError(f"extractor [{cls.name}] cannot be trained")
+        module, _, function = cls.trainer.partition(":")
+        train = getattr(importlib.import_module(module), function)
+        return train(train_docs, dev_docs, cls.training_config(config), out_dir, progress)  # type: ignore[no-any-return]
 
     @classmethod
     def training_config(cls, config: ExtractorConfig | None) -> Any:

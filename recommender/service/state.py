@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 
 from recommender.active.strategies import get_strategy
 from recommender.errors import ModelError, NotFoundError, OverloadError
+from recommender.extractors.threads import intra_op_threads, use_intra_op_threads
 from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
@@ -51,13 +52,7 @@ class ComputeLanes:
     """
 
     def __init__(self, lanes: int, cores: int | None = None, *, per_client: int | None = None) -> None:
-        try:
-            import torch
-        except ImportError:  # extractors without torch need no thread setting
-            torch = None
-        self._torch = torch
-        # torch's default honours OMP_NUM_THREADS and counts physical cores
-        cores = cores or (torch.get_num_threads() if torch else os.cpu_count() or 1)
+        cores = cores or intra_op_threads() or os.cpu_count() or 1
         self.lanes = lanes
         self.per_client = min(per_client or lanes, lanes)
         self.threads = max(1, cores // lanes)
@@ -98,8 +93,7 @@ class ComputeLanes:
                         f"no compute lane came free within [{timeout:.0f}] s "
                         f"({self.lanes} lane(s), {len(self._waiting)} call(s) waiting); retry later"
                     )
-        if self._torch is not None and self._torch.get_num_threads() != self.threads:
-            self._torch.set_num_threads(self.threads)
+        use_intra_op_threads(self.threads)
         try:
             yield self
         finally:

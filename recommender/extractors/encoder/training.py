@@ -19,10 +19,12 @@ from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.encoder.config import EncoderConfig, resolve_base_model
-from recommender.extractors.encoder.extractor import NAME, EncoderExtractor, LabelMaps, build_model
+from recommender.extractors.encoder.extractor import NAME, EncoderExtractor
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
+    LabelMaps,
     bio_tags,
+    build_model,
     distance_feature,
     encode_text,
     load_pretrained,

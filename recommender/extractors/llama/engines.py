@@ -338,7 +338,7 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
 def _vllm_for(extractor: LlamaExtractor) -> VllmEngine:
     """vLLM over the merged weights when the folder has them, else the base plus the adapter."""
     from recommender.extractors.llama.base_model import CACHE_DIR, pretrained_path, resolve
-    from recommender.extractors.llama.extractor import ADAPTER_DIR, MERGED_DIR, TOKENIZER_DIR
+    from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR, TOKENIZER_DIR
 
     cfg = extractor.config
     folder = extractor.folder

@@ -29,7 +29,8 @@ from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, Progress, fingerprint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.extractor import ADAPTER_DIR, NAME, LlamaExtractor
+from recommender.extractors.llama.extractor import LlamaExtractor
+from recommender.extractors.llama.layout import ADAPTER_DIR, NAME
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
 
 log = logging.getLogger(__name__)
@@ -253,12 +254,14 @@ def train_llama(
     train_docs: Sequence[Document],
     dev_docs: Sequence[Document],
     config: LlamaConfig,
-    out_dir: Path,
+    out_dir: Path | None,
     progress: Progress[Any] | None = None,
 ) -> LlamaExtractor:
     """LoRA-tune a base instruct model (``config.base``, or continue ``config.init_from``) on the Kiwi
     instruction examples of ``train_docs``; keep the adapter with the best dev score (mean of NER and
     RE exact F1) and save the model folder to ``out_dir``."""
+    if out_dir is None:
+        raise ModelError("the LLaMA extractor needs an output folder to train into")
     if not train_docs:
         raise ConfigError("no training documents")
     out_dir = Path(out_dir)
