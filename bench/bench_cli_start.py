@@ -44,7 +44,8 @@ def time_help(root: Path, args: list[str], repeat: int) -> tuple[list[float], li
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        # run in ``root``: ``python -c`` puts the working folder first on sys.path
+        done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
         wall.append(time.perf_counter() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)

@@ -171,19 +171,31 @@ def third_party_violations(root: Path) -> list[str]:
     return out
 
 
+def _reads_environment(node: ast.AST, parent: ast.AST | None) -> bool:
+    """``os.getenv``/``os.putenv``, or ``os.environ`` used other than to set variables for this process
+    and its children (``os.environ.update(...)``, ``os.environ[KEY] = ...``)."""
+    if isinstance(node, ast.Attribute) and node.attr in ("getenv", "getenvb"):
+        return True
+    if isinstance(node, ast.ImportFrom) and node.module == "os":
+        return bool({a.name for a in node.names} & {"environ", "getenv", "environb"})
+    if not (isinstance(node, ast.Attribute) and node.attr in ("environ", "environb")):
+        return False
+    writes = (isinstance(parent, ast.Attribute) and parent.attr == "update") or (
+        isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store | ast.Del)
+    )
+    return not writes
+
+
 def environment_readers(root: Path) -> list[str]:
-    """Modules other than settings that read ``os.environ`` or ``os.getenv``."""
+    """Modules other than settings that read the environment."""
     out = []
     for name, path in modules(root).items():
         if name == READS_ENVIRONMENT:
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            found = (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv")) or (
-                isinstance(node, ast.ImportFrom)
-                and node.module == "os"
-                and {a.name for a in node.names} & {"environ", "getenv"}
-            )
-            if found:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if _reads_environment(node, parents.get(node)):
                 out.append(
                     f"{name} line {node.lineno}: reads the environment (only {READS_ENVIRONMENT} does)"
                 )
@@ -235,7 +247,8 @@ def test_the_checks_catch_a_cycle_an_upward_import_and_torch_in_the_service(tmp_
         "service/b.py": "import torch\nfrom recommender.formats import a\n",
         "text.py": "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from recommender.service import b\n",
-        "document.py": "import os\nos.environ.get('X')\n",
+        "document.py": "import os\nos.environ.get('X')\n"
+        "os.environ.update({'Y': '1'})\nos.environ['Z'] = '2'\n",  # setting variables is no reading
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)

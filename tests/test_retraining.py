@@ -11,6 +11,7 @@ import textwrap
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,9 @@ from recommender.corpora import load_sample
 from recommender.document import Document
 from recommender.errors import BusyError, ConflictError
 from recommender.extractors.lexicon import LexiconExtractor
+from recommender.progress import Progress
 from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
-from recommender.retraining import Corpora, Retrainer, Track, decide, get_trainer, heldout_split
+from recommender.retraining import Corpora, Retrainer, decide, get_trainer, heldout_split
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 
@@ -262,7 +264,7 @@ def test_trainer_progress_moves_the_job(env, sample: list[Document]) -> None:
         out: Path,
         init: Path | None,
         *,
-        track: Track,
+        track: Progress[Any],
         **kw: object,
     ) -> Path:
         for e in (1, 2):

@@ -15,13 +15,12 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from recommender.document import Choice, Document
 from recommender.errors import ConfigError, ModelError
+from recommender.progress import Progress
 from recommender.schema import load_schema
 
 MODEL_INFO_FILE = "kiwi_model.json"
 
 T = TypeVar("T")
-# Wraps an iterable of work items in a progress display: (items, description, total) -> items.
-Progress = Callable[[Iterable[T], str, int | None], Iterable[T]]
 
 
 def setting(default: Any, help: str, *, flag: str | None = None) -> Any:

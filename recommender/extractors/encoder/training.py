@@ -6,7 +6,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +30,12 @@ from recommender.extractors.encoder.model import (
     load_pretrained,
     span_gap,
 )
+from recommender.progress import Progress
 from recommender.schema import load_schema
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # cross_entropy's ignore_index: padding, [CLS]/[SEP] and word-continuation pieces
-
-Progress = Callable[[Iterable[Any], str, int | None], Iterable[Any]]
 
 
 @dataclass

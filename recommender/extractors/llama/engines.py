@@ -28,7 +28,8 @@ import httpx
 from recommender.errors import ModelError
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.constrained import OPEN_TAG
-from recommender.extractors.llama.generation import STOP, Engine, Generation, Prompt
+from recommender.extractors.llama.generation import Engine, Generation, Prompt
+from recommender.extractors.llama.task import STOP
 
 if TYPE_CHECKING:
     from recommender.extractors.llama.extractor import LlamaExtractor

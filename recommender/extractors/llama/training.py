@@ -26,12 +26,13 @@ import torch
 
 from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
-from recommender.extractors.base import ModelInfo, Progress, fingerprint
+from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor
 from recommender.extractors.llama.layout import ADAPTER_DIR, NAME
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
+from recommender.progress import Progress
 
 log = logging.getLogger(__name__)
 
