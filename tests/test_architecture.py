@@ -20,11 +20,11 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"service"},
     {"retraining"},
-    {"settings"},
+    {"settings", "cores"},
     {"active", "agreement", "corpora", "guidelines", "registry", "store"},
     {"extractors"},
     {"evaluation"},
-    {"formats", "progress", "synthetic"},
+    {"formats", "progress", "splits", "synthetic"},
     {"markup"},
     {"text"},
     {"", "document", "errors", "packaged", "schema"},  # "": the package's own __init__

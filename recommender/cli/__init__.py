@@ -15,7 +15,16 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from recommender.errors import KiwiError
+from recommender.cores import apply_process_policy
+from recommender.errors import ConfigError, KiwiError
+
+# Before any command module imports torch: OpenMP reads its environment once (recommender/cores.py).
+# A bad value is reported by main() in one line, as every bad setting is.
+_policy_error: ConfigError | None = None
+try:
+    apply_process_policy()
+except ConfigError as e:
+    _policy_error = e
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,8 @@ def main() -> None:
     # The project's own progress and results (epoch losses, dev scores) are what a user waits for.
     logging.getLogger("recommender").setLevel(logging.INFO)
     try:
+        if _policy_error is not None:
+            raise _policy_error
         app()
     except KiwiError as e:
         # markup=False: messages put offending values in [brackets], which rich would eat as tags.

@@ -19,7 +19,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from lxml import etree
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import DocumentError, FormatError, NotFoundError
+from recommender.formats.layers import DEFAULT_LAYERS, LayerMapping
 from recommender.schema import Schema, load_schema
 from recommender.text import segment
 
@@ -55,21 +56,6 @@ _CASSIS_ERRORS = (
     AttributeError,
     RuntimeError,
 )
-
-
-@dataclass(frozen=True)
-class LayerMapping:
-    """Which UIMA types and features carry the Kiwi spans and relations."""
-
-    span_type: str = "webanno.custom.ClinicalEntity"
-    span_feature: str = "label"
-    relation_type: str = "webanno.custom.HasAttr"
-    relation_feature: str = "label"
-    governor: str = "Governor"
-    dependent: str = "Dependent"
-
-
-DEFAULT_LAYERS = LayerMapping()
 
 
 # --- type system -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import time
 from functools import partial
 from typing import Any
 
+from recommender.cores import set_torch_threads
 from recommender.errors import KiwiError, UnavailableError
 from recommender.service.predicting import PredictPath
 
@@ -34,8 +35,9 @@ _MAX_YIELD_SECONDS = 5.0
 class AheadWorker:
     """Computes the queued predictions of a service's slow models and their fallback models."""
 
-    def __init__(self, path: PredictPath) -> None:
+    def __init__(self, path: PredictPath, *, threads: int) -> None:
         self.path = path
+        self.threads = threads  # torch threads of the worker (``CoreBudget.precompute_threads``)
         self.cache = path.cache
         self.settings = path.settings
         self._wake = threading.Event()
@@ -72,6 +74,7 @@ class AheadWorker:
 
     def _work(self) -> None:
         _lower_priority()
+        set_torch_threads(self.threads)
         settings = self.settings
         last_stall_check = 0.0
         while not self._stop.is_set():

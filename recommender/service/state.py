@@ -4,7 +4,6 @@ registry, the retrainer."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -16,8 +15,8 @@ from fastapi import Depends, Request
 from fastapi import Path as PathParam
 
 from recommender.active.strategies import get_strategy
+from recommender.cores import available_cores, core_budget, set_torch_threads
 from recommender.errors import ModelError, NotFoundError, OverloadError
-from recommender.extractors.threads import intra_op_threads, use_intra_op_threads
 from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
@@ -52,7 +51,7 @@ class ComputeLanes:
     """
 
     def __init__(self, lanes: int, cores: int | None = None, *, per_client: int | None = None) -> None:
-        cores = cores or intra_op_threads() or os.cpu_count() or 1
+        cores = cores or available_cores()
         self.lanes = lanes
         self.per_client = min(per_client or lanes, lanes)
         self.threads = max(1, cores // lanes)
@@ -93,7 +92,7 @@ class ComputeLanes:
                         f"no compute lane came free within [{timeout:.0f}] s "
                         f"({self.lanes} lane(s), {len(self._waiting)} call(s) waiting); retry later"
                     )
-        use_intra_op_threads(self.threads)
+        set_torch_threads(self.threads)
         try:
             yield self
         finally:
@@ -142,10 +141,13 @@ class Service:
         self.retrainer: Retrainer | JobQueue | None = retrainer
         self.labelstudio = labelstudio
         self.stats = RequestStats()
-        self.compute = ComputeLanes(settings.predict_lanes, per_client=settings.max_lanes_per_client)
+        self.cores = core_budget(settings)
+        self.compute = ComputeLanes(
+            self.cores.lanes, self.cores.threads, per_client=settings.max_lanes_per_client
+        )
         cache = PredictionCache(store.engine)
         self.predicting = PredictPath(settings, self.served_models, self.compute, cache, self.strategy)
-        self.ahead = AheadWorker(self.predicting)
+        self.ahead = AheadWorker(self.predicting, threads=self.cores.precompute_threads)
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
         self._raw_lock = threading.Lock()
