@@ -40,8 +40,7 @@ class AheadWorker:
         self.threads = threads  # torch threads of the worker (``CoreBudget.precompute_threads``)
         self.cache = path.cache
         self.settings = path.settings
-        self._wake = threading.Event()
-        path.queued = self._wake.set
+        self._wake = path.queued
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._versions: dict[str, str] = {}  # model name -> version the worker last carried over to

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +82,7 @@ class PredictPath:
         self.lanes = lanes
         self.cache = cache
         self.strategy = strategy
-        self.queued: Callable[[], None] = lambda: None  # wakes the background worker (service/ahead.py)
+        self.queued = threading.Event()  # set when notes are queued: wakes the worker (service/ahead.py)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kiwi-fallback-cache")
 
     # --- limits ----------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class PredictPath:
         missing = [d for d, h in zip(docs, hashes, strict=True) if h not in entries]
         if missing:
             self.cache.enqueue(predictor.name, version, kind, missing)
-            self.queued()
+            self.queued.set()
         misses = [
             d for d, h in zip(docs, hashes, strict=True) if h not in entries or entries[h].state != "done"
         ]
@@ -281,7 +282,7 @@ class PredictPath:
         fast = self.fallback_for(predictor)
         new_fast = self.cache.enqueue(fast.name, fast.current.version, kind, docs) if fast is not None else 0
         if n or new_fast:
-            self.queued()
+            self.queued.set()
         return n
 
     def computed_ahead(self) -> list[Predictor]:
