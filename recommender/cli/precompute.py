@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from recommender.extractors.base import Extractor
     from recommender.settings import Settings
     from recommender.store.predictions import PredictionCache
+    from recommender.store.suggestions import SuggestionLog
 
 
 def say(line: str) -> None:
@@ -64,6 +65,7 @@ def precompute(
     from recommender.settings import load_settings
     from recommender.store import CorrectionStore
     from recommender.store.predictions import PredictionCache
+    from recommender.store.suggestions import SuggestionLog
 
     if (notes is None) == (label_studio is None):
         raise ConfigError("give NOTES or --label-studio PROJECT (one of them)")
@@ -78,7 +80,8 @@ def precompute(
         else:
             assert label_studio is not None
             where = position or settings.model_dir / "precompute" / f"labelstudio-{label_studio}.json"
-            _label_studio(ahead, settings, label_studio, where)
+            suggestions = SuggestionLog(store.engine) if settings.suggestion_log else None
+            _label_studio(ahead, settings, label_studio, where, suggestions)
     finally:
         store.close()
 
@@ -132,10 +135,13 @@ def _notes(ahead: Ahead, path: Path, fmt: str | None) -> None:
         raise typer.Exit(1)
 
 
-def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> None:
+def _label_studio(
+    ahead: Ahead, settings: Settings, pid: int, where: Path, suggestions: SuggestionLog | None = None
+) -> None:
     from recommender.formats.labelstudio import document_prediction, labeling_config, task_text
     from recommender.guidelines import labelstudio_config
     from recommender.service.labelstudio_client import LabelStudioClient
+    from recommender.store.suggestions import NewSuggestion
 
     if settings.label_studio_url is None or settings.label_studio_token is None:
         raise ConfigError("--label-studio needs KIWI_LABEL_STUDIO_URL and KIWI_LABEL_STUDIO_TOKEN")
@@ -152,13 +158,23 @@ def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> No
         )
         dropped: dict[str, int] = {}
         pushed = 0
+        project = f"labelstudio-{pid}"  # as the backend stores the project's corrections
         for task in progress(todo, "predicting and pushing", total=len(todo)):
             task_id = int(task["id"])
             text = task_text(task, config)
             predicted = ahead.predict(Document(id=str(task_id), text=text)) if text.strip() else None
             if predicted is not None:
-                prediction = document_prediction(config.restrict(predicted, dropped), config, version)
+                shown = config.restrict(predicted, dropped)
+                prediction = document_prediction(shown, config, version)
                 client.create_prediction(task_id, prediction)
+                if suggestions is not None:  # what the annotator will see, for the corrections' scores
+                    suggestions.record(
+                        [
+                            NewSuggestion(
+                                ahead.name, version, "precompute", "all", project, f"task-{task_id}", shown
+                            )
+                        ]
+                    )
                 pushed += 1
                 failed.discard(task_id)
             elif text.strip():

@@ -21,6 +21,7 @@ from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
 from recommender.service.ahead import AheadWorker
+from recommender.service.evidence import Evidence
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
 from recommender.service.predicting import PredictPath
@@ -148,6 +149,7 @@ class Service:
         cache = PredictionCache(store.engine)
         self.predicting = PredictPath(settings, self.served_models, self.compute, cache, self.strategy)
         self.ahead = AheadWorker(self.predicting, threads=self.cores.precompute_threads)
+        self.evidence = Evidence(settings, store.engine)  # the suggestion log
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
         self._raw_lock = threading.Lock()
