@@ -3,7 +3,7 @@
 Creates a project with the generated labeling config, connects the backend, imports notes, retrieves
 predictions, submits a correction that teaches a new word, starts training and sees predictions of a
 newer model version, with the project's model version pinned for uncertainty sampling. The venv is
-made by ``scripts/setup_external.sh`` (``make test``); without it the test skips.
+made by ``scripts/setup_external.sh`` (``make test``); without it the test skips (fails in CI).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import require_or_skip
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.extractors.lexicon import LexiconExtractor
@@ -62,7 +63,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     if not LS_BIN.exists():
-        pytest.skip(f"no Label Studio venv at {LS_BIN.parent.parent}: run scripts/setup_external.sh")
+        require_or_skip("Label Studio", f"no venv at {LS_BIN.parent.parent}: run scripts/setup_external.sh")
     port = free_port()
     data = tmp_path_factory.mktemp("labelstudio")
     env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
