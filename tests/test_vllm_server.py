@@ -26,8 +26,8 @@ from recommender.extractors import load_extractor
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.engines import OpenAIEngine, copy_or_tag_regex
 from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor
-from recommender.extractors.llama.generation import STOP, Prompt
-from recommender.extractors.llama.task import Templates, ner_units
+from recommender.extractors.llama.generation import Prompt
+from recommender.extractors.llama.task import STOP, Templates, ner_units
 from recommender.extractors.llama.vllm_server import (
     LORA_RANKS,
     VllmServer,

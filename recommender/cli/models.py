@@ -11,7 +11,6 @@ from typing import Annotated, Any, get_type_hints
 import typer
 
 from recommender import corpora
-from recommender.cli import app
 from recommender.cli.common import drops_line, err_console, progress
 from recommender.document import total_drops
 from recommender.errors import ConfigError, NotFoundError
@@ -19,8 +18,10 @@ from recommender.extractors import FAMILIES, Family
 from recommender.extractors.base import ExtractorConfig
 from recommender.formats import FORMATS, detect_format, get_format, read_documents, write_documents
 
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
 train_app = typer.Typer(help="Train an extractor on an annotated corpus.", no_args_is_help=True)
-app.add_typer(train_app, name="train")
+commands.add_typer(train_app, name="train")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -130,7 +131,7 @@ for _family in FAMILIES:
     train_app.command(_family.command)(_train_command(_family))
 
 
-@app.command()
+@commands.command()
 def predict(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json)")],
     src: Annotated[Path, typer.Argument(help="notes: a folder of .txt (brat), or any format kiwi reads")],

@@ -27,7 +27,8 @@ import httpx
 from recommender.errors import ModelError
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.constrained import OPEN_TAG
-from recommender.extractors.llama.generation import STOP, Engine, Generation, Prompt
+from recommender.extractors.llama.generation import Engine, Generation, Prompt
+from recommender.extractors.llama.task import STOP
 from recommender.extractors.llama.vllm_server import VllmServer, adapter_rank, check_lora_rank, reason
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ def _openai_for(extractor: LlamaExtractor) -> OpenAIEngine:
     folder's adapter, loaded there as the model's version; and the constraint on unless
     ``engine_structured_outputs`` is False. ModelError when the server cannot be reached (the engine
     is built again at the next call)."""
-    from recommender.extractors.llama.extractor import ADAPTER_DIR, MERGED_DIR
+    from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR
 
     cfg = extractor.config
     assert cfg.engine_url is not None
