@@ -109,7 +109,7 @@ def _check_unique(corpus: Corpus) -> None:
     kept = []
     for note in corpus.notes:
         if note.id in seen or note.id in corpus.bad:
-            corpus.bad[note.id] = "duplicate id"
+            corpus.bad[note.id] = "duplicate id: only the first note of that id is predicted"
             continue
         seen.add(note.id)
         kept.append(note)

@@ -70,6 +70,7 @@ class RunSummary:
     actors: int = 0
     workers: dict[str, WorkerStat] = field(default_factory=dict)
     startup_seconds: float = 0.0  # connecting to (or starting) Ray
+    first_result_seconds: float = 0.0  # from then to the first prediction (the actors load the model)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -79,6 +80,14 @@ class RunSummary:
             f"on Ray by {self.actors} actor(s), {self.cached} from the cache; Ray start-up "
             f"{self.startup_seconds:.1f} s, {self.seconds:.1f} s in all ({rate:.2f} notes/s)"
         ]
+        if self.workers:
+            out.append(
+                "per worker: "
+                + ", ".join(
+                    f"{w} {s.notes} notes (peak {s.peak_rss_mb:.0f} MB)"
+                    for w, s in sorted(self.workers.items())
+                )
+            )
         if self.repeated:
             out.append(f"{self.repeated} result(s) delivered again after a retry, stored once")
         for what, notes in (("not predicted", self.bad), ("failed", self.failed)):
@@ -205,7 +214,10 @@ def _on_ray(
         results = _rows(ds)
         if not interactive:
             results = reporting(results, "predicting on Ray", len(todo), log.info)
+        ready = time.monotonic()
         for row in results:
+            if not summary.first_result_seconds:
+                summary.first_result_seconds = time.monotonic() - ready
             _take(row, cache, name, version, summary, done)
     finally:
         ray.shutdown()
