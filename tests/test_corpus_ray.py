@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,3 +209,92 @@ def test_a_corpus_is_read_leniently(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": [1, 2], "text": ["Cough.", None]}), tmp_path / "notes.parquet")
     corpus = read_corpus(tmp_path / "notes.parquet", None, 100)
     assert [(n.id, n.text) for n in corpus.notes] == [("1", "Cough.")] and corpus.bad == {"2": "no text"}
+
+
+class _Servers:
+    """OpenAI-compatible stand-ins on loopback: each answers like ``test_llama_engines.Tagger`` (tags
+    every "aspirin" as a drug) and records how many requests it had in flight at most."""
+
+    def __init__(self, n: int, delay: float = 0.05) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from test_llama_engines import Tagger
+
+        self.taggers = [Tagger() for _ in range(n)]
+        self.in_flight, self.most = [0] * n, [0] * n
+        lock = threading.Lock()
+        servers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                k = servers.httpds.index(self.server)
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with lock:
+                    servers.in_flight[k] += 1
+                    servers.most[k] = max(servers.most[k], servers.in_flight[k])
+                time.sleep(delay)
+                with lock:
+                    status, payload = servers.taggers[k].next(body)
+                    servers.in_flight[k] -= 1
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpds = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(n)]
+        for httpd in self.httpds:
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.urls = [f"http://127.0.0.1:{h.server_address[1]}" for h in self.httpds]
+
+    def close(self) -> None:
+        for httpd in self.httpds:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def test_a_llama_goes_through_its_servers_with_bounded_concurrency_each(tmp_path: Path) -> None:
+    import transformers
+    from test_llama_engines import build_tiny_llama
+
+    from recommender.batch.notes import Corpus, Note
+    from recommender.batch.ray_runner import RayOptions, run_corpus
+    from recommender.corpora import load_sample
+    from recommender.extractors.base import ModelInfo
+    from recommender.extractors.llama.config import LlamaConfig
+    from recommender.extractors.llama.extractor import MERGED_DIR, NAME, LlamaExtractor
+    from recommender.extractors.llama.task import Templates
+    from recommender.store import CorrectionStore
+    from recommender.store.predictions import PredictionCache
+
+    tiny = build_tiny_llama(tmp_path / "tiny", load_sample()[:2])
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny)
+    folder = tmp_path / "llama"
+    config = LlamaConfig(engine="openai", engine_url="http://127.0.0.1:9", engine_concurrency=2)
+    LlamaExtractor(model, tokenizer, config, Templates.packaged(), ModelInfo(NAME, "llama-ray"), None).save(
+        folder
+    )
+    model.save_pretrained(folder / MERGED_DIR)
+    tokenizer.save_pretrained(folder / MERGED_DIR)
+
+    texts = [f"Patient {k} takes aspirin daily. No fever. Chest pain for {k} days." for k in range(12)]
+    corpus = Corpus([Note(f"n{k}", t) for k, t in enumerate(texts)])
+    servers = _Servers(2)
+    store = CorrectionStore(f"sqlite:///{tmp_path}/cache.sqlite3")
+    try:
+        options = RayOptions(engine_urls=tuple(servers.urls), actor_cpus=0.5, batch_size=3)
+        docs, summary = run_corpus(folder, corpus, PredictionCache(store.engine), "llama", options)
+    finally:
+        store.close()
+        servers.close()
+    assert summary.actors == 2 and summary.computed == 12 and not summary.failed
+    assert all(tagger.bodies for tagger in servers.taggers), "every server had a share"
+    assert servers.most == [2, 2]  # engine_concurrency (2) at once per server, never more
+    assert [d.id for d in docs] == [n.id for n in corpus.notes]
+    for doc in docs:
+        drugs = [doc.text[s.begin : s.end] for s in doc.spans if s.label == "drug"]
+        assert drugs == ["aspirin"] and doc.spans[0].source == "llama-ray"
