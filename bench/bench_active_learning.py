@@ -25,6 +25,10 @@ relation scores on the 16 development notes, with its saved temperatures and wit
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import os

@@ -10,6 +10,10 @@ lost F1. Prints a table and writes JSON (default ``bench/results/constrained.jso
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import os

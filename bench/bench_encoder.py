@@ -8,6 +8,10 @@ on 2 CPU threads with the encoder in bfloat16 autocast, int8 dynamic quantizatio
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import logging

@@ -15,6 +15,10 @@ are never allowed by the constraint.
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import sys

@@ -17,6 +17,10 @@ call, so many caps over few prompts leave the engine small batches (a coarser ``
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import importlib.util
 import json

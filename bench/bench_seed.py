@@ -11,6 +11,10 @@ seed; the encoder (minutes to hours on a CPU) only on the seeds named by ``--enc
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import logging

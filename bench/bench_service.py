@@ -12,6 +12,10 @@ production model: pass its folder). Target: p95 <= 0.5 s at 4 clients.
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import argparse
 import json
 import logging

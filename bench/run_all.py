@@ -4,6 +4,10 @@ gives. Each prints its own table and writes bench/results/<name>.json."""
 
 from __future__ import annotations
 
+from recommender.cores import apply_process_policy
+
+apply_process_policy()  # before torch is imported: OpenMP reads its environment once
+
 import subprocess
 import sys
 from pathlib import Path

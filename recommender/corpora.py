@@ -17,8 +17,15 @@ from recommender.errors import ConfigError, DocumentError, NotFoundError
 from recommender.formats import brat
 from recommender.packaged import CHECKOUT, packaged_path
 
+# The splits live in recommender/splits.py (the trainers use them too); named here for the callers
+# that read a corpus and split it.
+from recommender.splits import MIN_NOTES_FOR_DEV as MIN_NOTES_FOR_DEV
+from recommender.splits import development_split as development_split
+from recommender.splits import load_split as load_split
+from recommender.splits import split_documents as split_documents
+from recommender.splits import validation_split as validation_split
+
 SAMPLE_DIR = packaged_path("corpora/sample")
-SPLIT_FILE = packaged_path("corpora/mtsamples_split.json")
 # Where the shared MTSamples training notes live beside a checkout (CI and the team's machines).
 SHARED_MTSAMPLES = CHECKOUT.parent / "shared" / "corpora" / "mtsamples" / "train"
 KIWI_GITHUB_REPO = "https://api.github.com/repos/BIDS-Xu-Lab/Kiwi-LLaMA"
@@ -48,50 +55,6 @@ def known_corpora() -> list[CorpusInfo]:
             f"{KIWI_GITHUB_REPO}/contents/{KIWI_SPLITS['train']}",
         ),
     ]
-
-
-def load_split() -> dict[str, list[str]]:
-    """The fixed development split of the 96 MTSamples notes (see corpora/README.md)."""
-    data = json.loads(SPLIT_FILE.read_text(encoding="utf-8"))
-    return {"train": data["train"], "dev": data["dev"]}
-
-
-def split_documents(docs: list[Document]) -> tuple[list[Document], list[Document]]:
-    """(train, dev) by the fixed split; notes not named in it go to train."""
-    dev_ids = set(load_split()["dev"])
-    return [d for d in docs if d.id not in dev_ids], [d for d in docs if d.id in dev_ids]
-
-
-# Fewer notes than this give a development split too small to say anything: "not measured" instead.
-MIN_NOTES_FOR_DEV = 12
-DEV_FRACTION = 1 / 6  # 16 of the 96 MTSamples notes
-
-
-def _id_hash(doc_id: str) -> str:
-    return hashlib.sha256(doc_id.encode("utf-8")).hexdigest()
-
-
-def development_split(
-    docs: list[Document], source: Path | None = None
-) -> tuple[list[Document], list[Document]]:
-    """(train, dev) for training a model on ``docs`` when no dev set is given; the notes decide, not
-    the folder they were read from (``source`` is kept for callers and not consulted).
-
-    - Notes that are MTSamples notes of the documented split (by id, from ``../shared``, a fetched
-      copy or any other folder): that split, so no copy ever trains on a documented dev note; notes
-      it does not name go to train.
-    - Other corpora of at least ``MIN_NOTES_FOR_DEV`` notes: the same rule the documented split was
-      drawn by, ordered by the SHA-256 of the note id, the first sixth (at least 2) is dev.
-    - Smaller corpora: no dev split (the model card then says "not measured").
-    """
-    documented = load_split()
-    if {d.id for d in docs} & (set(documented["train"]) | set(documented["dev"])):
-        return split_documents(docs)
-    if len(docs) < MIN_NOTES_FOR_DEV:
-        return list(docs), []
-    k = max(2, round(len(docs) * DEV_FRACTION))
-    dev_ids = {d.id for d in sorted(docs, key=lambda d: _id_hash(d.id))[:k]}
-    return [d for d in docs if d.id not in dev_ids], [d for d in docs if d.id in dev_ids]
 
 
 def mtsamples_dir() -> Path:

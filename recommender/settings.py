@@ -11,9 +11,18 @@ import logging
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recommender.active.strategies import PER_NOTE
@@ -21,6 +30,8 @@ from recommender.errors import ConfigError
 from recommender.formats.xmi import DEFAULT_LAYERS, LayerMapping
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=BaseSettings)
 
 DEFAULT_MODEL = "default"  # the name of the main served model (the promoted one, or --model)
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
@@ -65,10 +76,45 @@ def _default_recommenders() -> dict[str, RecommenderConfig]:
     return {"entities": RecommenderConfig(task="entities"), "relations": RecommenderConfig(task="relations")}
 
 
-class Settings(BaseSettings):
-    """The service configuration. Environment variables are the field names with prefix ``KIWI_``."""
+class ProcessSettings(BaseSettings):
+    """How a process shares the cores (``recommender/cores.py``): read on its own at the start of every
+    entry point, before torch is imported, so a bad service setting cannot stop ``kiwi --help``."""
 
-    model_config = SettingsConfigDict(env_prefix="KIWI_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="KIWI_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    omp_wait_policy: Literal["passive", "active"] = Field(
+        "passive",
+        validation_alias=AliasChoices("KIWI_OMP_WAIT_POLICY", "OMP_WAIT_POLICY"),
+        description="OpenMP threads with nothing to do sleep (passive) or spin (active); spinning threads "
+        "of two processes on the same cores slowed each 12x: active only for one process on dedicated cores",
+    )
+    threads: int | None = Field(
+        None,
+        gt=0,
+        validation_alias=AliasChoices("KIWI_THREADS", "OMP_NUM_THREADS"),
+        description="OpenMP/torch threads of the process (default: the cores available to it, CPU "
+        "affinity and cgroup quota included)",
+    )
+    trainer_threads: int | None = Field(
+        None,
+        gt=0,
+        description="threads of a training job (default: half the process's threads beside the API, "
+        "all of them in --role trainer)",
+    )
+    precompute_threads: int | None = Field(
+        None, gt=0, description="threads of the background precompute worker (default: half)"
+    )
+
+    @field_validator("omp_wait_policy", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(ProcessSettings):
+    """The service configuration. Environment variables are the field names with prefix ``KIWI_``."""
 
     # --- server ----------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address to bind; loopback unless auth is configured")
@@ -273,15 +319,24 @@ class Settings(BaseSettings):
         return reasons
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment plus explicit values; bad values become one ConfigError."""
+def _validated(cls: type[S], overrides: dict[str, object]) -> S:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"invalid settings [{problems}]") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit values; bad values become one ConfigError."""
+    return _validated(Settings, overrides)
+
+
+def load_process_settings(**overrides: object) -> ProcessSettings:
+    """The process policy alone (``recommender/cores.py``), as ``load_settings`` reads it."""
+    return _validated(ProcessSettings, overrides)
 
 
 @lru_cache(maxsize=1)

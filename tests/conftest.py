@@ -8,6 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from recommender.cores import apply_process_policy
+
+# Before anything imports torch: OpenMP reads its environment once, and the processes the tests
+# start inherit it (recommender/cores.py).
+apply_process_policy()
+
 from pgserver import LocalPostgres, start_or_skip
 from support import emoji_note
 

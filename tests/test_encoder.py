@@ -24,6 +24,7 @@ from recommender.extractors.encoder import EncoderConfig, train_encoder  # noqa:
 from recommender.extractors.encoder.extractor import EncoderExtractor, decode_bio, word_tags  # noqa: E402
 from recommender.extractors.encoder.model import encode_text  # noqa: E402
 from recommender.formats import FORMATS, read_documents, write_documents  # noqa: E402
+from recommender.synthetic import generate  # noqa: E402
 
 
 def _keys(doc: Document) -> tuple[set, set]:
@@ -106,9 +107,39 @@ def test_overfits_two_notes_and_reloads_identically(trained: Path, docs: list[Do
     dev = info["metrics"]["dev"]  # the project scorer's shape
     assert dev["ner"]["exact"]["f1"] == 1.0 and dev["re"]["exact"]["f1"] == 1.0
     assert dev["spans"]["exact"]["tp"] == sum(len(d.spans) for d in docs)
-    assert {"epoch", "loss", "ner", "re"} <= set(info["metrics"]["history"][0])
+    assert {"epoch", "loss", "validation_ner", "validation_re"} <= set(info["metrics"]["history"][0])
     card = (trained / "MODEL_CARD.md").read_text()
     assert "## Architecture" in card and "| NER, 4 main types | 1.000 |" in card
+
+
+def test_the_development_notes_choose_nothing(tiny_base: Path, tmp_path: Path) -> None:
+    """Epoch, weights and calibration come from the validation notes carved from the training notes:
+    whatever dev notes a model is reported on, the same model comes out."""
+    notes = generate(14, seed=21)
+    config = EncoderConfig(
+        base_model=str(tiny_base),
+        max_length=32,
+        window_overlap=8,
+        epochs=3,
+        patience=1,
+        lr=3e-3,
+        head_lr=1e-2,
+        batch_size=4,
+        rel_hidden=16,
+        precision="fp32",
+    )
+    models = []
+    for i, dev in enumerate((generate(3, seed=22), generate(5, seed=23))):
+        torch.manual_seed(0)
+        models.append(train_encoder(notes, dev, config, tmp_path / str(i)))
+    first, second = (m.info.metrics for m in models)
+    assert first["validation_notes"] == second["validation_notes"] == 2  # 15% of 14
+    assert first["dev_notes"] == 3 and second["dev_notes"] == 5
+    assert first["best_epoch"] == second["best_epoch"]
+    assert first["temperatures"] == second["temperatures"] and first["temperatures"] != {}
+    assert [h["validation_ner"] for h in first["history"]] == [h["validation_ner"] for h in second["history"]]
+    a, b = (m.model.state_dict() for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_entities_given_keeps_the_given_entities(trained: Path, docs: list[Document]) -> None:

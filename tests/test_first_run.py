@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recommender import corpora
+from recommender import corpora, splits
 from recommender.document import Document
 from recommender.errors import DocumentError, NotFoundError
 from recommender.formats import brat
@@ -60,7 +60,7 @@ def test_mtsamples_notes_get_the_documented_split_from_any_folder(tmp_path: Path
     # The generic rule is the one the documented split was drawn by: it gives the same 16.
     renamed = [Document(id=i, text=i) for i in split["train"] + split["dev"]]
     k = round(len(renamed) / 6)
-    assert {d.id for d in sorted(renamed, key=lambda d: corpora._id_hash(d.id))[:k]} == set(split["dev"])
+    assert {d.id for d in sorted(renamed, key=lambda d: splits._id_hash(d.id))[:k]} == set(split["dev"])
 
 
 def test_other_corpora_split_by_id_hash_and_small_ones_are_not_measured() -> None:
@@ -71,6 +71,26 @@ def test_other_corpora_split_by_id_hash_and_small_ones_are_not_measured() -> Non
     assert {d.id for d in dev} == {d.id for d in docs} - {d.id for d in shuffled}  # order does not matter
     small = docs[: corpora.MIN_NOTES_FOR_DEV - 1]
     assert corpora.development_split(small) == (small, [])
+
+
+def test_the_documented_validation_notes_are_the_next_twelve_by_hash() -> None:
+    split = corpora.load_split()
+    assert set(split["validation"]) <= set(split["train"]) and len(split["validation"]) == 12
+    ordered = sorted(split["train"] + split["dev"], key=splits._id_hash)
+    assert set(ordered[16:28]) == set(split["validation"])
+    fit, validation = corpora.validation_split(_notes(split["train"] + ["a-correction"]))
+    assert {d.id for d in validation} == set(split["validation"])
+    assert len(fit) == 69 and "a-correction" in {d.id for d in fit}
+
+
+def test_other_corpora_get_validation_notes_by_id_hash_and_small_ones_none() -> None:
+    docs = _notes([f"n{i:03d}" for i in range(40)])
+    fit, validation = corpora.validation_split(docs)
+    assert len(validation) == 6 and not {d.id for d in fit} & {d.id for d in validation}
+    _, again = corpora.validation_split(list(reversed(docs)))
+    assert {d.id for d in again} == {d.id for d in validation}
+    small = docs[: splits.MIN_NOTES_FOR_VALIDATION - 1]
+    assert corpora.validation_split(small) == (small, [])
 
 
 def test_the_gate_says_not_measured() -> None:

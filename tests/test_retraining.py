@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from recommender.errors import BusyError, ConflictError
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
 from recommender.retraining import Corpora, Retrainer, Track, decide, get_trainer, heldout_split
+from recommender.retraining.jobs import Job
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 
@@ -305,3 +307,11 @@ def test_promotion_is_compare_and_swap(env, sample: list[Document]) -> None:
     with pytest.raises(ConflictError, match=r"\[" + job.candidate + r"\]"):
         registry.promote_if_current(elsewhere[0], None)
     rt.shutdown()
+
+
+def test_a_running_job_says_when_it_should_end() -> None:
+    job = Job(1, "p", "test", created=0.0, state="running", started=1000.0, progress=0.25)
+    assert job.expected_end(now=1100.0) == 1400.0  # a quarter in 100 s: 300 s to go
+    assert job.to_dict()["expected_end"] is not None
+    assert replace(job, progress=0.04).expected_end(now=1100.0) is None  # still loading
+    assert replace(job, state="finished").expected_end(now=1100.0) is None

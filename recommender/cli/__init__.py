@@ -8,7 +8,16 @@ import sys
 import typer
 from rich.console import Console
 
-from recommender.errors import KiwiError
+from recommender.cores import apply_process_policy
+from recommender.errors import ConfigError, KiwiError
+
+# Before any command module imports torch: OpenMP reads its environment once (recommender/cores.py).
+# A bad value is reported by main() in one line, as every bad setting is.
+_policy_error: ConfigError | None = None
+try:
+    apply_process_policy()
+except ConfigError as e:
+    _policy_error = e
 
 app = typer.Typer(
     name="kiwi",
@@ -34,6 +43,8 @@ def main() -> None:
     # The project's own progress and results (epoch losses, dev scores) are what a user waits for.
     logging.getLogger("recommender").setLevel(logging.INFO)
     try:
+        if _policy_error is not None:
+            raise _policy_error
         app()
     except KiwiError as e:
         # markup=False: messages put offending values in [brackets], which rich would eat as tags.

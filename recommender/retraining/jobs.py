@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recommender.cores import core_budget, set_torch_threads
 from recommender.errors import ConflictError, KiwiError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
@@ -55,6 +57,14 @@ class Job:
     attempts: int = 0  # runs started: more than one when a worker died during the job
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
+    def expected_end(self, now: float | None = None) -> float | None:
+        """When a running job should end (``time.time()``), from the share of its progress made so
+        far; None before training has moved it past loading (5%)."""
+        if self.state != "running" or self.started is None or self.progress <= 0.05:
+            return None
+        now = time.time() if now is None else now
+        return now + (now - self.started) * (1 - self.progress) / self.progress
+
     def to_dict(self) -> dict[str, Any]:
         def stamp(t: float | None) -> str | None:
             return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") if t is not None else None
@@ -70,6 +80,7 @@ class Job:
             "created": stamp(self.created),
             "started": stamp(self.started),
             "finished": stamp(self.finished),
+            "expected_end": stamp(self.expected_end()),
             "candidate": self.candidate,
             "metrics": self.metrics,
             "message": self.message,
@@ -116,6 +127,7 @@ class JobRunner:
 
     def run(self, job: Job, save: Callable[[Job], None] = lambda job: None) -> None:
         """Run ``job`` to ``finished`` or ``failed``; never raises for a failure of the job itself."""
+        set_torch_threads(core_budget(self.settings).trainer_threads)  # this thread's share of the cores
         try:
             self._train_and_gate(job, save)
             job.state = "finished"

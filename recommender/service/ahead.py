@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from recommender.cores import set_torch_threads
 from recommender.document import Document
 from recommender.errors import KiwiError, UnavailableError
 from recommender.extractors.base import Extractor
@@ -247,6 +248,7 @@ class AheadPredictions:
 
     def _work(self) -> None:
         _lower_priority()
+        set_torch_threads(self.service.cores.precompute_threads)
         settings = self.service.settings
         last_stall_check = 0.0
         while not self._stop.is_set():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from fastapi import Depends, Request
 from fastapi import Path as PathParam
 
 from recommender.active.strategies import get_strategy
+from recommender.cores import available_cores, core_budget, set_torch_threads
 from recommender.errors import LimitError, ModelError, NotFoundError, OverloadError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import Extractor
@@ -97,13 +97,7 @@ class ComputeLanes:
     """
 
     def __init__(self, lanes: int, cores: int | None = None, *, per_client: int | None = None) -> None:
-        try:
-            import torch
-        except ImportError:  # extractors without torch need no thread setting
-            torch = None
-        self._torch = torch
-        # torch's default honours OMP_NUM_THREADS and counts physical cores
-        cores = cores or (torch.get_num_threads() if torch else os.cpu_count() or 1)
+        cores = cores or available_cores()
         self.lanes = lanes
         self.per_client = min(per_client or lanes, lanes)
         self.threads = max(1, cores // lanes)
@@ -144,8 +138,7 @@ class ComputeLanes:
                         f"no compute lane came free within [{timeout:.0f}] s "
                         f"({self.lanes} lane(s), {len(self._waiting)} call(s) waiting); retry later"
                     )
-        if self._torch is not None and self._torch.get_num_threads() != self.threads:
-            self._torch.set_num_threads(self.threads)
+        set_torch_threads(self.threads)
         try:
             yield self
         finally:
@@ -193,7 +186,10 @@ class Service:
         self.retrainer: Retrainer | JobQueue | None = retrainer
         self.labelstudio = labelstudio
         self.stats = RequestStats()
-        self.compute = ComputeLanes(settings.predict_lanes, per_client=settings.max_lanes_per_client)
+        self.cores = core_budget(settings)
+        self.compute = ComputeLanes(
+            self.cores.lanes, self.cores.threads, per_client=settings.max_lanes_per_client
+        )
         self.ahead = AheadPredictions(self)
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}

@@ -85,6 +85,7 @@ def status_view(service: Service) -> dict[str, Any]:
         },
         "learning_curve": curve,
         "precompute": service.ahead.status(),
+        "cores": service.cores.as_dict(),
         "corrections": projects,
         "agreement_reports": {p: f"/projects/{quote(p, safe='')}/agreement?format=html" for p in projects},
     }
@@ -117,6 +118,12 @@ def _card_html(card: dict[str, Any] | None) -> str:
     )
 
 
+def _expected_end(stamp: str | None) -> str:
+    if not stamp:
+        return ""
+    return f" <span class=muted>(expected to end about {escape(stamp[11:16])} UTC)</span>"
+
+
 def _jobs_html(retraining: dict[str, Any] | None) -> str:
     if retraining is None:
         return "<p class=muted>The retraining worker is off (KIWI_RETRAIN=false).</p>"
@@ -134,7 +141,8 @@ def _jobs_html(retraining: dict[str, Any] | None) -> str:
         rows.append(
             f"<tr><td>{j['id']}</td><td>{escape(j['project'])}</td><td>{escape(j['state'])}</td>"
             f"<td><progress max=1 value={j['progress']}></progress> {100 * j['progress']:.0f}% "
-            f"{escape(j['stage'])}</td><td>{escape(j['candidate'] or '')}</td><td>{decision}</td></tr>"
+            f"{escape(j['stage'])}{_expected_end(j.get('expected_end'))}</td>"
+            f"<td>{escape(j['candidate'] or '')}</td><td>{decision}</td></tr>"
         )
     return (
         "<table><tr><th>job</th><th>project</th><th>state</th><th>progress</th><th>candidate</th>"
@@ -254,6 +262,20 @@ def _precompute_html(models: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _cores_html(cores: dict[str, Any]) -> str:
+    lanes = cores["lanes"]
+    return (
+        f"<table><tr><th>cores available</th><td>{cores['cores']}</td></tr>"
+        f"<tr><th>threads of this process</th><td>{cores['threads']} "
+        f"<span class=muted>(OpenMP waiting: {escape(cores['wait_policy'].lower())})</span></td></tr>"
+        f"<tr><th>requests</th><td>{lanes} model call{'s' if lanes > 1 else ''} at once, "
+        f"{cores['lane_threads']} thread(s) each</td></tr>"
+        f"<tr><th>a training job</th><td>{cores['trainer_threads']} thread(s)</td></tr>"
+        f"<tr><th>precompute worker</th><td>{cores['precompute_threads']} thread(s), lower priority</td></tr>"
+        "</table>"
+    )
+
+
 def render_status_page(view: dict[str, Any], retraining: dict[str, Any] | None, version: str) -> str:
     recs = "".join(
         f"<tr><td>{escape(name)}</td><td>{escape(r['task'])}</td><td>{escape(r['layer'])}</td>"
@@ -271,6 +293,7 @@ JSON: <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
 <table><tr><th>name</th><th>task</th><th>layer</th><th>model version</th></tr>{recs}</table>
 <h2>Predictions computed ahead</h2>{_precompute_html(view["precompute"])}
 <h2>Training jobs</h2>{_jobs_html(retraining)}
+<h2>Cores</h2>{_cores_html(view["cores"])}
 <h2>Learning curve of promoted models</h2>{_curve_svg(view["learning_curve"])}
 <h2>Corrections per project</h2>{_corrections_html(view["corrections"], view["agreement_reports"])}
 </body></html>"""

@@ -29,6 +29,7 @@ from recommender.extractors.encoder.model import (
     span_gap,
 )
 from recommender.schema import load_schema
+from recommender.splits import validation_split
 
 log = logging.getLogger(__name__)
 
@@ -273,18 +274,21 @@ def train_encoder(
     out_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> EncoderExtractor:
-    """Fine-tune an encoder extractor (from ``config.base_model`` or ``config.init_from``), keep the epoch
-    with the best dev score (mean of NER and RE exact F1), calibrate on dev, and save it to ``out_dir``."""
+    """Fine-tune an encoder extractor (from ``config.base_model`` or ``config.init_from``) on ``train_docs``
+    less their validation notes (``splits.validation_split``), keep the epoch with the best validation
+    score (mean of NER and RE exact F1), calibrate on the validation notes, report the chosen model on
+    ``dev_docs`` (which choose nothing) and save it to ``out_dir``."""
     if not train_docs:
         raise ConfigError("no training documents")
+    fit_docs, val_docs = validation_split(train_docs)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     started = time.perf_counter()
     ex = _new_extractor(config)
     config = ex.config
     model, tok = ex.model, ex.tokenizer
-    train, stats = build_examples(train_docs, tok, ex.labels, config)
-    dev, _ = build_examples(dev_docs, tok, ex.labels, config)
+    train, stats = build_examples(fit_docs, tok, ex.labels, config)
+    val, _ = build_examples(val_docs, tok, ex.labels, config)
     log.info(
         "%d training windows; candidate pairs cover %d of %d gold relations",
         len(train),
@@ -330,18 +334,21 @@ def train_encoder(
             total += loss.item()
         model.eval()
         ex.invalidate()
-        metrics = evaluate_dev(ex, dev_docs) if dev_docs else {}
+        metrics = evaluate_dev(ex, val_docs) if val_docs else {}
         ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
         score = (ner + re_) / 2 if metrics else -float(total)
         mean_loss = total / max(len(batches), 1)
-        measured = {"ner": round(ner, 4), "re": round(re_, 4)} if metrics else {"ner": None, "re": None}
+        measured = {
+            "validation_ner": round(ner, 4) if metrics else None,
+            "validation_re": round(re_, 4) if metrics else None,
+        }
         history.append({"epoch": epoch, "loss": round(mean_loss, 4), **measured})
         log.info(
             "epoch %d/%d loss %.4f, %s",
             epoch,
             config.epochs,
             mean_loss,
-            f"dev NER {ner:.4f} RE {re_:.4f}" if metrics else "dev not measured (no development notes)",
+            f"validation NER {ner:.4f} RE {re_:.4f}" if metrics else "no validation notes: kept by loss",
         )
         if best is None or score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()), metrics)
@@ -350,8 +357,8 @@ def train_encoder(
     assert best is not None
     model.load_state_dict(best[2])
     model.eval()
-    if dev:
-        ex.labels.temperatures = fit_temperatures(model, dev, tok, config.predict_batch_size)
+    if val:
+        ex.labels.temperatures = fit_temperatures(model, val, tok, config.predict_batch_size)
     ex.invalidate()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     fp = fingerprint(train_docs)
@@ -365,6 +372,8 @@ def train_encoder(
             "best_epoch": best[1],
             "history": history,
             "train_notes": len(train_docs),
+            "validation_notes": len(val_docs),  # of train_notes: chose the epoch and the temperatures
+            "validation_fingerprint": fingerprint(val_docs) if val_docs else "",
             "dev_notes": len(dev_docs),
             "dev_fingerprint": fingerprint(dev_docs) if dev_docs else "",
             "candidate_pair_recall": round(stats["covered"] / max(stats["relations"], 1), 4),

@@ -31,6 +31,7 @@ from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_b
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.extractor import ADAPTER_DIR, NAME, LlamaExtractor
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
+from recommender.splits import validation_split
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,12 @@ def train_llama(
     progress: Progress[Any] | None = None,
 ) -> LlamaExtractor:
     """LoRA-tune a base instruct model (``config.base``, or continue ``config.init_from``) on the Kiwi
-    instruction examples of ``train_docs``; keep the adapter with the best dev score (mean of NER and
-    RE exact F1) and save the model folder to ``out_dir``."""
+    instruction examples of ``train_docs`` less their validation notes (``splits.validation_split``);
+    keep the adapter with the best validation score (mean of NER and RE exact F1), report it on
+    ``dev_docs`` (which choose nothing) and save the model folder to ``out_dir``."""
     if not train_docs:
         raise ConfigError("no training documents")
+    fit_docs, val_docs = validation_split(train_docs)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -270,7 +273,7 @@ def train_llama(
     templates = templates or Templates.packaged()
     device = next(model.parameters()).device
 
-    examples = select_examples(training_examples(train_docs, templates), config)
+    examples = select_examples(training_examples(fit_docs, templates), config)
     prefixes = {kind: tokenizer(templates.split(kind, "")[0]).input_ids for kind in templates.texts}
     encoded = [encode_example(tokenizer, e, prefixes[e.kind]) for e in examples]
     too_long = sum(len(e.ids) > config.max_length for e in encoded)
@@ -299,7 +302,7 @@ def train_llama(
     checkpoint = out_dir / CHECKPOINT_DIR
     run_key = {"config": config.to_dict(), "data": fingerprint(train_docs), "base": ref.to_dict()}
     step, history = 0, []
-    best: dict[str, Any] | None = None  # score, step, adapter state, dev metrics
+    best: dict[str, Any] | None = None  # score, step, adapter state, validation metrics
     since_best = 0
     if (checkpoint / STATE_FILE).is_file():
         saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
@@ -319,19 +322,19 @@ def train_llama(
             log.warning("ignoring %s: it is of another run (settings, data or base differ)", checkpoint)
 
     def evaluate_now() -> bool:
-        """Evaluate on dev, keep the best adapter; True when patience is exhausted."""
+        """Evaluate on the validation notes, keep the best adapter; True when patience is exhausted."""
         nonlocal best, since_best
         model.eval()
-        preds = predict_dev(_inference_copy(extractor, cache_dir), dev_docs) if dev_docs else ([], [])
-        metrics = dev_metrics(dev_docs, *preds) if dev_docs else {}
+        preds = predict_dev(_inference_copy(extractor, cache_dir), val_docs) if val_docs else ([], [])
+        metrics = dev_metrics(val_docs, *preds) if val_docs else {}
         ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
         recent = [h["loss"] for h in history[-steps_per_epoch:] if "loss" in h]
         score = (ner + re_) / 2 if metrics else -sum(recent) / max(len(recent), 1)
-        history.append({"step": step, "ner": round(ner, 4), "re": round(re_, 4)})
-        log.info("step %d dev NER %.4f RE %.4f", step, ner, re_)
+        history.append({"step": step, "validation_ner": round(ner, 4), "validation_re": round(re_, 4)})
+        log.info("step %d validation NER %.4f RE %.4f", step, ner, re_)
         model.train()
         if best is None or score > best["score"]:
-            best = {"score": score, "step": step, "adapter": _adapter_state(model), "preds": preds}
+            best = {"score": score, "step": step, "adapter": _adapter_state(model)}
             since_best = 0
             return False
         since_best += 1
@@ -397,8 +400,11 @@ def train_llama(
     _set_adapter_state(model, best["adapter"])
     model.eval()
     extractor.invalidate()
-    # the best evaluation's predictions scored again, with bootstrap intervals
-    metrics = dev_metrics(dev_docs, *best["preds"], resamples=1000) if dev_docs else {}
+    # the chosen adapter on the development notes, once, with bootstrap intervals
+    metrics = {}
+    if dev_docs:
+        predicted = predict_dev(_inference_copy(extractor, cache_dir), dev_docs)
+        metrics = dev_metrics(dev_docs, *predicted, resamples=1000)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     fp = fingerprint(train_docs)
     extractor.info = ModelInfo(
@@ -413,6 +419,8 @@ def train_llama(
             "steps": step,
             "history": history,
             "train_notes": len(train_docs),
+            "validation_notes": len(val_docs),  # of train_notes: chose the adapter
+            "validation_fingerprint": fingerprint(val_docs) if val_docs else "",
             "dev_notes": len(dev_docs),
             "dev_fingerprint": fingerprint(dev_docs) if dev_docs else "",
             "train_examples": len(encoded),
