@@ -41,7 +41,7 @@ LLAMA = "kiwi.llama.v1"
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = None  # an existing cluster (ray://... or HOST:PORT); None: an embedded local Ray
+    address: str | None = None  # an existing cluster (HEAD:PORT, "auto"); None: an embedded local Ray
     actors: int | None = None  # default: the cluster's CPUs / actor_cpus (one per server for a LLaMA)
     actor_cpus: float = 1.0  # CPUs reserved per actor; its torch threads
     batch_size: int = 16  # notes per model call
@@ -215,10 +215,16 @@ def _on_ray(
         if not interactive:
             results = reporting(results, "predicting on Ray", len(todo), log.info)
         ready = time.monotonic()
+        pending: list[tuple[Document, Document]] = []
         for row in results:
             if not summary.first_result_seconds:
                 summary.first_result_seconds = time.monotonic() - ready
-            _take(row, cache, name, version, summary, done)
+            taken = _take(row, summary, done)
+            if taken is not None:
+                pending.append(taken)
+            if len(pending) >= options.batch_size:
+                _store(cache, name, version, pending, summary)
+        _store(cache, name, version, pending, summary)
     finally:
         ray.shutdown()
 
@@ -230,29 +236,37 @@ def _rows(ds: Any) -> Iterator[dict[str, Any]]:
 
 
 def _take(
-    row: dict[str, Any],
-    cache: PredictionCache,
-    name: str,
-    version: str,
-    summary: RunSummary,
-    done: dict[str, Document],
-) -> None:
+    row: dict[str, Any], summary: RunSummary, done: dict[str, Document]
+) -> tuple[Document, Document] | None:
+    """A result from Ray: (the note, its prediction) to store, or None (failed, or delivered before)."""
     digest, note_id = str(row["hash"]), str(row["id"])
     stat = summary.workers.setdefault(str(row["worker"]), WorkerStat())
     stat.notes += 1
     stat.peak_rss_mb = max(stat.peak_rss_mb, float(row["rss_mb"]))
     if digest in done:
         summary.repeated += 1
-        return
+        return None
     if row["error"]:
         summary.failed[note_id] = str(row["error"])
-        return
+        return None
     predicted = from_dict(json.loads(str(row["document"])), source="a Ray worker")
-    source = Document(id=note_id, text=predicted.text)
-    cache.put(name, version, "text", source, predicted)
     summary.failed.pop(note_id, None)
-    summary.computed += 1
     done[digest] = predicted
+    return Document(id=note_id, text=predicted.text), predicted
+
+
+def _store(
+    cache: PredictionCache,
+    name: str,
+    version: str,
+    pending: list[tuple[Document, Document]],
+    summary: RunSummary,
+) -> None:
+    """One transaction per batch: a commit per note would cap a run at the disk's fsyncs per second."""
+    if pending:
+        cache.put_many(name, version, "text", pending)
+        summary.computed += len(pending)
+        pending.clear()
 
 
 class _RoundRobin:
@@ -273,14 +287,13 @@ class _Predictor:
     def __init__(
         self, model: str, threads: int, overrides: dict[str, dict[str, Any]], servers: Any = None
     ) -> None:
+        from recommender.cores import apply_process_policy
         from recommender.extractors import load_extractor
+        from recommender.settings import load_process_settings
 
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:  # a lexicon model needs no torch
-            pass
+        # before the model imports torch: OpenMP reads its environment once (recommender/cores.py)
+        apply_process_policy(load_process_settings(threads=threads))
+        self.threads = threads
         overrides = dict(overrides)
         if servers is not None:
             import ray
@@ -291,6 +304,9 @@ class _Predictor:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        from recommender.cores import set_torch_threads
+
+        set_torch_threads(self.threads)  # OpenMP keeps the count per thread; Ray may call from another
         docs = [Document(id=str(i), text=str(t)) for i, t in zip(batch["id"], batch["text"], strict=True)]
         out: list[str] = []
         errors: list[str] = []

@@ -135,7 +135,9 @@ def predict(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json)")],
     src: Annotated[Path, typer.Argument(help="notes: a folder of .txt (brat), or any format kiwi reads")],
     dst: Annotated[Path, typer.Argument(help="output folder or file")],
-    to: Annotated[str, typer.Option("--to", help=f"output format: {', '.join(FORMATS)}")] = "brat",
+    to: Annotated[
+        str, typer.Option("--to", help=f"output format: {', '.join(FORMATS)}; with --ray also parquet")
+    ] = "brat",
     from_: Annotated[str | None, typer.Option("--from", help="input format (default: detected)")] = None,
     batch_size: Annotated[int, typer.Option(help="notes per batch")] = 16,
     entities_given: Annotated[

@@ -13,10 +13,10 @@ from recommender.errors import ConfigError
 
 # The options both commands take (kept here so the commands stay short).
 RayFlag = Annotated[
-    bool, typer.Option("--ray", help="run on Ray Data (kiwi-recommender[ray]): an embedded local Ray")
+    bool, typer.Option("--ray", help="run on Ray Data (the ray extra): an embedded local Ray")
 ]
 RayAddress = Annotated[
-    str | None, typer.Option(help="run on this Ray cluster (HOST:PORT, ray://HOST:PORT); implies --ray")
+    str | None, typer.Option(help="run on this Ray cluster (HEAD:PORT; auto on its nodes); implies --ray")
 ]
 RayActors = Annotated[
     int | None,
