@@ -27,12 +27,13 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Label Studio (own venv) and Chromium for the external tests; skipped where they cannot be installed.
+# Label Studio (own venv) and Chromium for the external tests: where they cannot be installed their tests
+# skip, or, with CI=true (.ci/run), this step fails naming them.
 setup-external: setup
 	bash scripts/setup_external.sh
 
 # The images, built with rootful podman (installed from Debian where this runs as root; skipped
-# elsewhere): tests/test_images.py starts them. Cached: a rerun rebuilds only what changed.
+# elsewhere, a failure with CI=true): tests/test_images.py starts them. Cached: a rerun rebuilds only what changed.
 setup-images: setup
 	bash scripts/images.sh
 

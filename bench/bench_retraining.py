@@ -1,6 +1,6 @@
 """Time from a stored correction to a promoted model, through the real retraining loop.
 
-Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 1] [--corrections 10]``.
+Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 3] [--corrections 10]``.
 Uses the shared MTSamples split when it sits beside the checkout (else the sample corpus): a first
 model is trained on the seed notes and promoted (timed separately), then ``--corrections`` other notes
 are stored as corrections one by one, as Label Studio submits would arrive, and the clock runs from
@@ -40,7 +40,12 @@ TARGET_SECONDS = 600.0
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trainer", default="kiwi.encoder.v1")
-    ap.add_argument("--epochs", type=int, default=1, help="epochs of the bootstrap and of the retraining job")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=Settings().train_epochs,
+        help="epochs of the bootstrap and of the retraining job (default: KIWI_TRAIN_EPOCHS's, %(default)s)",
+    )
     ap.add_argument("--corrections", type=int, default=10, help="corrected notes sent (= retrain_every)")
     ap.add_argument("--debounce", type=float, default=30.0, help="retrain_debounce_seconds")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -13,4 +13,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())'
 # Llama-3-8B shape in bf16; every sentence of the synthetic notes plus one RE prompt per gold entity.
 timeout 420 python3 bench/bench_gpu_engine.py --device cuda --shape llama3-8b --dtype bf16 \
-  --tokenizer .gpu/tokenizer --batch-size 64 --plain 6 --out "$out/gpu_engine.json" 2>&1 | tee "$out/gpu_engine.log"
+  --tokenizer .gpu/tokenizer --batch-size 64 --plain 3 --repeats 3 --out "$out/gpu_engine.json" 2>&1 | tee "$out/gpu_engine.log"

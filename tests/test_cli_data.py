@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from support import run_kiwi
+from test_first_run import github  # noqa: F401 (the local GitHub stand-in fixture)
 
+from recommender import corpora
+from recommender.corpora import SHARED_MTSAMPLES
 from recommender.formats import brat
 
 
@@ -34,11 +37,33 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "[docx]" in unknown.stderr
 
 
-def test_corpus_list_and_offline_fetch(tmp_path: Path) -> None:
-    listing = run_kiwi("corpus", "list")
-    assert listing.returncode == 0 and "mtsamples" in listing.stdout
-    # This machine has no route to GitHub: the fetch must fail with one clear line, not hang or crash.
-    fetch = run_kiwi("corpus", "fetch", str(tmp_path / "kiwi"))
-    assert fetch.returncode in (0, 2)
-    if fetch.returncode == 2:
-        assert "internet" in fetch.stderr and "Traceback" not in fetch.stderr
+def test_corpus_list_names_the_shared_corpus_and_whether_it_is_here() -> None:
+    listing = run_kiwi("corpus", "list", columns=400)
+    assert listing.returncode == 0, listing.stderr
+    rows = [[c.strip() for c in x.split("│")[1:-1]] for x in listing.stdout.splitlines() if "│" in x]
+    (row,) = [r for r in rows if r[0] == "mtsamples"]
+    assert row[2:] == [str(SHARED_MTSAMPLES), "yes" if SHARED_MTSAMPLES.is_dir() else "no"]
+
+
+def test_corpus_fetch_without_internet_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    # Port 9 on loopback refuses: the same answer as a hospital network without a route to GitHub.
+    api = {"KIWI_CORPUS_API": "http://127.0.0.1:9/repos/x/kiwi"}
+    fetch = run_kiwi("corpus", "fetch", str(tmp_path / "kiwi"), env=api)
+    assert fetch.returncode == 2, fetch.stderr
+    assert "internet" in fetch.stderr and "127.0.0.1:9" in fetch.stderr
+    assert "Traceback" not in fetch.stderr and len(fetch.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "kiwi").exists()
+
+
+def test_corpus_fetch_downloads_checks_and_cites(
+    github: tuple[str, Path, dict[str, bytes]],  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    base, served, _ = github
+    fetch = run_kiwi("corpus", "fetch", str(tmp_path / "kiwi"), env={"KIWI_CORPUS_API": base})
+    assert fetch.returncode == 0, fetch.stderr
+    assert "fetched 30 notes" in fetch.stderr and "Test licence" in fetch.stderr
+    assert corpora.KIWI_CITATION[:40] in fetch.stderr
+    got = sorted(p.name for p in (tmp_path / "kiwi").iterdir() if p.name != corpora.FETCH_MANIFEST)
+    assert got == sorted(p.name for p in served.iterdir())
+    assert corpora.fetched_corpus(tmp_path / "kiwi") == tmp_path / "kiwi"

@@ -19,10 +19,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
 
 pytest.importorskip("torch")
-pytest.importorskip("ray.data", reason="Ray Data is not installed (kiwi-recommender[ray])")
 
 from raycluster import LoopbackCluster
-from support import tiny_bert
+from support import require_module, tiny_bert
 
 from recommender.batch.notes import read_corpus
 from recommender.synthetic import generate
@@ -30,6 +29,12 @@ from recommender.synthetic import generate
 REPO = Path(__file__).resolve().parents[1]
 N_NOTES = 200
 ACTOR = "MapWorker"  # Ray Data's title of an actor pool's worker processes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_data() -> None:
+    """Ray Data and pyarrow (the ray extra): a skip with the reason without them, a failure in CI."""
+    require_module("ray.data", "Ray Data", "install kiwi-recommender[ray] (make setup does)")
 
 
 def _kiwi(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:

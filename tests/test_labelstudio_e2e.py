@@ -3,7 +3,7 @@
 Creates a project with the generated labeling config, connects the backend, imports notes, retrieves
 predictions, submits a correction that teaches a new word, starts training and sees predictions of a
 newer model version, with the project's model version pinned for uncertainty sampling. The venv is
-made by ``scripts/setup_external.sh`` (``make test``); without it the test skips.
+made by ``scripts/setup_external.sh`` (``make test``); without it the test skips (fails in CI).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import require_or_skip
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.extractors.lexicon import LexiconExtractor
@@ -30,6 +31,7 @@ from recommender.retraining import Corpora
 from recommender.service import create_app
 from recommender.service.app import running_server
 from recommender.settings import Settings
+from recommender.store.suggestions import text_hash
 
 pytestmark = pytest.mark.external
 
@@ -61,7 +63,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     if not LS_BIN.exists():
-        pytest.skip(f"no Label Studio venv at {LS_BIN.parent.parent}: run scripts/setup_external.sh")
+        require_or_skip("Label Studio", f"no venv at {LS_BIN.parent.parent}: run scripts/setup_external.sh")
     port = free_port()
     data = tmp_path_factory.mktemp("labelstudio")
     env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
@@ -192,6 +194,19 @@ def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> 
         service = app.state.service
         wait_for(lambda: service.store.latest(f"labelstudio-{pid}"), "the ANNOTATION_CREATED webhook", 20)
 
+        # What the correction says about v1: every suggestion of the note kept, the new word missed.
+        service.evidence.flush()
+        evidence = httpx.get(f"{backend}/status").json()["page"]["evidence"]
+        suggested = sum(r["type"] == "labels" for r in pred["result"])
+        assert list(evidence) == [v1] and evidence[v1]["notes"] == 1
+        assert evidence[v1]["outcomes"] == {
+            "accepted": suggested, "relabelled": 0, "rebounded": 0, "relabelled_rebounded": 0, "deleted": 0,
+            "missed": 1,
+        }  # fmt: skip
+        assert evidence[v1]["acceptance"]["rate"] == 1.0 and evidence[v1]["edits_per_note"]["mean"] == 1.0
+        page = httpx.get(f"{backend}/").text
+        assert "What the annotators' corrections say" in page and f"<code>{v1}</code>" in page
+
         r = ls.post(f"/api/ml/{ml.json()['id']}/train", json={"use_ground_truth": False})
         assert r.status_code == 200, r.text
         v2 = wait_for(lambda: (v := registry.current_version()) != v1 and v, "a promoted retrained model", 90)
@@ -260,6 +275,13 @@ def test_a_llama_beside_the_lexicon_answers_from_the_cache_and_precompute_pushes
         assert len([p for p in predictions(ls, pid) if p["model_version"] == llama]) == 2 * len(notes)
         position = tmp_path / "models" / "precompute" / f"labelstudio-{pid}.json"
         assert json.loads(position.read_text())["model_version"] == llama
+        logged = service.evidence.log.latest  # the pushed predictions are what the annotators will see
+        listed = ls.get("/api/tasks/", params={"project": pid}).json()
+        for task in listed["tasks"] if isinstance(listed, dict) else listed:
+            [latest] = logged(
+                f"labelstudio-{pid}", f"task-{task['id']}", text_hash(task["data"]["text"])
+            ).values()
+            assert latest.model_version == llama
         again = run_kiwi(*args)
         assert again.returncode == 0, again.stderr
         assert "2 done before" in again.stderr and "0 to go" in again.stderr, "resumed from the position"

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import wait_healthy
+from support import require_module, require_or_skip, wait_healthy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -107,10 +107,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, notes: list[Document]) -> Pat
 def served(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``transformers serve`` on loopback, serving the tiny folder (needs ``transformers[serving]``);
     its URL and its log (one line per request)."""
-    pytest.importorskip("openai", reason="transformers serve needs the extra transformers[serving]")
+    require_module("openai", "transformers serve", "install the extra transformers[serving] (dev extra)")
     cli = shutil.which("transformers", path=str(Path(sys.executable).parent))
     if cli is None:
-        pytest.skip("no `transformers` command beside this Python")
+        require_or_skip("transformers serve", "no `transformers` command beside this Python")
     port = free_port()
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     args = ["serve", str(tiny), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]

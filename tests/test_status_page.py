@@ -18,6 +18,7 @@ from recommender.registry import ModelRegistry
 from recommender.retraining import Corpora, bootstrap, get_trainer
 from recommender.service.app import create_app, running_server
 from recommender.settings import Settings
+from recommender.store.suggestions import NewSuggestion
 from recommender.synthetic import generate
 
 
@@ -39,10 +40,22 @@ def _app_with_history(settings: Settings) -> TestClient:
     client = TestClient(
         create_app(settings, corpora=Corpora(train, dev), trainer=get_trainer("kiwi.lexicon.v1"))
     )
-    store = client.app.state.service.store  # type: ignore[attr-defined]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    store = service.store
+    model = service.predictor.current
+    notes = generate(6, seed=7)
+    # The served model pre-annotated the notes (the suggestion log), then two annotators corrected them.
+    shown = model.predict([d.without_annotations() for d in notes])
+    service.evidence.record(
+        [
+            NewSuggestion("default", model.version, "test", "all", "ward-7", d.id, p)
+            for d, p in zip(notes, shown, strict=True)
+        ]
+    )
     for annotator in ("alice", "bob"):
-        for doc in generate(6, seed=7):
-            store.add("ward-7", doc.id, annotator, "test", doc)
+        for doc in notes:
+            service.evidence.score("ward-7", doc.id, store.add("ward-7", doc.id, annotator, "test", doc))
+    service.evidence.flush()
     store.add("clinic", "n1", "carol", "test", generate(1, seed=8)[0])
     return client
 
@@ -86,6 +99,17 @@ def test_page_shows_the_figures_of_status(settings: Settings) -> None:
     assert 'href="/projects/ward-7/agreement?format=html"' in page.text.replace("'", '"')
     for name, rec in view["recommenders"].items():
         assert f"{name} {rec['task']} {rec['layer']} {served['version']}" in text
+    # What the corrections say about the model that pre-annotated ward-7's notes, beside its dev score.
+    (first_version,) = view["evidence"]
+    evidence = view["evidence"][first_version]
+    assert first_version == view["learning_curve"][1]["version"] and evidence["notes"] == 12
+    accepted = evidence["acceptance"]
+    assert 0 < accepted["rate"] < 1 and f"{accepted['rate']:.3f} ({accepted['ci'][0]:.3f}-" in text
+    spans = evidence["f1"]["spans"]["exact"]
+    assert f"{spans['f1']:.3f} ({spans['ci'][0]:.3f}-{spans['ci'][1]:.3f})" in text
+    assert f"{evidence['edits_per_note']['mean']:.3f}" in text
+    assert evidence["dev"] == view["learning_curve"][1]["dev"]
+    assert page.text.count("<polygon") == 2 * len(evidence["days"])  # acceptance and F1 per day
 
 
 def test_page_needs_the_same_auth(settings: Settings) -> None:
@@ -117,8 +141,6 @@ def live(settings: Settings) -> Iterator[str]:
 @pytest.mark.external
 def test_page_renders_in_headless_chromium(live: str, tmp_path: Path) -> None:
     browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
     PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to read the screenshot")
     shot = tmp_path / "status.png"
     run = chromium_screenshot(browser, f"{live}/", shot, tmp_path / "profile", (1280, 2000))

@@ -195,6 +195,43 @@ def _examples_html(items: list[dict[str, Any]], limit: int) -> str:
     return "".join(out)
 
 
+VERSUS_HEADER = ["model", "notes", "entities", "modifiers", "relations", "all spans", "per annotator (spans)"]
+
+
+def _versus_rows(data: dict[str, Any], cell: Any) -> list[list[str]]:
+    """The "model vs annotators" rows, then the annotators' pooled agreement as the reference."""
+    tasks = ("ner", "modifiers", "re", "spans")
+    rows = []
+    for m in data.get("model_vs_annotators", []):
+        per = ", ".join(f"{a} {_f(x['spans_exact_f1'])}" for a, x in m["per_annotator"].items())
+        rows.append([m["model"], str(m["documents"]), *(cell(m.get(t)) for t in tasks), per])
+    if rows:
+        pooled = data["pooled"]
+        rows.append(
+            ["annotators with each other", str(data["documents"]), *(cell(pooled[t]) for t in tasks), ""]
+        )
+    return rows
+
+
+def _versus_html(data: dict[str, Any]) -> str:
+    def cell(score: dict[str, Any] | None) -> str:
+        if not score:
+            return "–"
+        e = score["exact"]
+        return f"{_f(e['f1'])} <span class=muted>[{_ci(e['ci']['f1'])}]</span> / {_f(score['relaxed']['f1'])}"
+
+    rows = _versus_rows(data, cell)
+    if not rows:
+        return ""
+    escaped = [[escape(r[0]), *r[1:-1], escape(r[-1])] for r in rows]
+    return (
+        "<h2>Model vs annotators</h2><p class=muted>Each model's suggestions against each annotator's "
+        "version (the annotator as gold), with the same matcher as the annotator pairs, pooled over "
+        "annotators; F1 exact [95% interval] / relaxed. Last row: the annotators against each other.</p>"
+        + _table(VERSUS_HEADER, escaped, numeric_from=1)
+    )
+
+
 def html_report(data: dict[str, Any], *, examples: int = EXAMPLES) -> str:
     pair_rows = []
     for p in data["pairs"]:
@@ -231,6 +268,7 @@ def html_report(data: dict[str, Any], *, examples: int = EXAMPLES) -> str:
 <style>{CSS}</style></head><body>
 <h1>Inter-annotator agreement</h1>
 {summary}
+{_versus_html(data)}
 <h2>Pairwise span F1 (exact)</h2>
 {_heatmap(data)}
 <h2>Pairs</h2>
@@ -299,6 +337,12 @@ def markdown_report(data: dict[str, Any], *, examples: int = EXAMPLES) -> str:
             ],
         )
     )
+    versus = _versus_rows(
+        data, lambda s: "–" if not s else f"{_f(s['exact']['f1'])} / {_f(s['relaxed']['f1'])}"
+    )
+    if versus:
+        parts += ["", "## Model vs annotators (F1 exact / relaxed; last row: annotators)", ""]
+        parts.append(_md_table(VERSUS_HEADER, versus))
     parts += ["", "## Per type (pooled over pairs)", ""]
     per_type = {**data["pooled"]["spans"]["per_type"], **data["pooled"]["re"]["per_type"]}
     parts.append(

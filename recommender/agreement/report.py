@@ -10,7 +10,7 @@ entities. Unitizing alpha works on character spans (see ``measures``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from recommender.schema import Schema, load_schema
 from recommender.text import tokenize
 
 NONE = "none"
+MODEL_RATER = "model:"  # how add_model_rater names a model added as a rater
 TASKS = ("ner", "modifiers", "re", "spans")
 LAYERS = ("entities", "modifiers")
 
@@ -46,6 +47,7 @@ class AgreementReport:
     confusion: dict[str, Any]
     per_document: list[dict[str, Any]]
     disagreements: list[dict[str, Any]] = field(default_factory=list)
+    model_vs_annotators: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, *, with_text: bool = True) -> dict[str, Any]:
         disagreements = self.disagreements if with_text else [_without_text(d) for d in self.disagreements]
@@ -60,12 +62,14 @@ class AgreementReport:
             "confusion": self.confusion,
             "per_document": self.per_document,
             "disagreements": disagreements,
+            "model_vs_annotators": self.model_vs_annotators,
         }
 
 
 def agreement_report(
     raters: dict[str, Sequence[Document]],
     *,
+    models: Mapping[str, Sequence[Document]] | None = None,
     resamples: int = RESAMPLES,
     seed: int = SEED,
     level: float = LEVEL,
@@ -77,7 +81,9 @@ def agreement_report(
 
     ``raters`` maps a rater name (annotator, ``curation``, a model version) to its documents; the
     same document id must carry the same text for every rater. The service's correction store
-    feeds this function directly. ``track`` wraps the long loops (a progress bar or log lines).
+    feeds this function directly. ``models`` (a model version's suggestions, say) are compared with
+    every annotator in the "model vs annotators" table only; raters named ``model:...`` (``--model``)
+    are raters and are in that table too. ``track`` wraps the long loops (a progress bar or log lines).
 
     Raises:
         ConfigError: fewer than two raters.
@@ -181,6 +187,12 @@ def agreement_report(
         doc_ids, names, by_rater, pair_counts, texts, disagreements, unitizing["per_document"]
     )
     labels_out = {layer: [NONE, *labels] for layer, labels in layers.items()}
+    versus = dict(models or {}) | {r: raters[r] for r in names if r.startswith(MODEL_RATER)}
+    annotators = {r: by_rater[r] for r in names if not r.startswith(MODEL_RATER)}
+    versus_table = [
+        _versus(m, _by_id(m, docs), annotators, texts, schema, resamples, seed, level)
+        for m, docs in versus.items()
+    ]
     return AgreementReport(
         raters=names,
         documents=doc_ids,
@@ -194,7 +206,43 @@ def agreement_report(
         },
         per_document=per_document,
         disagreements=disagreements,
+        model_vs_annotators=versus_table,
     )
+
+
+def _versus(
+    model: str,
+    predicted: dict[str, Document],
+    annotators: dict[str, dict[str, Document]],
+    texts: dict[str, str],
+    schema: Schema,
+    resamples: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    """A model against every annotator on the notes they share, the annotator as gold: pooled over
+    annotators the way annotator pairs are pooled, and per annotator."""
+    counts = []
+    per_annotator = {}
+    for annotator, docs in annotators.items():
+        shared = [i for i in docs if i in predicted]
+        if not shared:
+            continue
+        for i in shared:
+            if predicted[i].text != texts.get(i, docs[i].text):
+                raise DocumentError(f"document [{i}] has a different text for [{model}]")
+        c = _count([(docs[i], predicted[i]) for i in shared], schema)
+        counts.append(c)
+        spans = c["spans"].score(resamples, seed, level)
+        per_annotator[annotator] = {"documents": len(shared), "spans_exact_f1": spans.exact.f1}
+    entry: dict[str, Any] = {
+        "model": model,
+        "documents": len({i for docs in annotators.values() for i in docs if i in predicted}),
+        "per_annotator": per_annotator,
+    }
+    for task in TASKS if counts else ():
+        entry[task] = _pool([c[task] for c in counts]).score(resamples, seed, level).to_dict()
+    return entry
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,6 +37,14 @@ def agreement(
     model: Annotated[
         Path | None, typer.Option("--model", help="add this model folder as one more rater")
     ] = None,
+    suggestions: Annotated[
+        str | None,
+        typer.Option(
+            "--suggestions",
+            help="add a model-vs-annotators table from the service's suggestion log (KIWI_DATABASE_URL) "
+            "for this project (labelstudio-ID, inception-ID; 'all' for every project)",
+        ),
+    ] = None,
     examples: Annotated[int, typer.Option(help="disagreement examples shown in HTML/Markdown")] = EXAMPLES,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples of the notes")] = RESAMPLES,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap resampling")] = SEED,
@@ -49,7 +57,8 @@ def agreement(
         name = add_model_rater(raters, load_extractor(model))
         err_console.print(f"added model rater {name}", highlight=False, markup=False)
     err_console.print(f"{len(raters)} raters: {', '.join(raters)}", highlight=False, markup=False)
-    report = agreement_report(raters, resamples=resamples, seed=seed, track=progress)
+    models = _suggested(raters, suggestions) if suggestions is not None else None
+    report = agreement_report(raters, models=models, resamples=resamples, seed=seed, track=progress)
     if out is not None:
         for path in write_report(report, out, examples=examples):
             err_console.print(f"wrote {path}", highlight=False, markup=False)
@@ -62,3 +71,23 @@ def agreement(
             "(pooled over pairs); use --out DIR for the full report",
             highlight=False,
         )
+
+
+def _suggested(raters: dict[str, list[Any]], project: str) -> dict[str, list[Any]]:
+    """Each model version's logged suggestions for the raters' notes (matched by text hash)."""
+    from recommender.agreement.suggested import suggestion_raters
+    from recommender.settings import load_settings
+    from recommender.store import CorrectionStore
+    from recommender.store.suggestions import SuggestionLog
+
+    settings = load_settings()
+    assert settings.database_url is not None  # filled in by Settings
+    store = CorrectionStore(settings.database_url)
+    try:
+        logged = SuggestionLog(store.engine).suggestions(None if project == "all" else project)
+    finally:
+        store.close()
+    models = suggestion_raters(logged, raters)
+    found = ", ".join(f"{m} ({len(d)} notes)" for m, d in models.items()) or "none for these notes"
+    err_console.print(f"suggestions of {project}: {found}", highlight=False, markup=False)
+    return models

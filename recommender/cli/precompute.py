@@ -22,6 +22,7 @@ from recommender.errors import ConfigError, NotFoundError
 from recommender.extractors.base import Extractor
 from recommender.settings import DEFAULT_MODEL, Settings
 from recommender.store.predictions import PredictionCache, input_hash
+from recommender.store.suggestions import NewSuggestion, SuggestionLog
 
 
 def say(line: str) -> None:
@@ -85,7 +86,8 @@ def precompute(
         else:
             assert label_studio is not None
             where = position or settings.model_dir / "precompute" / f"labelstudio-{label_studio}.json"
-            _label_studio(ahead, settings, label_studio, where)
+            suggestions = SuggestionLog(store.engine) if settings.suggestion_log else None
+            _label_studio(ahead, settings, label_studio, where, suggestions)
     finally:
         store.close()
 
@@ -137,7 +139,9 @@ def _notes(ahead: Ahead, path: Path, fmt: str | None) -> None:
         raise typer.Exit(1)
 
 
-def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> None:
+def _label_studio(
+    ahead: Ahead, settings: Settings, pid: int, where: Path, suggestions: SuggestionLog | None = None
+) -> None:
     from recommender.formats.labelstudio import document_prediction, task_text
     from recommender.service.labelstudio import project_view, restrict
     from recommender.service.labelstudio_client import LabelStudioClient
@@ -157,13 +161,23 @@ def _label_studio(ahead: Ahead, settings: Settings, pid: int, where: Path) -> No
         )
         dropped: dict[str, int] = {}
         pushed = 0
+        project = f"labelstudio-{pid}"  # as the backend stores the project's corrections
         for task in progress(todo, "predicting and pushing", total=len(todo)):
             task_id = int(task["id"])
             text = task_text(task, view.config)
             predicted = ahead.predict(Document(id=str(task_id), text=text)) if text.strip() else None
             if predicted is not None:
-                prediction = document_prediction(restrict(predicted, view, dropped), view.config, version)
+                shown = restrict(predicted, view, dropped)
+                prediction = document_prediction(shown, view.config, version)
                 client.create_prediction(task_id, prediction)
+                if suggestions is not None:  # what the annotator will see, for the corrections' scores
+                    suggestions.record(
+                        [
+                            NewSuggestion(
+                                ahead.name, version, "precompute", "all", project, f"task-{task_id}", shown
+                            )
+                        ]
+                    )
                 pushed += 1
                 failed.discard(task_id)
             elif text.strip():

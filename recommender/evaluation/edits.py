@@ -59,10 +59,20 @@ _PASSES: tuple[tuple[Callable[[Span, Span], bool], int, int], ...] = (
 )
 
 
-def edits(predicted: Document, gold: Document) -> Edits:
-    """The edits from ``predicted`` (a model's pre-annotation of the note) to ``gold``."""
-    out = Edits()
-    paired: dict[str, str] = {}  # predicted span id -> gold span id
+@dataclass(frozen=True)
+class Pair:
+    """A predicted span paired with a gold one, and what the annotator changed."""
+
+    predicted: Span
+    gold: Span
+    relabelled: bool
+    rebounded: bool
+
+
+def pair_spans(predicted: Document, gold: Document) -> tuple[list[Pair], list[Span], list[Span]]:
+    """Predicted spans paired one to one with gold spans, cheapest correction first; with the
+    predicted spans left (deleted) and the gold spans left (added)."""
+    pairs: list[Pair] = []
     free_gold = list(gold.spans)
     free_pred = list(predicted.spans)
     for same, relabel, rebound in _PASSES:
@@ -70,22 +80,40 @@ def edits(predicted: Document, gold: Document) -> Edits:
             match = next((p for p in free_pred if same(g, p)), None)
             if match is None:
                 continue
-            paired[match.id] = g.id
+            pairs.append(Pair(match, g, bool(relabel), bool(rebound)))
             free_gold.remove(g)
             free_pred.remove(match)
-            out.spans_relabelled += relabel
-            out.spans_rebounded += rebound
-    out.spans_added, out.spans_deleted = len(free_gold), len(free_pred)
+    return pairs, free_pred, free_gold
+
+
+def kept_relations(predicted: Document, gold: Document, pairs: list[Pair]) -> tuple[int, int, int]:
+    """(kept, deleted, added) relations: a predicted relation is kept when its two spans are paired
+    with the two spans of a gold relation."""
+    paired = {p.predicted.id: p.gold.id for p in pairs}
     gold_links = {(r.head, r.tail) for r in gold.relations}
     kept: set[tuple[str, str]] = set()
+    deleted = 0
     for r in predicted.relations:
         link = (paired.get(r.head, ""), paired.get(r.tail, ""))
         if link in gold_links and link not in kept:
             kept.add(link)
         else:
-            out.relations_deleted += 1
-    out.relations_added = len(gold_links - kept)
-    return out
+            deleted += 1
+    return len(kept), deleted, len(gold_links - kept)
 
 
-__all__ = ["FIELDS", "Edits", "edits"]
+def edits(predicted: Document, gold: Document) -> Edits:
+    """The edits from ``predicted`` (a model's pre-annotation of the note) to ``gold``."""
+    pairs, deleted, added = pair_spans(predicted, gold)
+    _, relations_deleted, relations_added = kept_relations(predicted, gold, pairs)
+    return Edits(
+        spans_added=len(added),
+        spans_deleted=len(deleted),
+        spans_relabelled=sum(p.relabelled for p in pairs),
+        spans_rebounded=sum(p.rebounded for p in pairs),
+        relations_added=relations_added,
+        relations_deleted=relations_deleted,
+    )
+
+
+__all__ = ["FIELDS", "Edits", "Pair", "edits", "kept_relations", "pair_spans"]

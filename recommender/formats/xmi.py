@@ -31,7 +31,7 @@ from defusedxml.ElementTree import ParseError, iterparse
 from lxml import etree
 
 from recommender.document import Document, Segment, Span
-from recommender.errors import DocumentError, FormatError, NotFoundError
+from recommender.errors import DocumentError, FormatError, LimitError, NotFoundError
 from recommender.schema import Schema, load_schema
 from recommender.text import segment
 
@@ -113,6 +113,9 @@ def _add_kiwi_layers(ts: TypeSystem, layers: LayerMapping, schema: Schema) -> No
 # --- safe loading ------------------------------------------------------------------------------
 def _as_bytes(xml: str | bytes) -> bytes:
     return xml.encode("utf-8") if isinstance(xml, str) else xml
+
+
+_LIBXML_TEXT_LIMIT = 10_000_000  # XML_MAX_TEXT_LENGTH: lxml parses nothing longer without huge_tree
 
 
 class _Head(BytesIO):
@@ -240,6 +243,12 @@ class XmiCas:
         try:
             self._root = etree.fromstring(data, _XMI_PARSER)
         except etree.XMLSyntaxError as e:
+            if "Resource limit exceeded" in str(e):  # libxml2 refuses a text over 10 MB: too long, not bad
+                raise LimitError(
+                    f"the XMI holds a text over libxml2's limit of [{_LIBXML_TEXT_LIMIT}] bytes; pre-annotate"
+                    " long notes in batch with `kiwi predict --model DIR NOTES OUT` and import the result",
+                    source=source,
+                ) from None
             raise FormatError(f"malformed XML ({_short(e)})", source=source) from None
         self.typesystem = typesystem
         self._source = source

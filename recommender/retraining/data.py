@@ -24,6 +24,8 @@ from recommender.corpora import (
 from recommender.document import Document
 from recommender.errors import ConfigError, KiwiError
 from recommender.formats import read_documents
+from recommender.retraining import consensus
+from recommender.retraining.consensus import Rule
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 
@@ -108,12 +110,16 @@ def _fetch_or_synthetic(settings: Settings, say: Callable[[str], None]) -> tuple
     return synthetic_seed(), SYNTHETIC
 
 
-def assemble(store: CorrectionStore, corpora: Corpora, heldout_fraction: float) -> TrainingData:
+def assemble(
+    store: CorrectionStore, corpora: Corpora, heldout_fraction: float, agreement: Rule = "all"
+) -> TrainingData:
     """The newest version of every stored correction (all projects: the service serves one model)
-    plus the seed notes, minus the held-out corrections and the dev notes."""
+    plus the seed notes, minus the held-out corrections and the dev notes; notes corrected by several
+    annotators enter training as the ``agreement`` rule says (``consensus``)."""
     # Labels outside the schema stay in the store; models learn and are scored on the schema's.
     corrections = [_unique(d).in_schema() for d in store.latest()]
     train_corr, heldout = heldout_split(corrections, heldout_fraction)
+    train_corr = consensus.apply(train_corr, agreement)
     blocked = {d.text for d in heldout} | {d.text for d in corpora.dev}
     train = [d.in_schema() for d in corpora.seed if d.text not in blocked] + [
         d for d in train_corr if d.text not in blocked

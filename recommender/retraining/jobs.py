@@ -27,11 +27,13 @@ from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
 from recommender.progress import reporting
 from recommender.registry import ModelRegistry
+from recommender.retraining import recent
 from recommender.retraining.data import Corpora, assemble, default_corpora
 from recommender.retraining.gate import decide, scores
 from recommender.retraining.trainers import Track, Trainer
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
+from recommender.store.suggestions import SuggestionLog
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,7 @@ class JobRunner:
         self.trainer = trainer
         self._corpora = corpora
         self.on_promote = on_promote
+        self._recent: dict[int, Any] = {}  # the candidate's predictions for held-out corrected notes
 
     def run(self, job: Job, save: Callable[[Job], None] = lambda job: None) -> None:
         """Run ``job`` to ``finished`` or ``failed``; never raises for a failure of the job itself."""
@@ -148,7 +151,9 @@ class JobRunner:
         save(job)
         if self._corpora is None:
             self._corpora = default_corpora(self.settings)  # read once; the seed and dev sets are fixed
-        data = assemble(self.store, self._corpora, self.settings.heldout_fraction)
+        data = assemble(
+            self.store, self._corpora, self.settings.heldout_fraction, self.settings.retrain_agreement
+        )
         job.metrics = data.counts()
         current_version = self.registry.current_version()
         current = self.registry.path(current_version) if current_version else None
@@ -166,7 +171,10 @@ class JobRunner:
             )
             job.stage, job.progress = "evaluating", 0.8
             save(job)
-            cand_scores = scores(load_extractor(out), data.heldout, data.dev)
+            candidate = load_extractor(out)
+            cand_scores = scores(candidate, data.heldout, data.dev)
+            if self.settings.gate_recent_notes:  # the candidate on recently corrected notes (optional)
+                self._recent = recent.predict_heldout(candidate, data.heldout)
             gate = self._gate(cand_scores, current_version, data.heldout, data.dev)
             info = ModelInfo.load(out)
             info.metrics = {
@@ -216,7 +224,23 @@ class JobRunner:
         current = self.registry.path(current_version) if current_version else None
         cur_scores = scores(load_extractor(current), heldout, dev) if current else None
         promote, reason = decide(cand_scores, cur_scores, self.settings.promotion_margin)
+        extra: dict[str, Any] = {}
+        if self.settings.gate_recent_notes and cur_scores is not None:
+            passes, why, figures = recent.check(
+                SuggestionLog(self.store.engine),
+                current_version,
+                heldout,
+                self._recent,
+                self.settings.gate_recent_notes,
+                self.settings.promotion_margin,
+            )
+            extra["recent"] = figures
+            if promote and not passes:
+                promote, reason = False, why
+            else:
+                reason = f"{reason}; {why}"
         return {
+            **extra,
             "candidate": cand_scores,
             "current": cur_scores,
             "current_version": current_version,

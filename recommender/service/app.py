@@ -118,6 +118,7 @@ def create_app(
         finally:
             stop.set()
             service.ahead.stop()
+            service.evidence.close()
             if service.retrainer is not None:
                 service.retrainer.shutdown()
             if service.labelstudio is not None:

@@ -56,8 +56,10 @@ from recommender.formats.xmi import (
 )
 from recommender.schema import load_schema
 from recommender.service.bodies import CleanJsonRoute
+from recommender.service.evidence import split_version
 from recommender.service.state import MODEL_PATH, PredictorDep, Service, ServiceDep, client_of
 from recommender.settings import RecommenderConfig
+from recommender.store.suggestions import NewSuggestion
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,8 @@ def predict(
         else:
             [predicted] = run(extractor, [source], given, deadline)
         predicted = rescore(predicted, service.strategy)
+        # HOOK (suggestion log): the model's answer for this document; written after the answer.
+        service.evidence.record([suggestion(predictor.name, version, rec.task, body, predicted)])
         if given:
             added = suggest_relations(cas, predicted, layers, tags, explanation)
         else:
@@ -192,7 +196,10 @@ def train(name: str, body: TrainRequest, request: Request, service: ServiceDep) 
         with service.model_call(client_of(request), service.deadline()):  # segments sentence-less CASes
             doc = cas_to_document(cas, layers)
         doc.meta["inception"] = {"documentId": item.documentId, "layer": body.metadata.layer}
-        if service.store.add(project, doc_key, annotator, "inception", doc) is not None:
+        added = service.store.add(project, doc_key, annotator, "inception", doc)
+        # HOOK (suggestion log): scored against the latest suggestion for the document, after the answer.
+        service.evidence.score(project, doc_key, added)
+        if added is not None:
             stored += 1
     log.info(
         "inception [%s] project [%s]: %d of %d document(s) new",
@@ -209,6 +216,15 @@ def train(name: str, body: TrainRequest, request: Request, service: ServiceDep) 
     elif service.training_busy(project):
         return Response(status_code=429)
     return Response(status_code=204)
+
+
+def suggestion(model: str, shown: str, task: str, body: PredictRequest, predicted: Document) -> NewSuggestion:
+    """The suggestion log's row for one predict answer: the note is the train call's (project,
+    document id), so a correction finds it."""
+    version, slow = split_version(shown)
+    project = f"inception-{body.metadata.projectId}"
+    doc_id = str(body.document.documentId if body.document.documentId is not None else 0)
+    return NewSuggestion(model, version, "inception", task, project, doc_id, predicted, slow)
 
 
 # --- layers ---------------------------------------------------------------------------------------

@@ -56,8 +56,10 @@ from recommender.formats.labelstudio import (
 )
 from recommender.guidelines import labelstudio_config
 from recommender.service.bodies import CleanJsonRoute
+from recommender.service.evidence import split_version
 from recommender.service.labelstudio_client import backend_authorization
 from recommender.service.state import MODEL_PATH, Predictor, PredictorDep, Service, ServiceDep, client_of
+from recommender.store.suggestions import NewSuggestion
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,7 @@ def predict(
     else:
         answers = [(d, version) for d in run(extractor, todo, False, deadline)]
     results = []
+    shown: list[tuple[Document, str]] = []
     dropped: dict[str, int] = {}
     done = 0
     for text in texts:
@@ -192,9 +195,12 @@ def predict(
         done += 1
         doc = rescore(restrict(doc, view, dropped), service.strategy)
         results.append(document_prediction(doc, view.config, answered_by))
+        shown.append((doc, answered_by))
     if dropped:
         log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
     pid = project_id(body.project)
+    # HOOK (suggestion log): what was sent, per task; written after the answer.
+    service.evidence.record(suggestions(predictor.name, _store_project(pid), shown))
     client = service.labelstudio
     fallback = any(answered_by != version for _, answered_by in answers)
     if client is not None and pid is not None:
@@ -207,6 +213,15 @@ def predict(
                 client.authorize_webhooks, pid, authorization, basic_user=settings.basic_auth_user
             )
     return {"results": results, "model_version": version}
+
+
+def suggestions(model: str, project: str, shown: list[tuple[Document, str]]) -> list[NewSuggestion]:
+    """The suggestion log's rows for predictions sent to Label Studio (note ``task-<id>``)."""
+    out = []
+    for doc, answered_by in shown:
+        version, slow = split_version(answered_by)
+        out.append(NewSuggestion(model, version, "labelstudio", "all", project, f"task-{doc.id}", doc, slow))
+    return out
 
 
 def _predict_in_chunks(
@@ -339,7 +354,10 @@ def _store_annotations(
         annotation_id = doc.meta.get("annotation_id")
         doc_key = f"annotation-{annotation_id}" if annotation_id is not None else f"task-{task.get('id')}"
         annotator = f"user-{doc.meta.get('annotator') or 'unknown'}"
-        if service.store.add(project, doc_key, annotator, "labelstudio", doc) is not None:
+        stored = service.store.add(project, doc_key, annotator, "labelstudio", doc)
+        # HOOK (suggestion log): scored against the latest suggestion for the task, after the answer.
+        service.evidence.score(project, f"task-{doc.meta.get('task_id')}", stored)
+        if stored is not None:
             new += 1
     return new
 

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from recommender.agreement import add_model_rater, agreement_report
 from recommender.agreement.render import html_report, markdown_report
+from recommender.agreement.suggested import suggestion_raters
 from recommender.document import Document
 from recommender.errors import DocumentError, NotFoundError
 from recommender.service.bodies import CleanJsonRoute
@@ -25,12 +26,15 @@ def project_agreement(
     service: ServiceDep,
     format: Literal["json", "html", "markdown"] = "json",
     include_model: bool = False,
+    suggestions: bool = True,
     resamples: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any] | Response:
     """Agreement between the annotators of ``project`` (newest correction of each note per annotator).
 
-    ``include_model`` adds the served model as one more rater. JSON leaves out note text; the HTML
-    and Markdown reports show disagreements in context, for the annotation lead.
+    ``include_model`` adds the served model as one more rater. ``suggestions`` adds the "model vs
+    annotators" table: each model version's logged suggestions for the project's notes. JSON leaves
+    out note text; the HTML and Markdown reports show disagreements in context, for the annotation
+    lead.
     """
     raters: dict[str, list[Document]] = defaultdict(list)
     for doc in service.store.latest(project):
@@ -45,7 +49,12 @@ def project_agreement(
             f"project [{project}] has corrections from one rater only [{', '.join(raters)}]; "
             "agreement needs two (or include_model=true)"
         )
-    report = agreement_report(raters, resamples=resamples)
+    models = (
+        suggestion_raters(service.evidence.log.suggestions(project), raters)
+        if suggestions and service.evidence.enabled
+        else None
+    )
+    report = agreement_report(raters, models=models, resamples=resamples)
     if format == "html":
         return HTMLResponse(html_report(report.to_dict()))
     if format == "markdown":

@@ -24,6 +24,7 @@ from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
 from recommender.service.ahead import AheadPredictions
+from recommender.service.evidence import Evidence
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
 from recommender.settings import DEFAULT_MODEL, RecommenderConfig, Settings
@@ -191,6 +192,7 @@ class Service:
             self.cores.lanes, self.cores.threads, per_client=settings.max_lanes_per_client
         )
         self.ahead = AheadPredictions(self)
+        self.evidence = Evidence(settings, store.engine)  # the suggestion log
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
         self._raw_lock = threading.Lock()

@@ -77,6 +77,11 @@ def status_view(service: Service) -> dict[str, Any]:
                 }
             )
     projects = service.store.daily_counts()
+
+    def dev(version: str) -> dict[str, Any] | None:
+        info = by_version.get(version)
+        return _dev_scores(info.metrics) if info is not None else None
+
     return {
         "served": served,
         "recommenders": {
@@ -84,6 +89,7 @@ def status_view(service: Service) -> dict[str, Any]:
             for name, rec in service.settings.recommenders.items()
         },
         "learning_curve": curve,
+        "evidence": service.evidence.view(dev),
         "precompute": service.ahead.status(),
         "cores": service.cores.as_dict(),
         "corrections": projects,
@@ -238,6 +244,122 @@ def _corrections_html(counts: dict[str, dict[str, int]], links: dict[str, str]) 
     )
 
 
+# --- what the corrections say ---------------------------------------------------------------------
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#e15759")
+
+
+def _rate(figure: dict[str, Any] | None, key: str = "rate") -> str:
+    if not figure or figure.get(key) is None:
+        return "<span class=muted>-</span>"
+    ci = figure.get("ci")
+    return f"{figure[key]:.3f}" + (f" <span class=muted>({ci[0]:.3f}-{ci[1]:.3f})</span>" if ci else "")
+
+
+def _evidence_html(evidence: dict[str, dict[str, Any]]) -> str:
+    if not evidence:
+        return (
+            "<p class=muted>No corrected note has a logged suggestion yet: figures appear once annotators "
+            "save notes the model pre-annotated.</p>"
+        )
+    rows = []
+    for version, v in reversed(list(evidence.items())):  # newest first
+        f1 = v.get("f1", {})
+        dev = v.get("dev") or {}
+        rows.append(
+            f"<tr><td><code>{escape(version)}</code></td><td>{v['notes']}</td>"
+            f"<td>{_rate(v.get('acceptance'))}</td>"
+            f"<td>{_rate((v.get('relations') or {}).get('acceptance'))}</td>"
+            f"<td>{_rate(f1.get('spans', {}).get('exact'), 'f1')}</td>"
+            f"<td>{_rate(f1.get('spans', {}).get('relaxed'), 'f1')}</td>"
+            f"<td>{_rate(f1.get('ner', {}).get('exact'), 'f1')}</td>"
+            f"<td>{_rate(f1.get('re', {}).get('exact'), 'f1')}</td>"
+            f"<td>{_rate(v.get('edits_per_note'), 'mean')}</td>"
+            f"<td>{_f1(dev.get('ner'))}</td><td>{_f1(dev.get('re'))}</td>"
+            f"<td>{escape(v['first'][:10])} to {escape(v['last'][:10])}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>model version</th><th>notes</th><th>spans accepted unchanged</th>"
+        "<th>relations accepted</th><th>F1 vs annotators (exact)</th><th>(relaxed)</th>"
+        "<th>NER</th><th>RE</th>"
+        "<th>edits per note</th><th>NER (dev)</th><th>RE (dev)</th><th>corrected</th></tr>"
+        f"{''.join(rows)}</table>"
+        "<p class=muted>Each model version's suggestions against what the annotators saved (the newest "
+        "correction of each note and annotator), 95% bootstrap intervals over notes; dev: the same model "
+        "on its development split.</p>"
+    )
+    details = []
+    for version, v in reversed(list(evidence.items())):
+        labels = "".join(
+            f"<tr><td>{escape(label)}</td><td>{_rate(x, 'f1')}</td><td>{_rate(x, 'acceptance')}</td>"
+            f"<td>{x.get('suggested', 0)}</td><td>{x.get('support', 0)}</td></tr>"
+            for label, x in sorted(v.get("labels", {}).items())
+        )
+        projects = "".join(
+            f"<tr><td>{escape(p)}</td><td>{x['notes']}</td><td>{_rate(x['acceptance'])}</td>"
+            f"<td>{_rate(x['f1_spans'], 'f1')}</td><td>{_rate(x['edits_per_note'], 'mean')}</td></tr>"
+            for p, x in v.get("projects", {}).items()
+        )
+        details.append(
+            f"<details><summary><code>{escape(version)}</code>: per label and per project</summary>"
+            "<table><tr><th>label</th><th>F1 (exact)</th><th>accepted</th><th>suggested</th>"
+            "<th>annotated</th></tr>"
+            f"{labels}</table><table><tr><th>project</th><th>notes</th><th>accepted</th><th>F1</th>"
+            f"<th>edits per note</th></tr>{projects}</table></details>"
+        )
+    return table + _evidence_svg(evidence) + "".join(details)
+
+
+def _evidence_svg(evidence: dict[str, dict[str, Any]]) -> str:
+    """Acceptance (solid) and exact F1 against the annotators (dashed) per UTC day, a colour per
+    model version. Markers are diamonds (polygons)."""
+    days = sorted({d for v in evidence.values() for d in v.get("days", {})})
+    if not days:
+        return ""
+    w, h, pad = 640, 220, 36
+    step = (w - 2 * pad) / max(len(days) - 1, 1)
+    column = {d: i for i, d in enumerate(days)}
+
+    def xy(day: str, value: float) -> tuple[float, float]:
+        return pad + column[day] * step, h - pad - value * (h - 2 * pad)
+
+    parts = [f'<svg class=evidence width="{w}" height="{h}" viewBox="0 0 {w} {h}" role=img>']
+    for tick in (0.0, 0.5, 1.0):
+        _, y = xy(days[0], tick)
+        parts.append(f'<line x1="{pad}" x2="{w - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="4" y="{y + 4:.1f}" font-size="11">{tick:.1f}</text>')
+    parts.append(f'<text x="{pad}" y="{h - 8}" font-size="11">{escape(days[0])}</text>')
+    if len(days) > 1:
+        parts.append(f'<text x="{w - pad - 70}" y="{h - 8}" font-size="11">{escape(days[-1])}</text>')
+    legend = []
+    for n, (version, v) in enumerate(evidence.items()):
+        colour = PALETTE[n % len(PALETTE)]
+        legend.append(f"<span style='color:{colour}'>&#9670; {escape(version)}</span>")
+        for key, field, dash in (("acceptance", "rate", ""), ("f1_spans", "f1", "5 3")):
+            points = [
+                (*xy(d, x[key][field]), d, x["notes"])
+                for d, x in v["days"].items()
+                if x.get(key) and x[key].get(field) is not None
+            ]
+            if len(points) > 1:
+                line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points)
+                parts.append(
+                    f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2" '
+                    f'stroke-dasharray="{dash or "none"}"/>'
+                )
+            for x, y, day, notes in points:
+                label = f"{version} {day}: {key} {v['days'][day][key][field]:.3f} ({notes} notes)"
+                diamond = f"{x:.1f},{y - 5:.1f} {x + 5:.1f},{y:.1f} {x:.1f},{y + 5:.1f} {x - 5:.1f},{y:.1f}"
+                parts.append(
+                    f'<polygon points="{diamond}" fill="{colour}"><title>{escape(label)}</title></polygon>'
+                )
+    parts.append("</svg>")
+    return (
+        "".join(parts)
+        + f"<p>{' '.join(legend)}: per day, solid the share of suggested spans accepted unchanged, dashed "
+        "exact F1 of the suggestions against the corrections</p>"
+    )
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border-bottom:1px solid #e5e5e5;padding:4px 10px;
@@ -294,6 +416,7 @@ JSON: <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
 <h2>Predictions computed ahead</h2>{_precompute_html(view["precompute"])}
 <h2>Training jobs</h2>{_jobs_html(retraining)}
 <h2>Cores</h2>{_cores_html(view["cores"])}
+<h2>What the annotators' corrections say</h2>{_evidence_html(view["evidence"])}
 <h2>Learning curve of promoted models</h2>{_curve_svg(view["learning_curve"])}
 <h2>Corrections per project</h2>{_corrections_html(view["corrections"], view["agreement_reports"])}
 </body></html>"""

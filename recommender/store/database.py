@@ -99,6 +99,16 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         ) from None
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (an operator undoing an upgrade; the tests)."""
+    with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+        config = _config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
 def schema_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
@@ -137,6 +147,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 
 __all__ = [
+    "downgrade",
     "head_revision",
     "is_postgres",
     "libpq_dsn",

@@ -79,4 +79,44 @@ predictions = sa.Table(
     sa.Index("ix_predictions_state", "model", "state", "id"),
 )
 
-__all__ = ["corrections", "metadata", "predictions", "training_jobs"]
+# What a model suggested for a note, as the annotator was shown it: offsets, labels and scores only
+# (``annotations`` is JSON ``{"spans": [[begin, end, label, score]], "relations": [[head, tail, label,
+# score]]}``, relations by span index), never note text; ``text_hash`` ties it to one text of the note.
+suggestions = sa.Table(
+    "suggestions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(40), nullable=False),  # served model name
+    sa.Column("model_version", sa.String(200), nullable=False),  # the version that predicted
+    sa.Column("fallback_for", sa.String(200), nullable=True),  # the slow model it stood in for
+    sa.Column("tool", sa.String(20), nullable=False),  # labelstudio, inception, precompute
+    sa.Column("task", sa.String(20), nullable=False),  # all, entities, relations: what was suggested
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("document_id", sa.String(500), nullable=False),
+    sa.Column("text_hash", sa.String(64), nullable=False),
+    sa.Column("annotations", sa.Text, nullable=False),
+    sa.Index("ix_suggestions_note", "project", "document_id", "id"),
+    sa.Index("ix_suggestions_created", "created"),
+)
+
+# A stored correction scored against the latest suggestion for its note: per-label match counts,
+# what happened to each suggestion and the edits (JSON ``figures``).
+suggestion_scores = sa.Table(
+    "suggestion_scores",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("correction_id", sa.Integer, nullable=False),
+    sa.Column("suggestion_id", sa.Integer, nullable=False),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("task", sa.String(20), nullable=False),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("document_id", sa.String(500), nullable=False),  # the note (suggestion's id)
+    sa.Column("annotator", sa.String(200), nullable=False),
+    sa.Column("figures", sa.Text, nullable=False),
+    sa.Index("ix_suggestion_scores_version", "model_version", "id"),
+    sa.Index("ix_suggestion_scores_created", "created"),
+)
+
+__all__ = ["corrections", "metadata", "predictions", "suggestion_scores", "suggestions", "training_jobs"]
