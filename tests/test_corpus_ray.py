@@ -58,8 +58,17 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def _done(proc: subprocess.Popen[str], timeout: float = 240) -> str:
-    _out, err = proc.communicate(timeout=timeout)
+def _done(proc: subprocess.Popen[str], timeout: float = 600) -> str:
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the run shuts its embedded Ray down
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate()
+        pytest.fail(f"kiwi did not finish in {timeout:.0f} s: {err[-2000:]}")
     assert proc.returncode == 0, err[-3000:]
     return err
 
@@ -165,7 +174,7 @@ def test_a_two_node_cluster_survives_a_killed_worker_with_every_note_once(
             "--ray-address", cluster.address, "--ray-actors", "2", "--batch-size", "4", env=env,
         )  # fmt: skip
         killed, done_at_kill = None, 0
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while killed is None and run.poll() is None and time.monotonic() < deadline:
             done_at_kill = len(_cache_rows(tmp_path)) if (tmp_path / "cache.sqlite3").exists() else 0
             victims = cluster.workers(1, ACTOR)  # an actor on the worker node
