@@ -9,6 +9,10 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# The one progress type: wraps an iterable of work items in a progress display (a bar, log lines, a
+# job's row) and yields them: (items, description, total or None) -> items.
+Progress = Callable[[Iterable[T], str, int | None], Iterable[T]]
+
 EVERY_SECONDS = 30.0
 _EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 

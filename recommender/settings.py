@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recommender.active.strategies import PER_NOTE
 from recommender.errors import ConfigError
-from recommender.formats.xmi import DEFAULT_LAYERS, LayerMapping
+from recommender.formats.layers import DEFAULT_LAYERS, LayerMapping
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +360,3 @@ def load_settings(**overrides: object) -> Settings:
 def load_process_settings(**overrides: object) -> ProcessSettings:
     """The process policy alone (``recommender/cores.py``), as ``load_settings`` reads it."""
     return _validated(ProcessSettings, overrides)
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

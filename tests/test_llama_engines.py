@@ -35,17 +35,13 @@ from recommender.extractors import load_extractor  # noqa: E402
 from recommender.extractors.base import ModelInfo  # noqa: E402
 from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
 from recommender.extractors.llama.engines import OpenAIEngine, copy_or_tag_regex  # noqa: E402
-from recommender.extractors.llama.extractor import (  # noqa: E402
-    AUDIT_KEY,
-    MERGED_DIR,
-    NAME,
-    LlamaExtractor,
-)
+from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor  # noqa: E402
 from recommender.extractors.llama.generation import (  # noqa: E402
     Prompt,
     TransformersEngine,
     plain_generate,
 )
+from recommender.extractors.llama.layout import MERGED_DIR, NAME  # noqa: E402
 from recommender.extractors.llama.task import PACKAGED_PROMPTS, Templates, ner_units  # noqa: E402
 from recommender.retraining import Corpora  # noqa: E402
 from recommender.service import create_app  # noqa: E402

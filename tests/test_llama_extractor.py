@@ -17,8 +17,9 @@ import pytest
 from recommender.document import Document
 from recommender.extractors.base import ModelInfo
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.extractor import AUDIT_KEY, NAME, SELF_MODIFIER, LlamaExtractor
+from recommender.extractors.llama.extractor import AUDIT_KEY, SELF_MODIFIER, LlamaExtractor
 from recommender.extractors.llama.generation import Generation, Prompt
+from recommender.extractors.llama.layout import NAME
 from recommender.extractors.llama.task import UNFINISHED_OUTPUT, UNWRAPPABLE_ENTITY, Templates
 from recommender.markup import UNKNOWN_TAG
 from recommender.text import segment

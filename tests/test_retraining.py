@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,9 @@ from recommender.corpora import load_sample
 from recommender.document import Document
 from recommender.errors import BusyError, ConflictError
 from recommender.extractors.lexicon import LexiconExtractor
+from recommender.progress import Progress
 from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
-from recommender.retraining import Corpora, Retrainer, Track, decide, get_trainer, heldout_split
+from recommender.retraining import Corpora, Retrainer, decide, get_trainer, heldout_split
 from recommender.retraining.jobs import Job
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
@@ -264,7 +266,7 @@ def test_trainer_progress_moves_the_job(env, sample: list[Document]) -> None:
         out: Path,
         init: Path | None,
         *,
-        track: Track,
+        track: Progress[Any],
         **kw: object,
     ) -> Path:
         for e in (1, 2):

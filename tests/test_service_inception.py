@@ -25,10 +25,10 @@ from recommender.formats.xmi import (
     load_cas,
     load_typesystem_xml,
     project_typesystem,
+    snap,
 )
 from recommender.retraining import Corpora
 from recommender.service import create_app
-from recommender.service.inception import snap
 from recommender.settings import Settings
 
 SPAN = "webanno.custom.ClinicalEntity"

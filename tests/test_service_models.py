@@ -138,18 +138,12 @@ def test_kiwi_models_list_shows_the_models_served_beside(tmp_path: Path, models:
     from recommender.cli import app as cli
     from recommender.cli.models_admin import _served_beside
     from recommender.extractors.base import ModelInfo
-    from recommender.settings import get_settings
 
     env = {"KIWI_SERVE_MODELS": json.dumps({"large": str(models["large"])})}
-    get_settings.cache_clear()
-    try:
-        out = CliRunner().invoke(cli, ["models", "list", "--model-dir", str(tmp_path)], env=env)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("KIWI_SERVE_MODELS", env["KIWI_SERVE_MODELS"])
-            get_settings.cache_clear()
-            rows = _served_beside()
-    finally:
-        get_settings.cache_clear()
+    out = CliRunner().invoke(cli, ["models", "list", "--model-dir", str(tmp_path)], env=env)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KIWI_SERVE_MODELS", env["KIWI_SERVE_MODELS"])
+        rows = _served_beside()
     assert out.exit_code == 0, out.output
     assert "served beside" in out.output and "large" in out.output  # the table as the terminal fits it
     info = ModelInfo.load(models["large"])

@@ -241,7 +241,7 @@ def test_admin_promote_and_rollback_swap_the_served_model(tmp_path: Path, model_
 def test_a_batch_past_its_time_budget_is_answered_with_the_tasks_done(
     tmp_path: Path, model_dir: Path
 ) -> None:
-    from recommender.service.labelstudio import CHUNK
+    from recommender.service.predicting import CHUNK
 
     tasks = [{"id": k, "data": {"text": "Patient denies chest pain."}} for k in range(3 * CHUNK)]
     with TestClient(create_app(settings(tmp_path, model_dir, predict_budget_seconds=0))) as c:

@@ -22,7 +22,7 @@ from recommender.errors import ConfigError, UnavailableError
 from recommender.formats.jsonl import to_dict
 from recommender.store import CorrectionStore, content_hash
 from recommender.store.database import head_revision, open_engine, schema_revision
-from recommender.store.schema import corrections
+from recommender.store.tables import corrections
 
 
 def _doc(doc_id: str = "n1", label: str = "problem") -> Document:

@@ -186,20 +186,23 @@ def test_add_document_annotations_leaves_the_rest_untouched(fixtures_dir: Path) 
     chest = doc.add_span("bodyloc", 23, 28, score=0.9)
     doc.add_relation(pain, chest, score=0.8)
     doc.add_relation(pain, temporal, score=0.7)
-    xmi.add_document_annotations(cas, doc, predicted=True)
+    old = {fs.xmiID for fs in cas.select(xmi.DEFAULT_LAYERS.span_type)} | {
+        fs.xmiID for fs in cas.select(xmi.DEFAULT_LAYERS.relation_type)
+    }
+    xmi.add_document_annotations(cas, doc)
 
     assert before <= snapshot(cas)  # nothing removed or changed
     spans = cas.select(xmi.DEFAULT_LAYERS.span_type)
     relations = cas.select(xmi.DEFAULT_LAYERS.relation_type)
     assert len(spans) == n_spans + 1  # accepted spans are reused, not duplicated
     assert len(relations) == n_relations + 2  # the accepted severity relation too
-    new = [fs for fs in relations if fs.inception_internal_predicted]
+    new = [fs for fs in relations if fs.xmiID not in old]
     assert sorted((fs.Dependent.begin, fs.Dependent.end, fs.label_score) for fs in new) == [
         (23, 28, 0.8),
         (34, 49, 0.7),
     ]
     assert all((fs.begin, fs.end) == (fs.Dependent.begin, fs.Dependent.end) for fs in new)
-    assert [fs.label_score for fs in spans if fs.inception_internal_predicted] == [0.9]
+    assert [fs.label_score for fs in spans if fs.xmiID not in old] == [0.9]
 
     again = xmi.cas_to_document(xmi.load_cas(cas.to_xmi(), ts))
     assert span_keys(again) == span_keys(doc)

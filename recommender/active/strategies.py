@@ -18,9 +18,10 @@ from abc import ABC
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from recommender.document import Choice, Document, Relation, Span
 from recommender.errors import ConfigError
@@ -209,6 +210,8 @@ class Diversity(Strategy):
     prefilter = 5
 
     def select(self, pool: Sequence[Candidate], k: int, rng: random.Random) -> list[str]:
+        import numpy as np  # only the diversity strategies need it: the settings import this module
+
         if k >= len(pool):
             return [c.id for c in pool]
         top = MNLP().select(pool, self.prefilter * k, rng)
@@ -257,6 +260,8 @@ def mentions(doc: Document) -> set[tuple[object, ...]]:
 
 def tfidf(texts: Sequence[str]) -> np.ndarray:
     """Unit-length TF-IDF vectors of lower-cased word counts: a note embedding any learner can share."""
+    import numpy as np  # only the diversity strategies need it: the settings import this module
+
     counts = [Counter(re.findall(r"[a-z]+", t.lower())) for t in texts]
     vocab = sorted(set().union(*counts)) if counts else []
     index = {w: i for i, w in enumerate(vocab)}
@@ -272,6 +277,8 @@ def tfidf(texts: Sequence[str]) -> np.ndarray:
 
 def kmeans(x: np.ndarray, weights: np.ndarray, k: int, rng: random.Random, iters: int = 20) -> np.ndarray:
     """Weighted k-means with k-means++ seeding; returns the k centres."""
+    import numpy as np  # only the diversity strategies need it: the settings import this module
+
     gen = np.random.default_rng(rng.randrange(2**32))
     centres = [x[gen.choice(len(x), p=weights / weights.sum())]]
     for _ in range(1, k):

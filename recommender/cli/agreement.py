@@ -11,12 +11,13 @@ import typer
 from recommender.agreement.inputs import INPUT_FORMATS, add_model_rater, load_raters
 from recommender.agreement.render import EXAMPLES, write_report
 from recommender.agreement.report import agreement_report
-from recommender.cli import app
 from recommender.cli.common import err_console, progress
 from recommender.evaluation.stats import RESAMPLES, SEED
 
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
 
-@app.command()
+
+@commands.command()
 def agreement(
     inputs: Annotated[
         list[Path],

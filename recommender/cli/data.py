@@ -9,14 +9,15 @@ import typer
 from rich.table import Table
 
 from recommender import corpora
-from recommender.cli import app
 from recommender.cli.common import console, err_console, progress
 from recommender.formats import FORMATS, detect_format, get_format, read_documents, write_documents
+
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
 
 FormatOpt = Annotated[str | None, typer.Option("--from", help=f"input format: {', '.join(FORMATS)}")]
 
 
-@app.command()
+@commands.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="input folder or file")],
     dst: Annotated[Path, typer.Argument(help="output folder or file")],
@@ -31,7 +32,7 @@ def convert(
     err_console.print(f"converted {len(docs)} notes from {fmt_in} to {to}: {dst}")
 
 
-@app.command()
+@commands.command()
 def schema(
     out: Annotated[Path, typer.Option(help="folder to write the generated artifacts to")] = Path(
         "annotation_guidelines"
@@ -45,7 +46,7 @@ def schema(
 
 
 corpus_app = typer.Typer(help="List known corpora and fetch the public Kiwi corpus.", no_args_is_help=True)
-app.add_typer(corpus_app, name="corpus")
+commands.add_typer(corpus_app, name="corpus")
 
 
 @corpus_app.command("list")

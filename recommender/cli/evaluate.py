@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from recommender.cli import app
 from recommender.cli.common import console, drops_line, err_console, progress
 from recommender.document import Document
 from recommender.errors import ConfigError
@@ -29,6 +28,8 @@ from recommender.extractors.base import MODEL_INFO_FILE
 from recommender.formats import FORMATS, get_format, read_documents
 
 _FORMATS = ", ".join(FORMATS)
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
 GoldFormat = Annotated[
     str | None, typer.Option("--format", help=f"format of GOLD (and PRED unless --pred-format): {_FORMATS}")
 ]
@@ -38,7 +39,7 @@ Resamples = Annotated[int, typer.Option(help="bootstrap resamples of the documen
 Seed = Annotated[int, typer.Option(help="seed of the bootstrap resampling")]
 
 
-@app.command()
+@commands.command()
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(help="GOLD PRED, or only GOLD with --model")],
     model: Annotated[Path | None, typer.Option("--model", help="predict GOLD with this model folder")] = None,
@@ -82,7 +83,7 @@ def evaluate(
         _print_evaluation(result, title)
 
 
-@app.command()
+@commands.command()
 def compare(
     gold_path: Annotated[Path, typer.Argument(metavar="GOLD", help="gold annotations")],
     pred_a: Annotated[Path, typer.Argument(metavar="A", help="predictions of system A, or its model folder")],

@@ -11,7 +11,7 @@ from typing import Annotated, Any, get_type_hints
 import typer
 
 from recommender import corpora
-from recommender.cli import app, ray_run
+from recommender.cli import ray_run
 from recommender.cli.common import drops_line, err_console, progress
 from recommender.document import total_drops
 from recommender.errors import ConfigError, NotFoundError
@@ -19,8 +19,10 @@ from recommender.extractors import FAMILIES, Family
 from recommender.extractors.base import ExtractorConfig
 from recommender.formats import FORMATS, detect_format, get_format, read_documents, write_documents
 
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
 train_app = typer.Typer(help="Train an extractor on an annotated corpus.", no_args_is_help=True)
-app.add_typer(train_app, name="train")
+commands.add_typer(train_app, name="train")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -130,7 +132,7 @@ for _family in FAMILIES:
     train_app.command(_family.command)(_train_command(_family))
 
 
-@app.command()
+@commands.command()
 def predict(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json)")],
     src: Annotated[Path, typer.Argument(help="notes: a folder of .txt (brat), or any format kiwi reads")],
@@ -150,8 +152,9 @@ def predict(
     ray_actor_cpus: ray_run.RayActorCpus = 1.0,
     engine_url: ray_run.EngineUrls = None,
 ) -> None:
-    """Pre-annotate notes with a trained model; deterministic. With --ray: through the prediction cache
-    (resumable; also --to parquet)."""
+    """Pre-annotate notes with a trained model; deterministic.
+
+    With --ray: through the prediction cache (resumable; also --to parquet)."""
     from recommender.extractors import load_extractor
     from recommender.settings import load_settings
 

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from recommender.cli import app
 from recommender.cli.common import console
 from recommender.registry import ModelRegistry
 
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
+commands.add_typer(models_app, name="models")
 
 ModelDir = Annotated[
     Path | None,
@@ -30,9 +31,9 @@ ModelDir = Annotated[
 
 def _registry(model_dir: Path | None) -> ModelRegistry:
     if model_dir is None:
-        from recommender.settings import get_settings
+        from recommender.settings import load_settings
 
-        model_dir = get_settings().model_dir
+        model_dir = load_settings().model_dir
     return ModelRegistry(model_dir)
 
 
@@ -88,10 +89,10 @@ def _served_beside() -> list[tuple[str, str, str, str]]:
     """The models the service serves beside the registry's, as the settings name them."""
     from recommender.errors import ModelError
     from recommender.extractors.base import ModelInfo
-    from recommender.settings import get_settings
+    from recommender.settings import load_settings
 
     rows = []
-    for name, folder in sorted(get_settings().serve_models.items()):
+    for name, folder in sorted(load_settings().serve_models.items()):
         try:
             info = ModelInfo.load(folder)
             rows.append((name, str(folder), info.version, info.extractor))

@@ -11,25 +11,31 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from recommender.cli import app, ray_run
+from recommender.cli import ray_run
 from recommender.cli.common import err_console, progress
 from recommender.document import Document
 from recommender.errors import ConfigError, NotFoundError
-from recommender.extractors.base import Extractor
-from recommender.settings import DEFAULT_MODEL, Settings
-from recommender.store.predictions import PredictionCache, input_hash
-from recommender.store.suggestions import NewSuggestion, SuggestionLog
+from recommender.settings import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from recommender.extractors.base import Extractor
+    from recommender.settings import Settings
+    from recommender.store.predictions import PredictionCache
+    from recommender.store.suggestions import SuggestionLog
 
 
 def say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
+
+@commands.command()
 def precompute(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json) whose predictions to compute")],
     notes: Annotated[
@@ -64,6 +70,8 @@ def precompute(
     from recommender.extractors import load_extractor
     from recommender.settings import load_settings
     from recommender.store import CorrectionStore
+    from recommender.store.predictions import PredictionCache
+    from recommender.store.suggestions import SuggestionLog
 
     if (notes is None) == (label_studio is None):
         raise ConfigError("give NOTES or --label-studio PROJECT (one of them)")
@@ -102,6 +110,8 @@ class Ahead:
 
     def predict(self, doc: Document) -> Document | None:
         """The prediction for ``doc``'s text; None when every attempt failed (reported, not stored)."""
+        from recommender.store.predictions import input_hash
+
         version = self.extractor.version
         entry = self.cache.lookup(version, "text", [input_hash(doc, "text")]).get(input_hash(doc, "text"))
         if entry is not None and entry.state == "done" and entry.document is not None:
@@ -142,16 +152,17 @@ def _notes(ahead: Ahead, path: Path, fmt: str | None) -> None:
 def _label_studio(
     ahead: Ahead, settings: Settings, pid: int, where: Path, suggestions: SuggestionLog | None = None
 ) -> None:
-    from recommender.formats.labelstudio import document_prediction, task_text
-    from recommender.service.labelstudio import project_view, restrict
+    from recommender.formats.labelstudio import document_prediction, labeling_config, task_text
+    from recommender.guidelines import labelstudio_config
     from recommender.service.labelstudio_client import LabelStudioClient
+    from recommender.store.suggestions import NewSuggestion
 
     if settings.label_studio_url is None or settings.label_studio_token is None:
         raise ConfigError("--label-studio needs KIWI_LABEL_STUDIO_URL and KIWI_LABEL_STUDIO_TOKEN")
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_token.get_secret_value())
     version = ahead.extractor.version
     try:
-        view = project_view(client.project(pid).get("label_config"))
+        config = labeling_config(client.project(pid).get("label_config") or labelstudio_config())
         tasks = sorted(client.tasks(pid), key=lambda t: int(t["id"]))
         after, failed = _read_position(where, pid, version)
         todo = [t for t in tasks if int(t["id"]) > after or int(t["id"]) in failed]
@@ -164,11 +175,11 @@ def _label_studio(
         project = f"labelstudio-{pid}"  # as the backend stores the project's corrections
         for task in progress(todo, "predicting and pushing", total=len(todo)):
             task_id = int(task["id"])
-            text = task_text(task, view.config)
+            text = task_text(task, config)
             predicted = ahead.predict(Document(id=str(task_id), text=text)) if text.strip() else None
             if predicted is not None:
-                shown = restrict(predicted, view, dropped)
-                prediction = document_prediction(shown, view.config, version)
+                shown = config.restrict(predicted, dropped)
+                prediction = document_prediction(shown, config, version)
                 client.create_prediction(task_id, prediction)
                 if suggestions is not None:  # what the annotator will see, for the corrections' scores
                     suggestions.record(

@@ -5,21 +5,25 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from recommender.cli import app
 from recommender.cli.common import err_console, progress
 from recommender.errors import ConfigError, ModelError
-from recommender.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from recommender.settings import Settings
 
 
 def say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
+
+@commands.command()
 def serve(
     model: Annotated[
         Path | None, typer.Option(help="serve this model folder (default: the promoted version)")
@@ -55,6 +59,7 @@ def serve(
     from recommender.registry import ModelRegistry
     from recommender.retraining import bootstrap as train_first_model
     from recommender.service.app import create_app, uvicorn_config
+    from recommender.settings import load_settings
 
     overrides = {"model": model, "host": host, "port": port, "model_dir": model_dir, "role": role}
     if also:

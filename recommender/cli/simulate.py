@@ -11,7 +11,6 @@ import typer
 
 from recommender import corpora
 from recommender.active.strategies import STRATEGIES
-from recommender.cli import app
 from recommender.cli.common import _print_line, console
 from recommender.cli.models import _set_threads
 from recommender.errors import ConfigError
@@ -38,7 +37,10 @@ def parse_settings(family: str, sets: list[str]) -> ExtractorConfig:
     return cls.from_dict(values)
 
 
-@app.command()
+commands = typer.Typer()  # this module's commands, loaded by the root on first use
+
+
+@commands.command()
 def simulate(
     corpus: Annotated[Path, typer.Argument(help="annotated notes: the pool (any format kiwi reads)")],
     out: Annotated[Path, typer.Option(help="folder for the state of every run, results.json, report.html")],

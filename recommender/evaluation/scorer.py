@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,7 +37,7 @@ from recommender.evaluation.matching import (
     span_mentions,
 )
 from recommender.evaluation.stats import LEVEL, RESAMPLES, SEED, bootstrap_f1, interval, resample_weights
-from recommender.extractors.base import Extractor
+from recommender.progress import Progress
 from recommender.schema import Schema, load_schema
 
 TASKS = ("ner", "re", "spans")
@@ -244,7 +244,10 @@ def _unique_ids(docs: Sequence[Document], side: str) -> list[str]:
     return ids
 
 
-Track = Callable[[Iterable[Any], str, int], Iterable[Any]]
+class Predicts(Protocol):
+    """What the scorer needs of a model: ``Extractor.predict`` (the scorer sits below the extractors)."""
+
+    def predict(self, docs: Sequence[Document], *, entities_given: bool = False) -> list[Document]: ...
 
 
 def entities_only(doc: Document, schema: Schema | None = None) -> Document:
@@ -259,11 +262,11 @@ def entities_only(doc: Document, schema: Schema | None = None) -> Document:
 
 
 def predict_for_scoring(
-    extractor: Extractor,
+    extractor: Predicts,
     gold: Sequence[Document],
     *,
     batch_size: int = 8,
-    track: Track | None = None,
+    track: Progress[Any] | None = None,
 ) -> tuple[list[Document], list[Document], dict[str, float]]:
     """The paper's two prediction passes over ``gold``'s notes: from raw text (NER, spans) and with the
     gold main entities given (RE); with the wall-clock seconds per note of both."""
@@ -293,11 +296,11 @@ def predict_for_scoring(
 
 
 def evaluate_extractor(
-    extractor: Extractor,
+    extractor: Predicts,
     gold: Sequence[Document],
     *,
     batch_size: int = 8,
-    track: Track | None = None,
+    track: Progress[Any] | None = None,
     resamples: int = RESAMPLES,
     seed: int = SEED,
     level: float = LEVEL,

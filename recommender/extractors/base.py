@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -14,13 +15,12 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from recommender.document import Choice, Document
 from recommender.errors import ConfigError, ModelError
+from recommender.progress import Progress
 from recommender.schema import load_schema
 
 MODEL_INFO_FILE = "kiwi_model.json"
 
 T = TypeVar("T")
-# Wraps an iterable of work items in a progress display: (items, description, total) -> items.
-Progress = Callable[[Iterable[T], str, int | None], Iterable[T]]
 
 
 def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
@@ -154,6 +154,9 @@ class Extractor(ABC):
     # Too slow to predict inside a request (generation: seconds to minutes a note): the service
     # serves its predictions from the prediction cache, computed in the background.
     ahead: ClassVar[bool] = False
+    # "module:function" of the family's trainer where it has a module of its own (torch training
+    # loops): that module builds extractors of this class, so it is named here, not imported.
+    trainer: ClassVar[str | None] = None
 
     info: ModelInfo
 
@@ -195,17 +198,21 @@ class Extractor(ABC):
     def train(
         cls,
         train_docs: Sequence[Document],
-        dev_docs: Sequence[Document],
-        config: ExtractorConfig,
-        out_dir: Path,
+        dev_docs: Sequence[Document] = (),
+        config: ExtractorConfig | None = None,
+        out_dir: Path | None = None,
         *,
         progress: Progress[Any] | None = None,
     ) -> Extractor:
         """Train a model on ``train_docs`` (early stopping and calibration on ``dev_docs`` where the
         family does that) and save it to ``out_dir``. A config field ``init_from`` names a model folder
-        of the same family to start from. Extractors that are not trained here (test doubles, remote
-        models) keep this refusal."""
-        raise ConfigError(f"extractor [{cls.name}] cannot be trained")
+        of the same family to start from. Runs the family's ``trainer``; extractors without one (test
+        doubles, remote models) refuse."""
+        if cls.trainer is None:
+            raise ConfigError(f"extractor [{cls.name}] cannot be trained")
+        module, _, function = cls.trainer.partition(":")
+        train = getattr(importlib.import_module(module), function)
+        return train(train_docs, dev_docs, cls.training_config(config), out_dir, progress)  # type: ignore[no-any-return]
 
     @classmethod
     def training_config(cls, config: ExtractorConfig | None) -> Any:

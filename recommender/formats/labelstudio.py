@@ -41,9 +41,10 @@ annotators give several documents with the same id, told apart by ``meta["annota
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +74,11 @@ class LabelStudioConfig:
     to_name: str = "text"
     relation_label: str = RELATION
     label_map: dict[str, str] = field(default_factory=dict)
+    # What a project's config lets a prediction carry (``restrict``): the label names its Labels
+    # control offers (None: any) and whether it has a <Relation value=...>. Read from the same XML
+    # as the names above, so they are not part of a config's identity.
+    labels: frozenset[str] | None = field(default=None, compare=False)
+    relations: bool = field(default=True, compare=False)
 
     def schema_label(self, name: str, schema: Schema) -> str | None:
         """The schema label for a project label name, or None when it has none."""
@@ -84,6 +90,20 @@ class LabelStudioConfig:
             if schema_label == label:
                 return project
         return label
+
+    def restrict(self, doc: Document, dropped: dict[str, int] | None = None) -> Document:
+        """Only the spans whose label the config offers, and relations between kept spans when it has
+        a relation; counts the dropped spans by label in ``dropped``. Changes ``doc`` and returns it."""
+        keep = []
+        for s in doc.spans:
+            if self.labels is None or self.project_label(s.label) in self.labels:
+                keep.append(s)
+            elif dropped is not None:
+                dropped[s.label] = dropped.get(s.label, 0) + 1
+        kept = {s.id for s in keep}
+        relations = [r for r in doc.relations if self.relations and r.head in kept and r.tail in kept]
+        doc.spans, doc.relations = keep, relations
+        return doc
 
 
 DEFAULT_CONFIG = LabelStudioConfig()
@@ -149,13 +169,29 @@ def parse_labeling_config(xml: str, schema: Schema | None = None) -> LabelStudio
         relation_label = relation_values[0] if relation_values else schema.relation
         if relation_values:
             log.warning("labeling config has no [%s] relation; using [%s]", schema.relation, relation_label)
+    from_name = labels_tag.get("name", DEFAULT_CONFIG.from_name)
+    offered = {
+        v
+        for el in root.iter("Labels")
+        if el.get("name") == from_name
+        for label in el.iter("Label")
+        if (v := label.get("alias") or label.get("value"))
+    }
     return LabelStudioConfig(
         text_key=texts[to_name][1:],
-        from_name=labels_tag.get("name", DEFAULT_CONFIG.from_name),
+        from_name=from_name,
         to_name=to_name,
         relation_label=relation_label,
         label_map=label_map,
+        labels=frozenset(offered),
+        relations=any(el.get("value") == relation_label for el in root.iter("Relation")),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def labeling_config(xml: str) -> LabelStudioConfig:
+    """``parse_labeling_config`` once per config text (Label Studio sends it with every request)."""
+    return parse_labeling_config(xml)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -426,6 +462,31 @@ def document_prediction(
     if score is not None:
         score = min(1.0, max(0.0, score))
     return {"model_version": model_version, "score": score, "result": document_results(doc, config)}
+
+
+def predict_results(
+    texts: Sequence[str | None],
+    predictions: Sequence[tuple[Document, str]],
+    config: LabelStudioConfig,
+    model_version: str,
+) -> list[dict[str, Any]]:
+    """The ``results`` of a ``/predict`` answer: one entry per task in order, ``predictions`` (the
+    document and the model version that answered) for the tasks with text, until they run out (past
+    the time budget: Label Studio asks for the rest when they are opened). A task without text gets
+    an empty result under ``model_version``."""
+    results: list[dict[str, Any]] = []
+    done = 0
+    for text in texts:
+        if not text or not text.strip():
+            # Nothing to annotate is nothing to be unsure about: such tasks sort last.
+            results.append({"model_version": model_version, "score": 1.0, "result": []})
+            continue
+        if done == len(predictions):
+            break
+        doc, answered_by = predictions[done]
+        done += 1
+        results.append(document_prediction(doc, config, answered_by))
+    return results
 
 
 def document_task(doc: Document, config: LabelStudioConfig = DEFAULT_CONFIG) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from lxml import etree
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import DocumentError, FormatError, LimitError, NotFoundError
+from recommender.formats.layers import DEFAULT_LAYERS, LayerMapping
 from recommender.schema import Schema, load_schema
 from recommender.text import segment
 
@@ -55,21 +56,6 @@ _CASSIS_ERRORS = (
     AttributeError,
     RuntimeError,
 )
-
-
-@dataclass(frozen=True)
-class LayerMapping:
-    """Which UIMA types and features carry the Kiwi spans and relations."""
-
-    span_type: str = "webanno.custom.ClinicalEntity"
-    span_feature: str = "label"
-    relation_type: str = "webanno.custom.HasAttr"
-    relation_feature: str = "label"
-    governor: str = "Governor"
-    dependent: str = "Dependent"
-
-
-DEFAULT_LAYERS = LayerMapping()
 
 
 # --- type system -------------------------------------------------------------------------------
@@ -518,15 +504,13 @@ def _xml_safe(doc: Document) -> None:
             )
 
 
-def add_document_annotations(
-    cas: Cas, doc: Document, layers: LayerMapping = DEFAULT_LAYERS, *, predicted: bool = False
-) -> None:
-    """Write ``doc``'s spans and relations into ``cas``; every other annotation and layer stays as it was.
+def add_document_annotations(cas: Cas, doc: Document, layers: LayerMapping = DEFAULT_LAYERS) -> None:
+    """Write ``doc``'s spans and relations into ``cas`` as annotations (the file writer's part of
+    ``document_to_cas``); every other annotation and layer stays as it was.
 
-    A span already in the CAS with the same label and offsets is reused rather than duplicated (that is
-    how INCEpTION anchors relation suggestions to accepted spans). ``predicted`` marks new feature
-    structures with ``inception_internal_predicted`` and scores go to ``<feature>_score`` when the
-    type system has those features (INCEpTION's prediction type system does).
+    A span already in the CAS with the same label and offsets is reused rather than duplicated; scores
+    go to ``<feature>_score`` when the type system has that feature. INCEpTION's suggestions are
+    written by ``suggest_spans`` and ``suggest_relations``, not here.
     """
     view = _text_view(cas)
     if view.sofa_string != doc.text:
@@ -547,7 +531,7 @@ def add_document_annotations(
         if fs is None:  # two equal spans of ``doc`` stay two (only what the CAS had is reused)
             fs = span_type(begin=span.begin, end=span.end)
             fs.set(layers.span_feature, span.label)
-            _mark(fs, layers.span_feature, span.score, predicted)
+            _score(fs, layers.span_feature, span.score)
             view.add(fs)
         by_id[span.id] = fs
 
@@ -577,15 +561,176 @@ def add_document_annotations(
         fs.set(layers.governor, gov)
         fs.set(layers.dependent, dep)
         fs.set(layers.relation_feature, rel.label)
-        _mark(fs, layers.relation_feature, rel.score, predicted)
+        _score(fs, layers.relation_feature, rel.score)
         view.add(fs)
 
 
-def _mark(fs: Any, feature: str, score: float | None, predicted: bool) -> None:
+def _score(fs: Any, feature: str, score: float | None) -> None:
     if score is not None and fs.type.get_feature(f"{feature}_score") is not None:
         fs.set(f"{feature}_score", float(score))
-    if predicted and fs.type.get_feature(PREDICTED) is not None:
-        fs.set(PREDICTED, True)
+
+
+# --- INCEpTION's suggestions -------------------------------------------------------------------
+def _suggestion(feature: str, label: str, score: float | None, explanation: str) -> dict[str, Any]:
+    """The features INCEpTION reads from a suggestion (its prediction type system declares them)."""
+    return {
+        feature: label,
+        PREDICTED: True,
+        f"{feature}_score": None if score is None else float(score),
+        f"{feature}_score_explanation": explanation,
+    }
+
+
+class _Labels:
+    """Maps model labels to the project's tag set spelling; counts what it drops (one log line)."""
+
+    def __init__(self, tags: dict[str, str] | None) -> None:
+        self.tags = tags
+        self.dropped: dict[str, int] = {}
+
+    def __call__(self, label: str) -> str | None:
+        if self.tags is None:
+            return label
+        found = self.tags.get(label.lower())
+        if found is None:
+            self.dropped[label] = self.dropped.get(label, 0) + 1
+        return found
+
+    def report(self) -> None:
+        if self.dropped:
+            log.warning("dropped suggestions with labels outside the project's tag set: %s", self.dropped)
+
+
+# --- suggested spans ---------------------------------------------------------------------------
+def _segments(cas: XmiCas, type_name: str) -> list[Segment]:
+    if not cas.typesystem.contains_type(type_name, match_exactly=True):
+        return []
+    return sorted((Segment(a.begin, a.end) for a in cas.select(type_name)), key=lambda s: (s.begin, s.end))
+
+
+def snap(
+    begin: int, end: int, mode: str, text: str, tokens: list[Segment], starts: list[int]
+) -> tuple[int, int] | None:
+    """Offsets INCEpTION keeps for a span under ``mode``, or None when it would drop the span."""
+    if mode in ("tokens", "singleToken") and tokens:
+        i = bisect.bisect_left(starts, begin)
+        covered = []
+        while i < len(tokens) and tokens[i].begin < end:
+            if tokens[i].end <= end:
+                covered.append(tokens[i])
+            i += 1
+        if not covered or (mode == "singleToken" and len(covered) != 1):
+            return None
+        return covered[0].begin, covered[-1].end
+    # characters (and sentences, which a span layer of entities does not use): clip and trim
+    begin, end = max(0, begin), min(len(text), end)
+    while begin < end and text[begin].isspace():
+        begin += 1
+    while end > begin and text[end - 1].isspace():
+        end -= 1
+    return (begin, end) if begin < end else None
+
+
+def _crosses(begin: int, end: int, sentences: list[Segment], starts: list[int]) -> bool:
+    i = bisect.bisect_right(starts, begin) - 1
+    return i < 0 or end > sentences[i].end
+
+
+def suggest_spans(
+    cas: XmiCas,
+    predicted: Document,
+    layers: LayerMapping,
+    tags: dict[str, str] | None,
+    explanation: str,
+    *,
+    anchoring: str = "tokens",
+    cross_sentence: bool = False,
+) -> list[XmiFeatureStructure]:
+    """Add the ``predicted`` entities and modifiers to ``cas`` as suggestions; returns them.
+
+    Each span is snapped to the CAS's tokens by ``anchoring`` (INCEpTION's ``anchoringMode``; a span
+    covering no whole token is dropped, as INCEpTION would) and dropped when it crosses a sentence
+    unless ``cross_sentence``. ``tags`` (lower-cased tag -> the project's spelling) spells the labels
+    as the project's tag set does and drops those outside it; None keeps them all. Nothing annotated
+    identically is suggested again."""
+    feature = layers.span_feature
+    existing = {(fs.get(feature), fs.begin, fs.end) for fs in cas.select(layers.span_type)}
+    tokens = _segments(cas, TOKEN)
+    token_starts = [t.begin for t in tokens]
+    sentences = _segments(cas, SENTENCE)
+    sentence_starts = [s.begin for s in sentences]
+    labels = _Labels(tags)
+    added = []
+    for span in predicted.spans:
+        offsets = snap(span.begin, span.end, anchoring, predicted.text, tokens, token_starts)
+        if offsets is None:
+            continue
+        if not cross_sentence and sentences and _crosses(*offsets, sentences, sentence_starts):
+            continue
+        label = labels(span.label)
+        if label is None or (label, *offsets) in existing:
+            continue
+        existing.add((label, *offsets))
+        added.append(
+            cas.add(layers.span_type, *offsets, _suggestion(feature, label, span.score, explanation))
+        )
+    labels.report()
+    return added
+
+
+# --- suggested relations -----------------------------------------------------------------------
+def suggest_relations(
+    cas: XmiCas, predicted: Document, layers: LayerMapping, tags: dict[str, str] | None, explanation: str
+) -> list[XmiFeatureStructure]:
+    """Add the ``predicted`` hasAttr relations between spans already in ``cas`` as suggestions;
+    returns them. INCEpTION drops relations to spans it does not have: a relation is kept when its
+    governor is an annotated span and its modifier one of the same label (exact, else the one
+    overlapping span)."""
+    schema = load_schema()
+    feature = layers.relation_feature
+
+    by_key: dict[tuple[str, int, int], Any] = {}
+    for fs in cas.select(layers.span_type):
+        by_key.setdefault((fs.get(layers.span_feature), fs.begin, fs.end), fs)  # first wins, as in INCEpTION
+    modifiers = sorted(
+        ((k, fs) for k, fs in by_key.items() if schema.is_modifier(k[0])), key=lambda item: item[0][1]
+    )
+    present = {
+        (fs.get(layers.governor).xmiID, fs.get(layers.dependent).xmiID)
+        for fs in cas.select(layers.relation_type)
+        if fs.get(layers.governor) is not None and fs.get(layers.dependent) is not None
+    }
+
+    def annotated_modifier(span: Span) -> Any:
+        exact = by_key.get(span.key)
+        if exact is not None:
+            return exact
+        overlapping = [
+            fs for (label, b, e), fs in modifiers if label == span.label and b < span.end and span.begin < e
+        ]
+        return overlapping[0] if len(overlapping) == 1 else None
+
+    labels = _Labels(tags)
+    index = predicted.span_index()
+    added = []
+    for rel in predicted.relations:
+        head, tail = index[rel.head], index[rel.tail]
+        if not schema.allows(head.label, tail.label):
+            continue
+        gov, dep = by_key.get(head.key), annotated_modifier(tail)
+        if gov is None or dep is None or (gov.xmiID, dep.xmiID) in present:
+            continue
+        label = labels(rel.label)
+        if label is None:
+            continue
+        present.add((gov.xmiID, dep.xmiID))
+        features = {layers.governor: gov, layers.dependent: dep} | _suggestion(
+            feature, label, rel.score, explanation
+        )
+        # INCEpTION places a relation at its Dependent's offsets
+        added.append(cas.add(layers.relation_type, dep.begin, dep.end, features))
+    labels.report()
+    return added
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -645,5 +790,8 @@ __all__ = [
     "load_typesystem_xml",
     "project_typesystem",
     "read",
+    "snap",
+    "suggest_relations",
+    "suggest_spans",
     "write",
 ]

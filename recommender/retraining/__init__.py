@@ -18,14 +18,13 @@ from recommender.retraining.data import Corpora, default_corpora, heldout_split
 from recommender.retraining.gate import decide
 from recommender.retraining.jobs import Job, JobRunner
 from recommender.retraining.local import Retrainer
-from recommender.retraining.trainers import Track, Trainer, get_trainer
+from recommender.retraining.trainers import Trainer, get_trainer
 
 __all__ = [
     "Corpora",
     "Job",
     "JobRunner",
     "Retrainer",
-    "Track",
     "Trainer",
     "bootstrap",
     "decide",

@@ -12,10 +12,10 @@ from recommender.errors import ConfigError
 from recommender.evaluation import evaluate_extractor
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
-from recommender.progress import duration
+from recommender.progress import Progress, duration
 from recommender.registry import ModelRegistry
 from recommender.retraining.data import SYNTHETIC_EPOCHS, default_corpora
-from recommender.retraining.trainers import Track, get_trainer
+from recommender.retraining.trainers import get_trainer
 from recommender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def bootstrap(
     settings: Settings,
     registry: ModelRegistry,
-    track: Track | None = None,
+    track: Progress[Any] | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Path:
     """Train a first model on the seed corpus with the configured trainer, register and promote it as

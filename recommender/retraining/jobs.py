@@ -25,12 +25,12 @@ from recommender.cores import core_budget, set_torch_threads
 from recommender.errors import ConflictError, KiwiError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
-from recommender.progress import reporting
+from recommender.progress import Progress, reporting
 from recommender.registry import ModelRegistry
 from recommender.retraining import recent
 from recommender.retraining.data import Corpora, assemble, default_corpora
 from recommender.retraining.gate import decide, scores
-from recommender.retraining.trainers import Track, Trainer
+from recommender.retraining.trainers import Trainer
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.suggestions import SuggestionLog
@@ -250,7 +250,7 @@ class JobRunner:
         }
 
 
-def tracker(job: Job, save: Callable[[Job], None]) -> Track:
+def tracker(job: Job, save: Callable[[Job], None]) -> Progress[Any]:
     """A progress wrapper for trainers: each pass over batches moves the job between 5% and 80%."""
 
     def track(items: Iterable[Any], description: str, total: int | None) -> Iterable[Any]:

@@ -28,7 +28,7 @@ from recommender.retraining.trainers import Trainer, get_trainer
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.database import libpq_dsn
-from recommender.store.jobs import JobRecords
+from recommender.store.job_records import JobRecords
 
 log = logging.getLogger(__name__)
 

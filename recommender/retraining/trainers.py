@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -10,8 +10,7 @@ from typing import Any, Protocol
 from recommender.document import Document
 from recommender.extractors import family, get_extractor_class
 from recommender.extractors.base import ModelInfo
-
-Track = Callable[[Iterable[Any], str, int | None], Iterable[Any]]
+from recommender.progress import Progress
 
 
 class Trainer(Protocol):
@@ -23,7 +22,7 @@ class Trainer(Protocol):
         init_from: Path | None,
         *,
         epochs: int | None,
-        track: Track | None = None,
+        track: Progress[Any] | None = None,
     ) -> Path: ...
 
 
@@ -43,7 +42,7 @@ def get_trainer(name: str, config: Mapping[str, Any] | None = None) -> Trainer:
         init_from: Path | None,
         *,
         epochs: int | None,
-        track: Track | None = None,
+        track: Progress[Any] | None = None,
     ) -> Path:
         cls = get_extractor_class(name)
         names = {f.name for f in fields(cls.config_class)}  # type: ignore[arg-type]
@@ -65,4 +64,4 @@ def _extractor_name(folder: Path) -> str:
     return ModelInfo.load(folder).extractor
 
 
-__all__ = ["Track", "Trainer", "get_trainer"]
+__all__ = ["Trainer", "get_trainer"]

@@ -31,7 +31,7 @@ from recommender.service.middleware import (
     StatsMiddleware,
 )
 from recommender.service.state import Service
-from recommender.settings import Settings, get_settings
+from recommender.settings import Settings, load_settings
 from recommender.store import CorrectionStore
 from recommender.store.database import is_postgres
 
@@ -97,7 +97,7 @@ def create_app(
     settings: Settings | None = None, *, corpora: Corpora | None = None, trainer: Trainer | None = None
 ) -> FastAPI:
     """The application. ``corpora`` and ``trainer`` override the retraining loop's (tests)."""
-    settings = settings or get_settings()
+    settings = settings or load_settings()
     for reason in settings.unsafe_reasons():
         log.warning("%s", reason)
     service = build_service(settings, corpora=corpora, trainer=trainer)

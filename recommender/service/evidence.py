@@ -34,7 +34,7 @@ _FALLBACK = re.compile(r"^(?P<version>.+) \(fallback for (?P<slow>.+)\)$")
 
 def split_version(shown: str) -> tuple[str, str | None]:
     """The version that predicted and the slow model it stood in for, from the version shown
-    (``ENCODER (fallback for LLAMA)``, see ``service/ahead.py``)."""
+    (``ENCODER (fallback for LLAMA)``, see ``service/predicting.py``)."""
     m = _FALLBACK.match(shown)
     return (m["version"], m["slow"]) if m else (shown, None)
 

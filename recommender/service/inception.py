@@ -20,8 +20,10 @@ suggested again. When the project's tag set for the layer is in the request, lab
 in it and labels outside it are dropped. A request for a layer this recommender does not serve, or
 whose type system lacks the layer or feature, gets its CAS back unchanged and one log line.
 
-A slow model (a LLaMA, ``Extractor.ahead``) answers from the prediction cache, and on a miss the
-fallback model answers and the document is queued (``service/ahead.py``).
+Predict is decode (``formats.xmi.cas_to_document``), one call of the predict path
+(``service/predicting.py``: a slow model, a LLaMA, answers from the prediction cache, and on a miss
+the fallback model answers and the document is queued), encode (``formats.xmi.suggest_spans`` or
+``suggest_relations``, INCEpTION's suggestion writer).
 
 Train stores every document (deduplicated by the store), asks the retrainer for a job and answers
 204 at once; 429 while a job for the same project is running (INCEpTION logs it and carries on).
@@ -29,32 +31,26 @@ Train stores every document (deduplicated by the store), asks the retrainer for 
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import logging
 from dataclasses import replace
-from typing import Any
 
 from cassis import TypeSystem
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from recommender.active.strategies import rescore
-from recommender.document import Document, Segment, Span
+from recommender.document import Document
 from recommender.errors import BusyError
-from recommender.extractors.base import Extractor
 from recommender.formats.xmi import (
-    PREDICTED,
-    SENTENCE,
-    TOKEN,
     LayerMapping,
     XmiCas,
     XmiFeatureStructure,
     cas_to_document,
     load_typesystem_xml,
+    suggest_relations,
+    suggest_spans,
 )
-from recommender.schema import load_schema
 from recommender.service.bodies import CleanJsonRoute
 from recommender.service.evidence import split_version
 from recommender.service.state import MODEL_PATH, PredictorDep, Service, ServiceDep, client_of
@@ -126,44 +122,42 @@ class PredictResponse(BaseModel):
 def predict(
     name: str, body: PredictRequest, request: Request, service: ServiceDep, predictor: PredictorDep
 ) -> PredictResponse:
-    deadline = service.deadline()
+    path = service.predicting
+    deadline = path.deadline()
     rec = service.recommender(name)
-    extractor = predictor.current
+    version = predictor.current.version
     ts = _typesystem(body.typeSystem, source="typeSystem")
     layers, problem = _resolve(rec, body.metadata, ts)
     if problem is not None:
         _unservable(service, name, body.metadata, problem)
         return PredictResponse(document=body.document.xmi)
     cas = XmiCas(body.document.xmi, ts, source="document.xmi")
-    service.check_note(cas.sofa_string, f"document {body.document.documentId}")
-    client = client_of(request)
+    path.check_note(cas.sofa_string, f"document {body.document.documentId}")
     doc = cas_to_document(cas, layers)
     tags = _tagset(body.tagsets, body.metadata)
-    explanation = f"{extractor.info.extractor} {extractor.version}"
-    version = extractor.version
-
-    def run(model: Extractor, docs: list[Document], entities_given: bool, until: float) -> list[Document]:
-        # Only the model call takes a compute lane: reading and writing the CAS is done by then.
-        with service.model_call(client, until):
-            return model.predict(docs, entities_given=entities_given)
-
-    if rec.task == "relations" and not doc.spans:
-        added = []
-    else:
-        given = rec.task == "relations"
+    given = rec.task == "relations"
+    added: list[XmiFeatureStructure] = []
+    if not given or doc.spans:
         source = doc if given else doc.without_annotations()
-        if service.ahead.applies(predictor):  # a slow model: cached, else the fallback answers
-            [answer] = service.ahead.predict(predictor, [source], "given" if given else "text", run, deadline)
-            predicted, version, explanation = answer.document, answer.version, answer.explanation
-        else:
-            [predicted] = run(extractor, [source], given, deadline)
-        predicted = rescore(predicted, service.strategy)
+        [answer] = path.predict(
+            predictor, [source], entities_given=given, client=client_of(request), deadline=deadline
+        )
+        version = answer.version
         # HOOK (suggestion log): the model's answer for this document; written after the answer.
-        service.evidence.record([suggestion(predictor.name, version, rec.task, body, predicted)])
+        service.evidence.record([suggestion(predictor.name, answer.version, rec.task, body, answer.document)])
         if given:
-            added = suggest_relations(cas, predicted, layers, tags, explanation)
+            added = suggest_relations(cas, answer.document, layers, tags, answer.explanation)
         else:
-            added = suggest_spans(cas, predicted, layers, body.metadata, tags, explanation)
+            meta = body.metadata
+            added = suggest_spans(
+                cas,
+                answer.document,
+                layers,
+                tags,
+                answer.explanation,
+                anchoring=meta.anchoringMode,
+                cross_sentence=meta.crossSentence,
+            )
     log.info(
         "inception [%s] project [%s] document [%s]: %d suggestion(s) by [%s]",
         name,
@@ -271,156 +265,4 @@ def _tagset(tagsets: list[MTagset] | None, meta: MMetadata) -> dict[str, str] | 
     return None
 
 
-def _suggestion(feature: str, label: str, score: float | None, explanation: str) -> dict[str, Any]:
-    """The features INCEpTION reads from a suggestion (its prediction type system declares them)."""
-    return {
-        feature: label,
-        PREDICTED: True,
-        f"{feature}_score": None if score is None else float(score),
-        f"{feature}_score_explanation": explanation,
-    }
-
-
-class _Labels:
-    """Maps model labels to the project's tag set spelling; counts what it drops (one log line)."""
-
-    def __init__(self, tags: dict[str, str] | None) -> None:
-        self.tags = tags
-        self.dropped: dict[str, int] = {}
-
-    def __call__(self, label: str) -> str | None:
-        if self.tags is None:
-            return label
-        found = self.tags.get(label.lower())
-        if found is None:
-            self.dropped[label] = self.dropped.get(label, 0) + 1
-        return found
-
-    def report(self) -> None:
-        if self.dropped:
-            log.warning("dropped suggestions with labels outside the project's tag set: %s", self.dropped)
-
-
-# --- spans ----------------------------------------------------------------------------------------
-def _segments(cas: XmiCas, type_name: str) -> list[Segment]:
-    if not cas.typesystem.contains_type(type_name, match_exactly=True):
-        return []
-    return sorted((Segment(a.begin, a.end) for a in cas.select(type_name)), key=lambda s: (s.begin, s.end))
-
-
-def snap(
-    begin: int, end: int, mode: str, text: str, tokens: list[Segment], starts: list[int]
-) -> tuple[int, int] | None:
-    """Offsets INCEpTION keeps for a span under ``mode``, or None when it would drop the span."""
-    if mode in ("tokens", "singleToken") and tokens:
-        i = bisect.bisect_left(starts, begin)
-        covered = []
-        while i < len(tokens) and tokens[i].begin < end:
-            if tokens[i].end <= end:
-                covered.append(tokens[i])
-            i += 1
-        if not covered or (mode == "singleToken" and len(covered) != 1):
-            return None
-        return covered[0].begin, covered[-1].end
-    # characters (and sentences, which a span layer of entities does not use): clip and trim
-    begin, end = max(0, begin), min(len(text), end)
-    while begin < end and text[begin].isspace():
-        begin += 1
-    while end > begin and text[end - 1].isspace():
-        end -= 1
-    return (begin, end) if begin < end else None
-
-
-def _crosses(begin: int, end: int, sentences: list[Segment], starts: list[int]) -> bool:
-    i = bisect.bisect_right(starts, begin) - 1
-    return i < 0 or end > sentences[i].end
-
-
-def suggest_spans(
-    cas: XmiCas,
-    predicted: Document,
-    layers: LayerMapping,
-    meta: MMetadata,
-    tags: dict[str, str] | None,
-    explanation: str,
-) -> list[XmiFeatureStructure]:
-    """Add the ``predicted`` entities and modifiers to ``cas`` as suggestions; returns them."""
-    feature = layers.span_feature
-    existing = {(fs.get(feature), fs.begin, fs.end) for fs in cas.select(layers.span_type)}
-    tokens = _segments(cas, TOKEN)
-    token_starts = [t.begin for t in tokens]
-    sentences = _segments(cas, SENTENCE)
-    sentence_starts = [s.begin for s in sentences]
-    labels = _Labels(tags)
-    added = []
-    for span in predicted.spans:
-        offsets = snap(span.begin, span.end, meta.anchoringMode, predicted.text, tokens, token_starts)
-        if offsets is None:
-            continue
-        if not meta.crossSentence and sentences and _crosses(*offsets, sentences, sentence_starts):
-            continue
-        label = labels(span.label)
-        if label is None or (label, *offsets) in existing:
-            continue
-        existing.add((label, *offsets))
-        added.append(
-            cas.add(layers.span_type, *offsets, _suggestion(feature, label, span.score, explanation))
-        )
-    labels.report()
-    return added
-
-
-# --- relations ------------------------------------------------------------------------------------
-def suggest_relations(
-    cas: XmiCas, predicted: Document, layers: LayerMapping, tags: dict[str, str] | None, explanation: str
-) -> list[XmiFeatureStructure]:
-    """Add the ``predicted`` hasAttr relations between spans already in ``cas`` as suggestions;
-    returns them."""
-    schema = load_schema()
-    feature = layers.relation_feature
-
-    by_key: dict[tuple[str, int, int], Any] = {}
-    for fs in cas.select(layers.span_type):
-        by_key.setdefault((fs.get(layers.span_feature), fs.begin, fs.end), fs)  # first wins, as in INCEpTION
-    modifiers = sorted(
-        ((k, fs) for k, fs in by_key.items() if schema.is_modifier(k[0])), key=lambda item: item[0][1]
-    )
-    present = {
-        (fs.get(layers.governor).xmiID, fs.get(layers.dependent).xmiID)
-        for fs in cas.select(layers.relation_type)
-        if fs.get(layers.governor) is not None and fs.get(layers.dependent) is not None
-    }
-
-    def annotated_modifier(span: Span) -> Any:
-        exact = by_key.get(span.key)
-        if exact is not None:
-            return exact
-        overlapping = [
-            fs for (label, b, e), fs in modifiers if label == span.label and b < span.end and span.begin < e
-        ]
-        return overlapping[0] if len(overlapping) == 1 else None
-
-    labels = _Labels(tags)
-    index = predicted.span_index()
-    added = []
-    for rel in predicted.relations:
-        head, tail = index[rel.head], index[rel.tail]
-        if not schema.allows(head.label, tail.label):
-            continue
-        gov, dep = by_key.get(head.key), annotated_modifier(tail)
-        if gov is None or dep is None or (gov.xmiID, dep.xmiID) in present:
-            continue
-        label = labels(rel.label)
-        if label is None:
-            continue
-        present.add((gov.xmiID, dep.xmiID))
-        features = {layers.governor: gov, layers.dependent: dep} | _suggestion(
-            feature, label, rel.score, explanation
-        )
-        # INCEpTION places a relation at its Dependent's offsets
-        added.append(cas.add(layers.relation_type, dep.begin, dep.end, features))
-    labels.report()
-    return added
-
-
-__all__ = ["PredictRequest", "TrainRequest", "router", "snap", "suggest_relations", "suggest_spans"]
+__all__ = ["PredictRequest", "TrainRequest", "router"]

@@ -21,9 +21,11 @@ predictions (see ``labelstudio_client``) and, when the backend requires auth, ad
 to the project's webhooks to ``/webhook``, which Label Studio creates without any. Region scores are
 the span scores; Label Studio only displays them.
 
-A slow model (a LLaMA) answers from the prediction cache; a task it has not predicted yet gets the
-fallback model's prediction under the version ``FALLBACK (fallback for LLAMA)`` and is queued, as are
-the tasks of a ``TASKS_CREATED`` webhook (``service/ahead.py``).
+``/predict`` is decode (``formats.labelstudio``), one call of the predict path
+(``service/predicting.py``), encode (``formats.labelstudio.predict_results``). A slow model (a LLaMA)
+answers from the prediction cache; a task it has not predicted yet gets the fallback model's
+prediction under the version ``FALLBACK (fallback for LLAMA)`` and is queued, as are the tasks of a
+``TASKS_CREATED`` webhook.
 
 Corrections are stored per project as ``labelstudio-<project id>``, document ``annotation-<id>``
 (Label Studio's delete event names only annotation ids), annotator ``user-<completed_by>``.
@@ -31,26 +33,20 @@ Corrections are stored per project as ``labelstudio-<project id>``, document ``a
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Annotated, Any
 
 import httpx
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, fromstring
 from fastapi import APIRouter, BackgroundTasks, Body, Request
 from pydantic import BaseModel, ConfigDict
 
-from recommender.active.strategies import rescore
 from recommender.document import Document
-from recommender.errors import BusyError, FormatError, KiwiError, OverloadError
-from recommender.extractors.base import Extractor
+from recommender.errors import BusyError, FormatError, KiwiError
 from recommender.formats.labelstudio import (
     LabelStudioConfig,
-    document_prediction,
-    parse_labeling_config,
+    labeling_config,
+    predict_results,
     task_documents,
     task_text,
 )
@@ -71,32 +67,12 @@ model_router = APIRouter(
 )
 
 NO_MODEL = "no-model"
-CHUNK = 8  # tasks per model call in a batch: large enough for the encoder to batch them
 
 
 # --- the project's labeling config ----------------------------------------------------------------
-@dataclass(frozen=True)
-class ProjectView:
-    config: LabelStudioConfig
-    labels: frozenset[str]  # label names the Labels control offers
-    relations: bool  # whether the config has a <Relation value=...> we may send
-
-
-@lru_cache(maxsize=64)
-def project_view(label_config: str | None) -> ProjectView:
-    """What a labeling config lets us send; no config means the one Kiwi generates."""
-    xml = label_config or labelstudio_config()
-    config = parse_labeling_config(xml)
-    try:
-        root = fromstring(xml)
-    except (ParseError, DefusedXmlException) as e:  # parse_labeling_config raised already; for typing
-        raise FormatError(f"labeling config is not usable XML ({e})") from None
-    labels: set[str] = set()
-    for el in root.iter("Labels"):
-        if el.get("name") == config.from_name:
-            labels |= {v for lab in el.iter("Label") if (v := lab.get("alias") or lab.get("value"))}
-    relations = any(el.get("value") == config.relation_label for el in root.iter("Relation"))
-    return ProjectView(config, frozenset(labels), relations)
+def project_config(label_config: str | None) -> LabelStudioConfig:
+    """The project's labeling config; no config means the one Kiwi generates."""
+    return labeling_config(label_config or labelstudio_config())
 
 
 def project_id(project: Any) -> int | None:
@@ -153,60 +129,33 @@ def predict(
     service: ServiceDep,
     predictor: PredictorDep,
 ) -> dict[str, Any]:
-    deadline = service.deadline()
-    extractor = predictor.current
-    view = project_view(body.label_config)
-    version = extractor.version
-    texts: list[str | None] = []
-    for n, task in enumerate(body.tasks):
-        try:
-            texts.append(task_text(task, view.config))
-        except FormatError as e:
-            log.warning("predict: task %d skipped (%s)", n, e)
-            texts.append(None)
-    todo = [
-        Document(id=str(body.tasks[n].get("id", n)), text=t) for n, t in enumerate(texts) if t and t.strip()
-    ]
-    for doc in todo:  # before any model work: a long note is refused at once
-        service.check_note(doc.text, f"task {doc.id}")
-    client_name = client_of(request)
-
-    def run(model: Extractor, docs: list[Document], entities_given: bool, until: float) -> list[Document]:
-        return _predict_in_chunks(service, model, docs, client_name, until)
-
-    if service.ahead.applies(predictor):  # a slow model: cached, else the fallback answers
-        answers = [
-            (a.document, a.version) for a in service.ahead.predict(predictor, todo, "text", run, deadline)
-        ]
-    else:
-        answers = [(d, version) for d in run(extractor, todo, False, deadline)]
-    results = []
-    shown: list[tuple[Document, str]] = []
+    path = service.predicting
+    deadline = path.deadline()
+    version = predictor.current.version
+    config = project_config(body.label_config)
+    texts, docs = _task_documents(body.tasks, config, "predict")
+    for doc in docs:  # before any model work: a long note is refused at once
+        path.check_note(doc.text, f"task {doc.id}")
     dropped: dict[str, int] = {}
-    done = 0
-    for text in texts:
-        if not text or not text.strip():
-            # Nothing to annotate is nothing to be unsure about: such tasks sort last.
-            results.append({"model_version": version, "score": 1.0, "result": []})
-            continue
-        if done == len(answers):
-            break  # past the time budget: Label Studio asks for the rest when they are opened
-        doc, answered_by = answers[done]
-        done += 1
-        doc = rescore(restrict(doc, view, dropped), service.strategy)
-        results.append(document_prediction(doc, view.config, answered_by))
-        shown.append((doc, answered_by))
+    answers = path.predict(
+        predictor,
+        docs,
+        client=client_of(request),
+        deadline=deadline,
+        keep=functools.partial(config.restrict, dropped=dropped),
+    )
     if dropped:
         log.warning("predict: dropped spans with labels the project's config lacks: %s", dropped)
+    shown = [(a.document, a.version) for a in answers]
+    results = predict_results(texts, shown, config, version)
     pid = project_id(body.project)
     # HOOK (suggestion log): what was sent, per task; written after the answer.
     service.evidence.record(suggestions(predictor.name, _store_project(pid), shown))
     client = service.labelstudio
-    fallback = any(answered_by != version for _, answered_by in answers)
     if client is not None and pid is not None:
         settings = service.settings
         # A fallback's version is not one to sort the project's tasks by.
-        if settings.label_studio_pin_model_version and not fallback:
+        if settings.label_studio_pin_model_version and not any(a.fallback for a in answers):
             background.add_task(client.pin_model_version, pid, version)
         if (authorization := backend_authorization(settings)) is not None:
             background.add_task(
@@ -224,46 +173,20 @@ def suggestions(model: str, project: str, shown: list[tuple[Document, str]]) -> 
     return out
 
 
-def _predict_in_chunks(
-    service: Service, extractor: Extractor, docs: list[Document], client: str, deadline: float
-) -> list[Document]:
-    """Predictions for a prefix of ``docs``: all of them unless the time budget ran out first.
-
-    Each chunk takes a lane of its own, so other clients' requests run between the chunks of a big
-    batch. The first chunk always runs (or its lane wait raises OverloadError).
-    """
-    out: list[Document] = []
-    for k in range(0, len(docs), CHUNK):
-        if k and time.monotonic() > deadline:
-            log.warning(
-                "predict: time budget of %.0f s spent after %d of %d task(s); answering those",
-                service.settings.predict_budget_seconds,
-                k,
-                len(docs),
-            )
-            break
+def _task_documents(
+    tasks: list[Any], config: LabelStudioConfig, where: str
+) -> tuple[list[str | None], list[Document]]:
+    """Each task's text (None for a task without one, skipped with a warning) and a document per
+    task with text to annotate."""
+    texts: list[str | None] = []
+    for n, task in enumerate(tasks):
         try:
-            with service.model_call(client, deadline):
-                out += extractor.predict(docs[k : k + CHUNK])
-        except OverloadError:
-            if not k:
-                raise
-            break
-    return out
-
-
-def restrict(doc: Document, view: ProjectView, dropped: dict[str, int]) -> Document:
-    """Only spans whose label the config offers, and relations between kept spans when it has one."""
-    keep = []
-    for s in doc.spans:
-        if view.config.project_label(s.label) in view.labels:
-            keep.append(s)
-        else:
-            dropped[s.label] = dropped.get(s.label, 0) + 1
-    kept = {s.id for s in keep}
-    relations = [r for r in doc.relations if view.relations and r.head in kept and r.tail in kept]
-    doc.spans, doc.relations = keep, relations
-    return doc
+            texts.append(task_text(task, config) if isinstance(task, dict) else None)
+        except FormatError as e:
+            log.warning("%s: task %d skipped (%s)", where, n, e)
+            texts.append(None)
+    docs = [Document(id=str(tasks[n].get("id", n)), text=t) for n, t in enumerate(texts) if t and t.strip()]
+    return texts, docs
 
 
 @router.post("/webhook")
@@ -285,8 +208,8 @@ def webhook(
         task, annotation = body.get("task"), body.get("annotation")
         if not isinstance(task, dict) or not isinstance(annotation, dict):
             raise FormatError(f"{action} payload needs [task] and [annotation] objects")
-        view = project_view(label_config)
-        n = _store_annotations(service, store_project, {**task, "annotations": [annotation]}, view.config)
+        config = project_config(label_config)
+        n = _store_annotations(service, store_project, {**task, "annotations": [annotation]}, config)
         service.notify_corrections(store_project, n)
         return {"status": "stored", "new": n}
     if action == "ANNOTATIONS_DELETED":
@@ -312,8 +235,8 @@ def train(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
     """The legacy training call: the tasks with annotations come in the request."""
     pid = project_id(body.project)
     store_project = _store_project(pid)
-    view = project_view(body.label_config)
-    n = sum(_store_annotations(service, store_project, t, view.config) for t in body.annotations)
+    config = project_config(body.label_config)
+    n = sum(_store_annotations(service, store_project, t, config) for t in body.annotations)
     try:
         job = service.request_training(store_project, f"Label Studio train: {n} new annotation(s)")
     except BusyError:
@@ -373,19 +296,10 @@ def _queue_tasks(service: Service, tasks: Any, label_config: str | None, predict
     names when it is slow, else every slow one served. Returns how many (note, model) were new."""
     if not isinstance(tasks, list):
         raise FormatError("TASKS_CREATED payload needs a [tasks] list")
-    view = project_view(label_config)
-    docs = []
-    for n, task in enumerate(tasks):
-        try:
-            text = task_text(task, view.config) if isinstance(task, dict) else None
-        except FormatError as e:
-            log.warning("TASKS_CREATED: task %d skipped (%s)", n, e)
-            continue
-        if text and text.strip():
-            docs.append(Document(id=str(task.get("id", n)), text=text))
+    _, docs = _task_documents(tasks, project_config(label_config), "TASKS_CREATED")
     slow = service.slow_models()
     targets = [predictor] if predictor in slow else slow
-    new = sum(service.ahead.queue(p, docs) for p in targets)
+    new = sum(service.predicting.queue(p, docs) for p in targets)
     log.info(
         "TASKS_CREATED: %d task(s) with text, %d queued for %d slow model(s)", len(docs), new, len(targets)
     )
@@ -397,9 +311,9 @@ def _train_project(service: Service, pid: int | None, label_config: str | None) 
     project = _store_project(pid)
     if service.labelstudio is not None and pid is not None:
         try:
-            view = project_view(label_config)
+            config = project_config(label_config)
             tasks = service.labelstudio.export_tasks(pid)
-            n = sum(_store_annotations(service, project, t, view.config) for t in tasks)
+            n = sum(_store_annotations(service, project, t, config) for t in tasks)
             log.info("Label Studio project [%s]: pulled %d task(s), %d new annotation(s)", pid, len(tasks), n)
         except (KiwiError, httpx.HTTPError, ValueError) as e:
             log.warning("Label Studio project [%s]: could not pull annotations (%s)", pid, type(e).__name__)

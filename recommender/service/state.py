@@ -1,13 +1,12 @@
-"""What the routers share: the predictor (the served model), the store, the registry, the retrainer."""
+"""What the routers share, wired together: the served models, the predict path, the store, the
+registry, the retrainer."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
-import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,66 +16,21 @@ from fastapi import Path as PathParam
 
 from recommender.active.strategies import get_strategy
 from recommender.cores import available_cores, core_budget, set_torch_threads
-from recommender.errors import LimitError, ModelError, NotFoundError, OverloadError
-from recommender.extractors import load_extractor
-from recommender.extractors.base import Extractor
+from recommender.errors import ModelError, NotFoundError, OverloadError
 from recommender.registry import ModelRegistry
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
-from recommender.service.ahead import AheadPredictions
+from recommender.service.ahead import AheadWorker
 from recommender.service.evidence import Evidence
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
+from recommender.service.predicting import PredictPath
+from recommender.service.served import Predictor, ServedModels
 from recommender.settings import DEFAULT_MODEL, RecommenderConfig, Settings
 from recommender.store import CorrectionStore
+from recommender.store.predictions import PredictionCache
 
 log = logging.getLogger(__name__)
-
-
-class Predictor:
-    """The served extractor. ``load`` builds the new model first and then swaps one reference, so a
-    request that already took ``current`` finishes on the model it started with."""
-
-    def __init__(
-        self, name: str = DEFAULT_MODEL, overrides: Mapping[str, Mapping[str, Any]] | None = None
-    ) -> None:
-        self.name = name  # as served: default, or a name of KIWI_SERVE_MODELS
-        self._lock = threading.Lock()
-        self._extractor: Extractor | None = None
-        self.path: Path | None = None
-        self.overrides = dict(overrides or {})  # config values by family (Settings.extractor_overrides)
-
-    @property
-    def current(self) -> Extractor:
-        extractor = self._extractor
-        if extractor is None:
-            raise ModelError(
-                "no model is loaded: start with `kiwi serve --bootstrap` or `--model DIR`, "
-                "or promote a version with `kiwi models promote`"
-            )
-        return extractor
-
-    @property
-    def loaded(self) -> Extractor | None:
-        """The served extractor, None before one is loaded."""
-        return self._extractor
-
-    @property
-    def version(self) -> str | None:
-        extractor = self._extractor
-        return extractor.version if extractor is not None else None
-
-    def load(self, path: Path) -> Extractor:
-        extractor = load_extractor(path, self.overrides)  # slow part outside the lock
-        with self._lock:
-            self._extractor, self.path = extractor, Path(path)
-        # The model, its tokenizer and the libraries are hundreds of thousands of objects that live
-        # as long as the process: a full garbage collection traversing them stalled requests by
-        # ~0.25 s (the 95th-percentile latency). Frozen objects are skipped by the collector.
-        gc.collect()
-        gc.freeze()
-        log.info("serving model [%s] from [%s]", extractor.version, path)
-        return extractor
 
 
 class ComputeLanes:
@@ -180,8 +134,9 @@ class Service:
     ) -> None:
         self.settings = settings
         self.strategy = get_strategy(settings.al_strategy)  # scores the tools order and show
-        self.predictor = Predictor(DEFAULT_MODEL, settings.extractor_overrides())
-        self.models: dict[str, Predictor] = {DEFAULT_MODEL: self.predictor}  # Settings.serve_models too
+        self.served_models = ServedModels(Predictor(DEFAULT_MODEL, settings.extractor_overrides()))
+        self.predictor = self.served_models.main
+        self.models = self.served_models.by_name  # Settings.serve_models too
         self.store = store
         self.registry = registry
         self.retrainer: Retrainer | JobQueue | None = retrainer
@@ -191,7 +146,9 @@ class Service:
         self.compute = ComputeLanes(
             self.cores.lanes, self.cores.threads, per_client=settings.max_lanes_per_client
         )
-        self.ahead = AheadPredictions(self)
+        cache = PredictionCache(store.engine)
+        self.predicting = PredictPath(settings, self.served_models, self.compute, cache, self.strategy)
+        self.ahead = AheadWorker(self.predicting, threads=self.cores.precompute_threads)
         self.evidence = Evidence(settings, store.engine)  # the suggestion log
         self._seen_unservable: set[str] = set()
         self._raw_seen: dict[tuple[str, str, str], str] = {}
@@ -199,42 +156,23 @@ class Service:
 
     def deadline(self) -> float:
         """When a prediction starting now must be done (``time.monotonic()``)."""
-        return time.monotonic() + self.settings.predict_budget_seconds
+        return self.predicting.deadline()
 
     def model_call(self, client: str, deadline: float) -> AbstractContextManager[ComputeLanes]:
         """A compute lane for ``client``, waiting no later than ``deadline``."""
-        return self.compute.lane(client, timeout=max(0.0, deadline - time.monotonic()))
-
-    def check_note(self, text: str, where: str) -> None:
-        """LimitError for a note too long to predict on within a request."""
-        limit = self.settings.max_note_chars
-        if len(text) > limit:
-            raise LimitError(
-                f"note [{where}] has {len(text)} characters, over the limit of [{limit}] "
-                "(KIWI_MAX_NOTE_CHARS); pre-annotate long notes in batch with "
-                "`kiwi predict --model DIR NOTES OUT` and import the result"
-            )
+        return self.predicting.model_call(client, deadline)
 
     def add_model(self, name: str, path: Path) -> Predictor:
         """Serve the model folder ``path`` as ``name`` beside the main one (not retrained)."""
-        predictor = Predictor(name, self.settings.extractor_overrides())
-        predictor.load(path)
-        self.models[name] = predictor
-        return predictor
+        return self.served_models.add(name, path, self.settings.extractor_overrides())
 
     def slow_models(self) -> list[Predictor]:
         """The served models whose predictions come from the prediction cache (``Extractor.ahead``)."""
-        return [p for _, p in sorted(self.models.items()) if p.loaded is not None and p.loaded.ahead]
+        return self.served_models.slow()
 
     def served(self, name: str | None) -> Predictor:
         """The predictor of a served model by name; None is the main one."""
-        if name is None:
-            return self.predictor
-        try:
-            return self.models[name]
-        except KeyError:
-            known = ", ".join(sorted(self.models))
-            raise NotFoundError(f"no served model [{name}]; served: {known}") from None
+        return self.served_models.get(name)
 
     def recommender(self, name: str) -> RecommenderConfig:
         try:

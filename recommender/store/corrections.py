@@ -27,7 +27,7 @@ from recommender.document import Document
 from recommender.errors import ConfigError, FormatError
 from recommender.formats.jsonl import from_dict, to_dict
 from recommender.store.database import IMMEDIATE, is_postgres, migrate, open_engine, outage_is_unavailable
-from recommender.store.schema import corrections
+from recommender.store.tables import corrections
 
 log = logging.getLogger(__name__)
 

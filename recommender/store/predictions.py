@@ -25,7 +25,7 @@ from recommender.document import Document
 from recommender.formats.jsonl import from_dict, to_dict
 from recommender.store.corrections import content_hash
 from recommender.store.database import outage_is_unavailable
-from recommender.store.schema import predictions
+from recommender.store.tables import predictions
 
 Kind = Literal["text", "given"]
 STATES = ("queued", "running", "done", "failed")

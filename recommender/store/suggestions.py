@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from recommender.document import Document, Relation, Span
 from recommender.errors import FormatError
 from recommender.store.database import IMMEDIATE, outage_is_unavailable
-from recommender.store.schema import suggestion_scores, suggestions
+from recommender.store.tables import suggestion_scores, suggestions
 
 
 def text_hash(text: str) -> str:

@@ -20,16 +20,16 @@ from recommender.errors import ModelError
 from recommender.extractors import register
 from recommender.extractors.base import (
     Extractor,
-    ExtractorConfig,
     ModelInfo,
-    Progress,
     binary_choice,
     least_confidence,
 )
 from recommender.extractors.encoder.config import EncoderConfig
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
+    LabelMaps,
     Pieces,
+    build_model,
     distance_feature,
     encode_text,
     pool,
@@ -49,33 +49,6 @@ BEFORE_SETTINGS = {"window_cuts": "fixed", "condition_modifiers": False}
 
 
 @dataclass
-class LabelMaps:
-    """Tag inventories of the two BIO heads, the allowed pairs, and the calibration temperatures."""
-
-    ent_tags: list[str]
-    mod_tags: list[str]
-    pairs: list[tuple[str, str]]
-    temperatures: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ent_tags": self.ent_tags,
-            "mod_tags": self.mod_tags,
-            "pairs": [list(p) for p in self.pairs],
-            "temperatures": self.temperatures,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LabelMaps:
-        return cls(
-            list(data["ent_tags"]),
-            list(data["mod_tags"]),
-            [(str(a), str(b)) for a, b in data["pairs"]],
-            {k: float(v) for k, v in data.get("temperatures", {}).items()},
-        )
-
-
-@dataclass
 class _Found:
     """A span found (or given) in a document, with its word-piece range."""
 
@@ -85,19 +58,6 @@ class _Found:
     pieces: tuple[int, int] | None
     score: float
     given: Span | None = None
-
-
-def build_model(encoder: nn.Module, labels: LabelMaps, config: EncoderConfig) -> KiwiEncoderModel:
-    """The network for these label maps on top of ``encoder`` (fresh heads)."""
-    return KiwiEncoderModel(
-        encoder,
-        len(labels.ent_tags),
-        len(labels.mod_tags),
-        len(labels.pairs),
-        config.rel_hidden,
-        config.dropout,
-        config.condition_modifiers,
-    )
 
 
 def decode_bio(tags: list[int], probs: list[float], names: list[str]) -> list[tuple[str, int, int, float]]:
@@ -205,6 +165,7 @@ def word_choices(kind: str, logp: np.ndarray, words: list[int], path: list[int],
 @register(NAME)
 class EncoderExtractor(Extractor):
     config_class = EncoderConfig
+    trainer = "recommender.extractors.encoder.training:train_encoder"
 
     def __init__(
         self,
@@ -424,20 +385,6 @@ class EncoderExtractor(Extractor):
         self.info.config = self.config.to_dict()
         self.info.save(folder)
         write_card(folder, self)
-
-    @classmethod
-    def train(
-        cls,
-        train_docs: Sequence[Document],
-        dev_docs: Sequence[Document] = (),
-        config: ExtractorConfig | None = None,
-        out_dir: Path | None = None,
-        *,
-        progress: Progress[Any] | None = None,
-    ) -> EncoderExtractor:
-        from recommender.extractors.encoder.training import train_encoder
-
-        return train_encoder(train_docs, dev_docs, cls.training_config(config), out_dir, progress)
 
     @classmethod
     def load(cls, folder: Path) -> EncoderExtractor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from recommender.errors import ModelError
+from recommender.extractors.encoder.config import EncoderConfig
 
 # bitsandbytes (imported by transformers for optimizers we never use) warns on CPUs with AVX512-BF16
 # that an optional 4-bit kernel package is missing: nothing to do with this model, so not shown.
@@ -187,15 +187,56 @@ def pool(cumsum: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
     return (cumsum[end] - cumsum[begin]) / (end - begin).clamp(min=1).unsqueeze(-1).to(cumsum.dtype)
 
 
+@dataclass
+class LabelMaps:
+    """Tag inventories of the two BIO heads, the allowed pairs, and the calibration temperatures."""
+
+    ent_tags: list[str]
+    mod_tags: list[str]
+    pairs: list[tuple[str, str]]
+    temperatures: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ent_tags": self.ent_tags,
+            "mod_tags": self.mod_tags,
+            "pairs": [list(p) for p in self.pairs],
+            "temperatures": self.temperatures,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabelMaps:
+        return cls(
+            list(data["ent_tags"]),
+            list(data["mod_tags"]),
+            [(str(a), str(b)) for a, b in data["pairs"]],
+            {k: float(v) for k, v in data.get("temperatures", {}).items()},
+        )
+
+
+def build_model(encoder: nn.Module, labels: LabelMaps, config: EncoderConfig) -> KiwiEncoderModel:
+    """The network for these label maps on top of ``encoder`` (fresh heads)."""
+    return KiwiEncoderModel(
+        encoder,
+        len(labels.ent_tags),
+        len(labels.mod_tags),
+        len(labels.pairs),
+        config.rel_hidden,
+        config.dropout,
+        config.condition_modifiers,
+    )
+
+
 def load_pretrained(name: str) -> tuple[Any, nn.Module]:
     """Tokenizer and encoder of a Hugging Face model; the error says what to do when it is missing."""
+    from huggingface_hub import constants
     from transformers import AutoModel, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         encoder = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        offline = constants.HF_HUB_OFFLINE  # the hub library's reading of HF_HUB_OFFLINE, which it obeys
         hint = (
             "HF_HUB_OFFLINE is set, so the hub was not asked; unset it to download, or "
             if offline

@@ -6,7 +6,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,23 +19,24 @@ from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.encoder.config import EncoderConfig, resolve_base_model
-from recommender.extractors.encoder.extractor import NAME, EncoderExtractor, LabelMaps, build_model
+from recommender.extractors.encoder.extractor import NAME, EncoderExtractor
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
+    LabelMaps,
     bio_tags,
+    build_model,
     distance_feature,
     encode_text,
     load_pretrained,
     span_gap,
 )
+from recommender.progress import Progress
 from recommender.schema import load_schema
 from recommender.splits import validation_split
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # cross_entropy's ignore_index: padding, [CLS]/[SEP] and word-continuation pieces
-
-Progress = Callable[[Iterable[Any], str, int | None], Iterable[Any]]
 
 
 @dataclass

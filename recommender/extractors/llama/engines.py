@@ -28,7 +28,8 @@ import httpx
 from recommender.errors import ModelError
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.constrained import OPEN_TAG
-from recommender.extractors.llama.generation import STOP, Engine, Generation, Prompt
+from recommender.extractors.llama.generation import Engine, Generation, Prompt
+from recommender.extractors.llama.task import STOP
 
 if TYPE_CHECKING:
     from recommender.extractors.llama.extractor import LlamaExtractor
@@ -338,7 +339,7 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
 def _vllm_for(extractor: LlamaExtractor) -> VllmEngine:
     """vLLM over the merged weights when the folder has them, else the base plus the adapter."""
     from recommender.extractors.llama.base_model import CACHE_DIR, pretrained_path, resolve
-    from recommender.extractors.llama.extractor import ADAPTER_DIR, MERGED_DIR, TOKENIZER_DIR
+    from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR, TOKENIZER_DIR
 
     cfg = extractor.config
     folder = extractor.folder

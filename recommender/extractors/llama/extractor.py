@@ -33,12 +33,11 @@ from recommender.extractors import register
 from recommender.extractors.base import (
     BaseModelRef,
     Extractor,
-    ExtractorConfig,
     ModelInfo,
-    Progress,
     least_confidence,
 )
 from recommender.extractors.llama.config import LlamaConfig
+from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR, NAME, TOKENIZER_DIR
 from recommender.extractors.llama.task import (
     PROMPTS_DIR,
     UNFINISHED_OUTPUT,
@@ -57,10 +56,6 @@ log = logging.getLogger(__name__)
 
 SELF_MODIFIER = "entity tagged as its own modifier"  # an RE output marking the main entity itself
 
-NAME = "kiwi.llama.v1"
-ADAPTER_DIR = "adapter"
-TOKENIZER_DIR = "tokenizer"
-MERGED_DIR = "merged"
 AUDIT_KEY = "llama_prompts"  # Document.meta key of the raw prompts and generations (keep_prompts only)
 
 
@@ -84,6 +79,7 @@ def _score(span: Any, gen: Any) -> float | None:
 @register(NAME)
 class LlamaExtractor(Extractor):
     config_class = LlamaConfig
+    trainer = "recommender.extractors.llama.training:train_llama"
     ahead = True
 
     def __init__(
@@ -326,20 +322,3 @@ class LlamaExtractor(Extractor):
             ) from None
         model.eval()
         return cls(model, tokenizer, config, meta.templates, meta.info, meta.base, folder / ADAPTER_DIR)
-
-    @classmethod
-    def train(
-        cls,
-        train_docs: Sequence[Document],
-        dev_docs: Sequence[Document] = (),
-        config: ExtractorConfig | None = None,
-        out_dir: Path | None = None,
-        *,
-        progress: Progress[Any] | None = None,
-    ) -> LlamaExtractor:
-        from recommender.extractors.llama.training import train_llama
-
-        config = cls.training_config(config)
-        if out_dir is None:
-            raise ModelError("the LLaMA extractor needs an output folder to train into")
-        return train_llama(train_docs, dev_docs, config, Path(out_dir), progress)

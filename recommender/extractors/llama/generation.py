@@ -41,8 +41,8 @@ from recommender.extractors.llama.constrained import (
     constraint_for,
     token_table,
 )
+from recommender.extractors.llama.task import STOP
 
-STOP = "<EOS>"
 MAX_NGRAM = 3  # longest n-gram matched for prompt lookup
 PREFIX_CACHE_SIZE = 4  # prefixes (task templates) kept; one per prompt type is typical
 

@@ -37,7 +37,7 @@ PROMPT_VERSION = "v1"
 PROMPTS_DIR = "prompts"  # inside every model folder: prompts/<version>/*.txt
 # Shipped in the wheel beside this module; pip installs wheels unpacked, so this is a real folder.
 PACKAGED_PROMPTS = Path(str(resources.files("recommender.extractors.llama").joinpath(PROMPTS_DIR)))
-STOP = "<EOS>"
+STOP = "<EOS>"  # ends every training target; generation stops at it
 NER = "ner"  # the task kind of NER prompts; RE prompts are named by their main entity type
 SLOT = "{}"
 # Drops counted in Document.drops besides those of recommender.markup.read_markup.

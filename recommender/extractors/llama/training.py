@@ -26,11 +26,13 @@ import torch
 
 from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
-from recommender.extractors.base import ModelInfo, Progress, fingerprint
+from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.extractor import ADAPTER_DIR, NAME, LlamaExtractor
+from recommender.extractors.llama.extractor import LlamaExtractor
+from recommender.extractors.llama.layout import ADAPTER_DIR, NAME
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
+from recommender.progress import Progress
 from recommender.splits import validation_split
 
 log = logging.getLogger(__name__)
@@ -254,13 +256,15 @@ def train_llama(
     train_docs: Sequence[Document],
     dev_docs: Sequence[Document],
     config: LlamaConfig,
-    out_dir: Path,
+    out_dir: Path | None,
     progress: Progress[Any] | None = None,
 ) -> LlamaExtractor:
     """LoRA-tune a base instruct model (``config.base``, or continue ``config.init_from``) on the Kiwi
     instruction examples of ``train_docs`` less their validation notes (``splits.validation_split``);
     keep the adapter with the best validation score (mean of NER and RE exact F1), report it on
     ``dev_docs`` (which choose nothing) and save the model folder to ``out_dir``."""
+    if out_dir is None:
+        raise ModelError("the LLaMA extractor needs an output folder to train into")
     if not train_docs:
         raise ConfigError("no training documents")
     fit_docs, val_docs = validation_split(train_docs)

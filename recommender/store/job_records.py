@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from recommender.store.database import outage_is_unavailable
-from recommender.store.schema import training_jobs
+from recommender.store.tables import training_jobs
 
 _FIELDS = ("state", "outcome", "stage", "progress", "candidate", "message", "triggers", "attempts")
 
