@@ -166,6 +166,7 @@ def test_a_two_node_cluster_survives_a_killed_worker_with_every_note_once(
     model: Path, notes: Path, single: Path, tmp_path: Path
 ) -> None:
     cluster = LoopbackCluster(cpus=(1, 1), pythonpath=REPO)
+    run = None
     try:
         cluster.start()
         env = _env(tmp_path, **{k: v for k, v in cluster.env.items() if k.startswith("RAY_")})
@@ -190,6 +191,9 @@ def test_a_two_node_cluster_survives_a_killed_worker_with_every_note_once(
         assert killed is not None, f"no actor process on the worker node to kill: {err[-2000:]}"
         assert done_at_kill < N_NOTES, "the run ended before the kill"
     finally:
+        if run is not None and run.poll() is None:  # a failed check: the driver goes too
+            run.kill()
+            run.wait(30)
         cluster.stop()
     assert cluster.alive() == []
 
