@@ -107,8 +107,9 @@ def apply_process_policy(settings: ProcessSettings | None = None) -> dict[str, s
     torch is already loaded, its thread count. Returns the variables set."""
     settings = settings or load_process_settings()
     env = openmp_environment(settings)
+    in_place = all(os.environ.get(k) == v for k, v in env.items())  # set by an earlier call or the parent
     os.environ.update(env)
-    if "torch" in sys.modules:
+    if "torch" in sys.modules and not in_place:
         # Too late for the waiting policy: the OpenMP runtime read its environment at import.
         log.warning(
             "torch was imported before the process policy was set: OMP_WAIT_POLICY [%s] does not apply "
