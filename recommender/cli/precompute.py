@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from recommender.cli import ray_run
 from recommender.cli.common import err_console, progress
 from recommender.document import Document
 from recommender.errors import ConfigError, NotFoundError
@@ -59,6 +60,11 @@ def precompute(
         ),
     ] = None,
     from_: Annotated[str | None, typer.Option("--from", help="input format (default: detected)")] = None,
+    ray: ray_run.RayFlag = False,
+    ray_address: ray_run.RayAddress = None,
+    ray_actors: ray_run.RayActors = None,
+    ray_actor_cpus: ray_run.RayActorCpus = 1.0,
+    engine_url: ray_run.EngineUrls = None,
 ) -> None:
     """Compute a model's predictions ahead of the annotator into the prediction cache (KIWI_DATABASE_URL)."""
     from recommender.extractors import load_extractor
@@ -69,6 +75,14 @@ def precompute(
 
     if (notes is None) == (label_studio is None):
         raise ConfigError("give NOTES or --label-studio PROJECT (one of them)")
+    if ray or ray_address:
+        if notes is None:
+            raise ConfigError("--ray takes NOTES (a Label Studio project is not run on Ray yet)")
+        ray_run.run(
+            model, notes, from_, address=ray_address, actors=ray_actors, actor_cpus=ray_actor_cpus,
+            batch_size=16, engine_urls=engine_url, name=name,
+        )  # fmt: skip
+        return
     settings = load_settings()
     assert settings.database_url is not None  # filled in by Settings
     extractor = load_extractor(model, settings.extractor_overrides())
