@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
+from support import wait_healthy
 
 from recommender.extractors.llama.vllm_server import check_lora_rank
 
@@ -76,22 +75,12 @@ class VllmCpu:
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"vLLM at {self.url} exited with {self.proc.returncode}: {tail}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"vLLM did not answer {self.url}/health in {timeout:.0f} s (log: {self.log_path})"
-                )
-            time.sleep(1)
+        try:
+            wait_healthy(self.url, self.proc, timeout, poll=1, what="vLLM")
+        except RuntimeError as e:  # its output went to the log file, not a pipe: say where
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{e} (log {self.log_path}): {tail}") from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
