@@ -8,7 +8,8 @@ transaction holds the database's write lock.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -83,15 +84,17 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (an empty database, or one made before migrations)."""
+@contextmanager
+def _migration(engine: Engine) -> Iterator[Config]:
+    """Alembic's config on one connection, under the lock replicas starting together wait on; a
+    database error becomes one ConfigError naming the database."""
     try:
         with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
             config = _config()
             config.attributes["connection"] = conn
-            command.upgrade(config, revision)
+            yield config
     except SQLAlchemyError as e:
         raise ConfigError(
             f"cannot migrate the database ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
@@ -99,13 +102,15 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         ) from None
 
 
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (an empty database, or one made before migrations)."""
+    with _migration(engine) as config:
+        command.upgrade(config, revision)
+
+
 def downgrade(engine: Engine, revision: str) -> None:
     """Take the schema back to ``revision`` (an operator undoing an upgrade; the tests)."""
-    with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
-        config = _config()
-        config.attributes["connection"] = conn
+    with _migration(engine) as config:
         command.downgrade(config, revision)
 
 
