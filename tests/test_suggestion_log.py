@@ -75,6 +75,14 @@ def all_text(engine: sa.engine.Engine, table: str) -> str:
 
 
 # --- one note scored: the figures from a known case ------------------------------------------------
+
+
+def train_body(doc: Any, layer: Any, ts: Any, request: dict[str, Any], user: str) -> dict[str, Any]:
+    """INCEpTION's training request for document 7: ``doc`` as ``user`` annotated it."""
+    document = {"xmi": predict_request(doc, layer, ts)["document"]["xmi"], "documentId": 7, "userId": user}
+    return {"typeSystem": ts.to_xml(), "documents": [document], "metadata": request["metadata"]}
+
+
 def test_a_correction_is_classified_span_by_span() -> None:
     suggested = note(
         spans=[
@@ -276,13 +284,7 @@ def test_inception_predictions_are_logged_and_train_scores_them(client: TestClie
     # The annotator accepts every suggestion: INCEpTION sends the CAS with them as annotations.
     cas = response_cas(body, request)
     accepted = cas_to_document(cas, DEFAULT_LAYERS)
-    train = {
-        "typeSystem": ts.to_xml(),
-        "documents": [
-            {"xmi": predict_request(accepted, SPAN, ts)["document"]["xmi"], "documentId": 7, "userId": "ann1"}
-        ],
-        "metadata": request["metadata"],
-    }
+    train = train_body(accepted, SPAN, ts, request, "ann1")
     assert client.post("/inception/entities/train", json=train).status_code == 204
     service.evidence.flush()
     [score] = service.evidence.log.scores()
@@ -461,13 +463,7 @@ def test_inception_relation_suggestions_are_scored_on_relations_only(client: Tes
     service.evidence.flush()
     [logged] = service.evidence.log.suggestions()
     assert logged.task == "relations" and logged.document.relations
-    train = {
-        "typeSystem": ts.to_xml(),
-        "documents": [
-            {"xmi": predict_request(gold, REL, ts)["document"]["xmi"], "documentId": 7, "userId": "u"}
-        ],
-        "metadata": request["metadata"],
-    }
+    train = train_body(gold, REL, ts, request, "u")
     assert client.post("/inception/relations/train", json=train).status_code == 204
     service.evidence.flush()
     [score] = service.evidence.log.scores()
