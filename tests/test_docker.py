@@ -14,7 +14,7 @@ import yaml
 from support import require_or_skip
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
-DOCKERFILES = ["Dockerfile", "Dockerfile.gpu", "postgres/Dockerfile"]
+DOCKERFILES = ["Dockerfile", "Dockerfile.gpu", "postgres/Dockerfile", "vllm-cpu/Dockerfile"]
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -60,6 +60,8 @@ def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> No
         "label-studio",
         "vllm",
         "kiwi-llama",
+        "vllm-cpu",
+        "kiwi-llama-cpu",
     }
     assert not [name for name in services if "_" in name]  # INCEpTION rejects "_" in URL hosts
     published = {name for name, service in services.items() if service.get("ports")}
@@ -69,17 +71,48 @@ def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> No
             assert port.startswith("127.0.0.1:"), port  # on loopback only
     assert services["kiwi-trainer"]["command"][-3:] == ["--role", "trainer", "--bootstrap"]
     assert services["kiwi-recommender"]["command"][-2:] == ["--role", "api"]
-    assert {services[n].get("profiles", [None])[0] for n in ("vllm", "kiwi-llama")} == {"gpu"}
-    llama = services["kiwi-llama"]["environment"]
-    assert llama["KIWI_LLAMA_ENGINE"] == "openai" and llama["KIWI_LLAMA_ENGINE_URL"] == "http://vllm:8000"
-    assert llama["KIWI_TRAINER"] == "kiwi.llama.v1"
-    assert llama["KIWI_LLAMA_ENGINE_STRUCTURED_OUTPUTS"] == "true"
-    # vLLM's own image, pinned; adapters come at run time from the service, not at start
-    vllm = services["vllm"]
-    assert vllm["image"].split(":")[-1].startswith("v0.") and "vllm/vllm-openai" in vllm["image"]
-    assert "--lora-modules" not in vllm["command"] and "--enable-lora" in vllm["command"]
-    rank = vllm["command"][vllm["command"].index("--max-lora-rank") + 1]
-    assert rank == "${KIWI_LORA_RANK:-16}" and "${KIWI_LORA_RANK:-16}" in llama["KIWI_TRAINER_CONFIG"]
-    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # vLLM's own image, pinned, on a GPU host; the vllm-cpu image on a CPU host
+    assert services["vllm"]["image"].split(":")[-1].startswith("v0.")
+    assert "vllm/vllm-openai" in services["vllm"]["image"]
+    assert services["vllm-cpu"]["build"]["context"] == "vllm-cpu"
+    assert services["kiwi-llama-cpu"]["build"]["args"]["EXTRAS"] == "llm,postgres"  # peft: it trains
+    for profile, server, recommender in [
+        ("gpu", "vllm", "kiwi-llama"),
+        ("vllm-cpu", "vllm-cpu", "kiwi-llama-cpu"),
+    ]:
+        assert {services[n].get("profiles", [None])[0] for n in (server, recommender)} == {profile}
+        llama = services[recommender]["environment"]
+        assert llama["KIWI_LLAMA_ENGINE"] == "openai"
+        assert llama["KIWI_LLAMA_ENGINE_URL"] == f"http://{server}:8000"
+        assert llama["KIWI_TRAINER"] == "kiwi.llama.v1"
+        assert llama["KIWI_LLAMA_ENGINE_STRUCTURED_OUTPUTS"] == "true"  # the constraint is on
+        # adapters come at run time from the service, not at start; the rank follows the trainer's
+        vllm = services[server]
+        assert "--lora-modules" not in vllm["command"] and "--enable-lora" in vllm["command"]
+        rank = vllm["command"][vllm["command"].index("--max-lora-rank") + 1]
+        assert rank == "${KIWI_LORA_RANK:-16}" and "${KIWI_LORA_RANK:-16}" in llama["KIWI_TRAINER_CONFIG"]
+        assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+        # the adapters are read at the paths the recommender writes them to
+        assert (
+            "kiwi-data:/data:ro" in vllm["volumes"] and "kiwi-data:/data" in services[recommender]["volumes"]
+        )
     # secrets come from the env file, never from the compose file itself
     assert "${POSTGRES_PASSWORD:?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+
+
+def test_the_vllm_cpu_image_is_the_tested_vllm_cpu_on_the_cpu_torch() -> None:
+    """The version scripts/setup_vllm.sh installs for the tests, never a CUDA torch, text only."""
+    text = (DOCKER / "vllm-cpu" / "Dockerfile").read_text(encoding="utf-8")
+    setup = (DOCKER.parent / "scripts" / "setup_vllm.sh").read_text(encoding="utf-8")
+    version = re.search(r"ARG VLLM_CPU_VERSION=(\S+)", text)
+    assert version and f"VLLM_CPU_VERSION:-{version[1]}" in setup
+    torch = re.search(r"ARG TORCH_VERSION=(\S+)", text)
+    assert torch and f"VLLM_TORCH_VERSION:-{torch[1]}" in setup
+    installs = [line for line in text.splitlines() if "torch==" in line]
+    assert installs and all('torch==${TORCH_VERSION}+cpu"' in line for line in installs)
+    assert "uninstall -y torchvision torchaudio torchcodec" in text
+    assert 'ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]' in text
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in text and "VLLM_CPU_KVCACHE_SPACE=2" in text
+    pins = (DOCKER / "vllm-cpu" / "constraints.txt").read_text(encoding="utf-8")
+    assert f"vllm-cpu=={version[1]}" in pins.splitlines()
+    assert not re.search(r"^(torch|nvidia-)", pins, re.MULTILINE)

@@ -1,4 +1,5 @@
-"""The built images, run with podman: the CPU image serves both protocols, the compose file's roles run.
+"""The built images, run with podman: the CPU image serves both protocols, the compose file's roles run,
+and the vllm-cpu image serves the LLaMA for `kiwi serve`.
 
 `bash scripts/images.sh` builds the images (make test runs it); where podman or the images are absent
 these tests skip and say so, and in CI they fail naming what is missing (``support.require_or_skip``).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,7 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from support import require_or_skip
+import yaml
+from support import require_module, require_or_skip, wait_healthy
 
 from recommender.formats.xmi import PREDICTED, load_cas, load_typesystem_xml
 
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker" / "compose.yml"
 CPU_IMAGE = os.environ.get("KIWI_CPU_IMAGE", "localhost/kiwi-recommender:cpu")
 PG_IMAGE = os.environ.get("KIWI_PG_IMAGE", "localhost/kiwi-postgres:15")
+VLLM_CPU_IMAGE = os.environ.get("KIWI_VLLM_CPU_IMAGE", "localhost/kiwi-vllm-cpu:0.32.0")
 # The dev extra installs podman-compose beside the interpreter, which need not be on PATH (make test).
 PODMAN_COMPOSE = shutil.which(
     "podman-compose", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -208,3 +212,114 @@ def test_compose_runs_the_service_with_postgres(tmp_path: Path) -> None:
         assert "waiting for jobs" in logs.stdout + logs.stderr
     finally:
         _compose(*args, "down", "-v", "-t", "5")
+
+
+def test_compose_profiles_are_valid() -> None:
+    """podman-compose reads each vLLM profile: its services are in the resolved file, ranks filled in."""
+    if shutil.which("podman") is None:
+        require_or_skip("podman", "not installed; it runs podman-compose's check of docker/compose.yml")
+    if PODMAN_COMPOSE is None:
+        require_or_skip("podman-compose", "not installed (dev extra)")
+    profiles = {"gpu": ("vllm", "kiwi-llama"), "vllm-cpu": ("vllm-cpu", "kiwi-llama-cpu")}
+    for profile, services in profiles.items():
+        run = _compose("--env-file", str(REPO / "docker" / "env.example"), "--profile", profile, "config")
+        assert run.returncode == 0, run.stderr
+        resolved = yaml.safe_load(run.stdout)["services"]
+        for name in services:
+            assert profile in resolved[name]["profiles"], name
+        server = resolved[services[0]]["command"]
+        assert server[server.index("--max-lora-rank") + 1] == "16"  # KIWI_LORA_RANK of env.example
+
+
+def _compose_service(name: str) -> dict[str, Any]:
+    """A service of docker/compose.yml with ``${VAR:-default}`` read as its default (the env file's
+    values where they are the same: env.example sets KIWI_LORA_RANK=16)."""
+    text = re.sub(r"\\$\\{[A-Z0-9_]+:-([^}]*)\\}", r"\\1", COMPOSE.read_text(encoding="utf-8"))
+    return yaml.safe_load(text)["services"][name]
+
+
+def _readable_by_the_images_user(folder: Path) -> None:
+    # tmp folders are 0700 (and the GGUF conversion's atomic tmp folder too): the container runs as 10001
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(tmp_path: Path, fixtures_dir: Path) -> None:
+    """The compose profile's vllm-cpu server (its command and environment) over the SmolLM2 base, and a
+    `kiwi serve` of a LLaMA on the openai engine pointed at it: the service loads the adapter into the
+    container at run time, and a Label Studio predict answers with the LLaMA's version."""
+    _need_image(VLLM_CPU_IMAGE)
+    require_module("peft", "the llm extra", "pip install -e '.[llm]'")  # the adapter is trained here
+    from vllm_cpu import TINY_TRAINING
+
+    from recommender.corpora import load_sample
+    from recommender.extractors.llama.base_model import pretrained_path, resolve
+    from recommender.extractors.llama.config import LlamaConfig
+    from recommender.extractors.llama.extractor import LlamaExtractor
+    from recommender.extractors.llama.vllm_server import VllmServer
+
+    base_cache = tmp_path / "base_cache"
+    base = Path(pretrained_path(resolve("smollm2"), base_cache))
+    models = tmp_path / "models"
+    folder = models / "llama"
+    LlamaExtractor.train(
+        load_sample()[:2], [], LlamaConfig(cache_dir=str(base_cache), **TINY_TRAINING), folder
+    )
+    version = LlamaExtractor.read_folder(folder).info.version
+    _readable_by_the_images_user(base)
+    _readable_by_the_images_user(models)
+
+    service = _compose_service("vllm-cpu")
+    command = service["command"]
+    vllm_port, kiwi_port = _free_port(), _free_port()
+    command[command.index("--port") + 1] = str(vllm_port)
+    command[command.index("--host") + 1] = "127.0.0.1"  # host network: loopback only
+    flags = [x for k, v in service["environment"].items() for x in ("-e", f"{k}={v}")]
+    # compose mounts the model volume at the same path in both services; here the test's folder is it
+    volumes = ["-v", f"{base}:/models/base:ro", "-v", f"{models}:{models}:ro"]
+    name = f"kiwi-vllm-{uuid.uuid4().hex[:8]}"
+    vllm_url = f"http://127.0.0.1:{vllm_port}"
+    log = tmp_path / "kiwi-serve.log"
+    serve: subprocess.Popen[bytes] | None = None
+    _podman("run", "-d", "--name", name, "--network=host", *volumes, *flags, VLLM_CPU_IMAGE, *command)
+    try:
+        _wait_healthy(vllm_url, name, timeout=900)  # Inductor compiles the CPU kernels at the first load
+        env = os.environ | {
+            "KIWI_LLAMA_ENGINE": "openai",
+            "KIWI_LLAMA_ENGINE_URL": vllm_url,
+            "KIWI_MODEL_DIR": str(tmp_path / "registry"),
+            "KIWI_SEED_FETCH": "false",
+        }
+        kiwi = [sys.executable, "-c", "from recommender.cli import main; main()", "serve"]
+        with log.open("wb") as out:
+            serve = subprocess.Popen(
+                [*kiwi, "--model", str(folder), "--port", str(kiwi_port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        kiwi_url = f"http://127.0.0.1:{kiwi_port}"
+        try:
+            wait_healthy(kiwi_url, serve, timeout=300)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}: {log.read_text(errors='replace')[-3000:]}") from None
+
+        request = _fixture(fixtures_dir, "labelstudio", "predict_request_batch.json")
+        r = httpx.post(f"{kiwi_url}/predict", json=request, timeout=300)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == len(request["tasks"])
+        assert {p["model_version"] for p in results} == {version}, log.read_text(errors="replace")[-3000:]
+        # generated by the container, from the adapter the service loaded into it under the version
+        assert version in VllmServer(vllm_url).adapters()
+        logs = _podman("logs", name).stdout + _podman("logs", name).stderr
+        assert "POST /v1/completions" in logs and "POST /v1/load_lora_adapter" in logs
+    finally:
+        if serve is not None:
+            serve.terminate()
+            try:
+                serve.wait(30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait(10)
+        _podman("rm", "-f", "-t", "5", name, check=False)

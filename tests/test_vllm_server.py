@@ -12,12 +12,11 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from support import require_module, require_or_skip
-from vllm_cpu import VllmCpu, unavailable
+from vllm_cpu import TINY_TRAINING, VllmCpu, unavailable
 
 from recommender.corpora import load_sample
 from recommender.document import Document
@@ -40,20 +39,6 @@ from recommender.text import segment
 
 pytestmark = pytest.mark.external
 require_module("peft", "the llm extra", "pip install -e '.[llm]'")  # the adapters are trained here
-
-# Two optimizer steps on a handful of examples: enough to make an adapter that differs from the base.
-TINY_TRAINING: dict[str, Any] = {
-    "base": "smollm2",
-    "quantization": "none",
-    "dtype": "fp32",
-    "max_steps": 2,
-    "batch_size": 1,
-    "grad_accum": 1,
-    "max_examples": 4,
-    "max_length": 400,
-    "max_new_tokens": 48,
-    "lr": 1e-3,
-}
 
 
 @pytest.fixture(scope="module")

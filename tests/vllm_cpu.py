@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from support import wait_healthy
 
@@ -18,6 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "vllm-venv"
 # vLLM's CPU memory for the KV cache (GiB); 2 fits a shared 2-core test machine.
 KV_CACHE_GIB = 2
+# LLaMA training for tests that need an adapter, not a tuned model: two optimizer steps on a handful of
+# examples make an adapter that differs from the base.
+TINY_TRAINING: dict[str, Any] = {
+    "base": "smollm2",
+    "quantization": "none",
+    "dtype": "fp32",
+    "max_steps": 2,
+    "batch_size": 1,
+    "grad_accum": 1,
+    "max_examples": 4,
+    "max_length": 400,
+    "max_new_tokens": 48,
+    "lr": 1e-3,
+}
 
 
 def unavailable() -> str | None:
