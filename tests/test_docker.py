@@ -92,6 +92,7 @@ def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> No
         rank = vllm["command"][vllm["command"].index("--max-lora-rank") + 1]
         assert rank == "${KIWI_LORA_RANK:-16}" and "${KIWI_LORA_RANK:-16}" in llama["KIWI_TRAINER_CONFIG"]
         assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+        assert vllm["shm_size"] == "1gb"  # the default 64 MB /dev/shm stops vLLM's engine at start
         # the adapters are read at the paths the recommender writes them to
         assert (
             "kiwi-data:/data:ro" in vllm["volumes"] and "kiwi-data:/data" in services[recommender]["volumes"]

@@ -96,7 +96,8 @@ def _wait_healthy(base: str, name: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while True:
         running = _podman("inspect", name, "--format", "{{.State.Running}}", check=False).stdout.strip()
-        assert running == "true", _podman("logs", name, check=False).stdout[-3000:]
+        logs = _podman("logs", name, check=False)
+        assert running == "true", (logs.stdout + logs.stderr)[-3000:]
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return
@@ -234,14 +235,8 @@ def test_compose_profiles_are_valid() -> None:
 def _compose_service(name: str) -> dict[str, Any]:
     """A service of docker/compose.yml with ``${VAR:-default}`` read as its default (the env file's
     values where they are the same: env.example sets KIWI_LORA_RANK=16)."""
-    text = re.sub(r"\\$\\{[A-Z0-9_]+:-([^}]*)\\}", r"\\1", COMPOSE.read_text(encoding="utf-8"))
+    text = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", COMPOSE.read_text(encoding="utf-8"))
     return yaml.safe_load(text)["services"][name]
-
-
-def _readable_by_the_images_user(folder: Path) -> None:
-    # tmp folders are 0700 (and the GGUF conversion's atomic tmp folder too): the container runs as 10001
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(tmp_path: Path, fixtures_dir: Path) -> None:
@@ -266,8 +261,9 @@ def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(tmp_path: Path, fixtures
         load_sample()[:2], [], LlamaConfig(cache_dir=str(base_cache), **TINY_TRAINING), folder
     )
     version = LlamaExtractor.read_folder(folder).info.version
-    _readable_by_the_images_user(base)
-    _readable_by_the_images_user(models)
+    # the adapter's weights are 0600: compose runs both services as the same user, this test does not
+    for path in [models, *models.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
     service = _compose_service("vllm-cpu")
     command = service["command"]
@@ -277,6 +273,7 @@ def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(tmp_path: Path, fixtures
     flags = [x for k, v in service["environment"].items() for x in ("-e", f"{k}={v}")]
     # compose mounts the model volume at the same path in both services; here the test's folder is it
     volumes = ["-v", f"{base}:/models/base:ro", "-v", f"{models}:{models}:ro"]
+    flags += ["--shm-size", service["shm_size"]]
     name = f"kiwi-vllm-{uuid.uuid4().hex[:8]}"
     vllm_url = f"http://127.0.0.1:{vllm_port}"
     log = tmp_path / "kiwi-serve.log"

@@ -139,6 +139,10 @@ def _converted(source: BaseSource, cache_dir: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # mkdtemp's 0700 and the weights' 0600 would hide the base from a vLLM server (a container)
+        # running as another user; it is public weights
+        for path in [tmp, *tmp.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         os.replace(tmp, folder)  # atomic: a concurrent or interrupted conversion leaves no half folder
     except OSError:
         if not (folder / "config.json").is_file():
