@@ -103,11 +103,23 @@ class LabelStudioClient:
             # field its schema requires and rejects a Label Studio version lacking any of them.
             return ProjectsClient.get(self._sdk().projects, project_id).dict()
 
-    def tasks(self, project_id: int, page_size: int = 100) -> list[dict[str, Any]]:
-        """Every task of the project (id and data); the SDK's pager asks page by page."""
+    def tasks(self, project_id: int, page_size: int = 100, *, versions: bool = False) -> list[dict[str, Any]]:
+        """Every task of the project (id and data); the SDK's pager asks page by page. ``versions``:
+        also ``model_versions``, the model versions of the task's predictions (the pages then carry
+        every prediction and annotation, so they are heavier)."""
+        fields = "all" if versions else "task_only"
         with _answer(f"Label Studio tasks of project [{project_id}] answered"):
-            pages = self._sdk().tasks.list(project=project_id, fields="task_only", page_size=page_size)
-            return [{"id": t.id, "data": t.data} for t in pages]
+            pages = self._sdk().tasks.list(project=project_id, fields=fields, page_size=page_size)
+            if not versions:
+                return [{"id": t.id, "data": t.data} for t in pages]
+            return [
+                {
+                    "id": t.id,
+                    "data": t.data,
+                    "model_versions": [p.model_version for p in getattr(t, "predictions", None) or []],
+                }
+                for t in pages
+            ]
 
     def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> int:
         """Store ``prediction`` (result, score, model_version) on the task; returns its id."""
