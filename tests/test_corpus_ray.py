@@ -404,3 +404,20 @@ def test_a_label_studio_project_in_and_back_once_per_task_and_version(
     assert f"0 prediction(s) of {version} pushed" in err
     assert f"2 note(s) not predicted: {empty} (empty), {keyless} (no text in data[text])" in err
     assert {k: len(v) for k, v in ours().items()} == dict.fromkeys(ids[:N_TASKS], 1)
+
+    # A request Label Studio refuses as invalid stores none of it: its predictions go one by one, so
+    # only the bad one (a task of no project) is reported; requests of 2, two at once.
+    from recommender.batch.labelstudio_project import Project, push_predictions
+    from recommender.batch.notes import Corpus
+    from recommender.service.labelstudio_client import LabelStudioClient
+
+    client = LabelStudioClient(str(ls.base_url), LS_TOKEN)
+    sent = [Document(id=str(i), text=docs[k].text) for k, i in enumerate(ids[:3])]
+    sent.insert(1, Document(id="999999", text="A task of no project."))
+    try:
+        pushed = push_predictions(client, Project(pid, "by hand", config, Corpus(), 0, 0), sent, 2, chunk=2)
+    finally:
+        client.close()
+    assert [d.id for d in pushed.shown] == [str(i) for i in ids[:3]] and list(pushed.failed) == ["999999"]
+    by_hand = sorted(p["task"] for p in _ls_predictions(ls, pid) if p["model_version"] == "by hand")
+    assert by_hand == ids[:3]

@@ -8,18 +8,21 @@ one prediction of that version. A task without that data key, or with an empty o
 reported by its id and the run goes on.
 
 Output: one prediction per task (``model_version`` the model's version, results as the ``labelstudio``
-format writes them, restricted to the labels the project's config offers), sent from the driver by at
-most ``writers`` requests at once so Label Studio is not flooded. A push that fails is not retried in
-the run (Label Studio may have stored it before the answer was lost): it is reported, and the next
-run sees whether it is there.
+format writes them, restricted to the labels the project's config offers), sent from the driver in
+Label Studio's bulk import, ``CHUNK`` predictions a request and at most ``writers`` requests at once,
+so Label Studio is not flooded. A request Label Studio refuses as invalid stored none of its
+predictions: they are sent again one by one, so one bad prediction costs only its own task. A request
+that fails otherwise is not retried in the run (Label Studio may have stored it before the answer was
+lost): its tasks are reported, and the next run sees whether their predictions are there.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from recommender.batch.notes import Corpus
 from recommender.document import Document
@@ -29,6 +32,7 @@ from recommender.guidelines import labelstudio_config
 from recommender.service.labelstudio_client import LabelStudioClient
 
 PAGE_SIZE = 100  # tasks per page read
+CHUNK = 100  # predictions per request (Label Studio checks up to 500 before storing any)
 
 
 @dataclass
@@ -95,40 +99,45 @@ def read_project(client: LabelStudioClient, project_id: int, version: str, max_c
 
 
 def push_predictions(
-    client: LabelStudioClient, project: Project, docs: Sequence[Document], writers: int
+    client: LabelStudioClient, project: Project, docs: Sequence[Document], writers: int, chunk: int = CHUNK
 ) -> Pushed:
-    """One prediction per document (``doc.id``: its task id), at most ``writers`` requests at once."""
-    if writers <= 0:
-        raise ConfigError(f"writers must be positive, got [{writers}]")
+    """One prediction per document (``doc.id``: its task id), ``chunk`` a request and at most
+    ``writers`` requests at once."""
+    if writers <= 0 or chunk <= 0:
+        raise ConfigError(f"writers and chunk must be positive, got [{writers}] and [{chunk}]")
     pushed = Pushed(writers=writers)
     start = time.monotonic()
     shown = [project.config.restrict(doc, pushed.dropped) for doc in docs]
 
-    def push(doc: Document) -> str | None:
-        try:
-            client.create_prediction(int(doc.id), document_prediction(doc, project.config, project.version))
-        except ConfigError as e:  # the message names the task and Label Studio's status, no text
-            return str(e)
-        return None
+    def entry(doc: Document) -> dict[str, Any]:
+        return document_prediction(doc, project.config, project.version)
 
+    def push(docs: list[Document]) -> dict[str, str]:
+        """Task id -> why its prediction is not stored; the messages name tasks and statuses, no text."""
+        try:
+            if client.import_predictions(project.id, [{"task": int(d.id), **entry(d)} for d in docs]):
+                return {}
+        except ConfigError as e:
+            return {d.id: str(e) for d in docs}
+        failed = {}
+        for doc in docs:  # refused as invalid, nothing stored: one by one names the bad one
+            try:
+                client.create_prediction(int(doc.id), entry(doc))
+            except ConfigError as e:
+                failed[doc.id] = str(e)
+        return failed
+
+    chunks = [shown[k : k + chunk] for k in range(0, len(shown), chunk)]
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="ls-push") as pool:
-        for chunk in _chunks(shown, writers * 8):  # a bounded queue, not every request at once
-            for doc, error in zip(chunk, pool.map(push, chunk), strict=True):
-                if error is None:
-                    pushed.shown.append(doc)
-                else:
-                    pushed.failed[doc.id] = error
+        for docs_sent, failed in zip(chunks, pool.map(push, chunks), strict=True):
+            pushed.failed.update(failed)
+            pushed.shown.extend(d for d in docs_sent if d.id not in failed)
     pushed.seconds = time.monotonic() - start
     return pushed
-
-
-def _chunks(docs: list[Document], size: int) -> Iterator[list[Document]]:
-    for k in range(0, len(docs), size):
-        yield docs[k : k + size]
 
 
 def _task_order(item: tuple[str, str]) -> int:
     return int(item[0])
 
 
-__all__ = ["Project", "Pushed", "push_predictions", "read_project"]
+__all__ = ["CHUNK", "Project", "Pushed", "push_predictions", "read_project"]

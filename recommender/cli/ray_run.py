@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from recommender.batch.ray_runner import RayOptions
     from recommender.settings import Settings
 
-WRITERS = 4  # Label Studio pushes in flight at once, by default
+WRITERS = 2  # requests pushing predictions to Label Studio at once, by default
 
 # The options both commands take (kept here so the commands stay short).
 RayFlag = Annotated[
@@ -42,7 +42,10 @@ LabelStudioProject = Annotated[
     ),
 ]
 LabelStudioWriters = Annotated[
-    int, typer.Option(help="--ray --label-studio: predictions pushed to Label Studio at once, at most")
+    int,
+    typer.Option(
+        help="--ray --label-studio: requests pushing predictions (100 each) to Label Studio at once"
+    ),
 ]
 EngineUrls = Annotated[
     list[str] | None,
