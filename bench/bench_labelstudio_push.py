@@ -97,8 +97,10 @@ def main() -> None:
                 httpx.Client(base_url=args.url, headers={"Authorization": f"Token {token}"}, timeout=120)
             )
         else:
-            from lsserver import LS_TOKEN, running_label_studio
+            from lsserver import LS_BIN, LS_TOKEN, running_label_studio
 
+            if not LS_BIN.exists():
+                sys.exit(f"no Label Studio at {LS_BIN}: run scripts/setup_external.sh, or give --url")
             data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiwi-ls-bench-")))
             ls, token = stack.enter_context(running_label_studio(data)), LS_TOKEN
         version = ls.get("/api/version").json().get("release", "?")
