@@ -29,7 +29,7 @@ from rich.table import Table
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES, split_documents
 from recommender.formats import read_documents
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, Retrainer, get_trainer
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
@@ -75,21 +75,21 @@ def main() -> int:
             retrain_every=args.corrections,
             retrain_debounce_seconds=args.debounce,
         )
-        registry = ModelRegistry(settings.model_dir)
+        model_versions = ModelVersions(settings.model_dir)
         store = CorrectionStore(f"sqlite:///{work}/corrections.sqlite3")
 
         t = time.perf_counter()
-        with registry.staging() as tmp:
+        with model_versions.staging() as tmp:
             out = get_trainer(args.trainer)(seed, dev, tmp, None, epochs=args.epochs)
-            first = registry.add(out)
-        registry.promote(first)
+            first = model_versions.add(out)
+        model_versions.promote(first)
         bootstrap_s = time.perf_counter() - t
 
         promoted_at: list[float] = []
         rt = Retrainer(
             settings,
             store,
-            registry,
+            model_versions,
             on_promote=lambda _: promoted_at.append(time.perf_counter()),
             corpora=Corpora(seed, dev),
         )

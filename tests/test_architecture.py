@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"service"},
     {"retraining", "batch"},
     {"settings", "cores"},
-    {"active", "agreement", "corpora", "guidelines", "registry", "store"},
+    {"active", "agreement", "corpora", "guidelines", "model_versions", "store"},
     {"extractors"},
     {"evaluation"},
     {"formats", "progress", "splits", "synthetic"},
