@@ -18,8 +18,7 @@ from recommender.errors import DocumentError, NotFoundError
 from recommender.formats import brat
 from recommender.model_versions import ModelVersions
 from recommender.progress import reporting
-from recommender.retraining import bootstrap, decide, default_corpora
-from recommender.retraining import data as retraining_data
+from recommender.retraining import bootstrap, decide, default_corpora, training_data
 from recommender.schema import load_schema
 from recommender.settings import Settings
 from recommender.synthetic import generate
@@ -185,7 +184,7 @@ def test_fetch_checks_every_file_and_records_the_source(github, tmp_path: Path) 
 
 
 def _first_run_settings(tmp_path: Path, api: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setattr(retraining_data, "SHARED_MTSAMPLES", tmp_path / "no_shared_here")
+    monkeypatch.setattr(training_data, "SHARED_MTSAMPLES", tmp_path / "no_shared_here")
     return Settings(model_dir=tmp_path / "models", trainer="kiwi.lexicon.v1", corpus_api=api, retrain=False)
 
 

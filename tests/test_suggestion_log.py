@@ -18,7 +18,7 @@ from test_service_inception import REL, SPAN, predict_request, predict_typesyste
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.document import Document
-from recommender.evaluation.corrections import score_correction
+from recommender.evaluation.correction_scores import score_correction
 from recommender.evaluation.evidence import by_version, notes_of, summarize
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
@@ -29,7 +29,7 @@ from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, Retrainer
 from recommender.retraining.recent import check as recent_check
 from recommender.service import create_app
-from recommender.service.evidence import Evidence
+from recommender.service.suggestion_log import Evidence
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.database import downgrade, migrate, open_engine, schema_revision

@@ -14,8 +14,8 @@ from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
 from recommender.model_versions import ModelVersions
 from recommender.progress import Progress, duration
-from recommender.retraining.data import SYNTHETIC_EPOCHS, default_corpora
 from recommender.retraining.trainers import get_trainer
+from recommender.retraining.training_data import SYNTHETIC_EPOCHS, default_corpora
 from recommender.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from recommender.extractors.base import ModelInfo
 from recommender.model_versions import ModelVersions
 from recommender.progress import Progress, reporting
 from recommender.retraining import recent
-from recommender.retraining.data import Corpora, assemble, default_corpora
 from recommender.retraining.gate import decide, scores
 from recommender.retraining.trainers import Trainer
+from recommender.retraining.training_data import Corpora, assemble, default_corpora
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.suggestions import SuggestionLog

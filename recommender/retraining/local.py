@@ -15,9 +15,9 @@ from typing import Any
 
 from recommender.errors import BusyError, NotFoundError
 from recommender.model_versions import ModelVersions
-from recommender.retraining.data import Corpora
 from recommender.retraining.jobs import Job, JobRunner, summary
 from recommender.retraining.trainers import Trainer, get_trainer
+from recommender.retraining.training_data import Corpora
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from recommender.errors import BusyError, ConfigError, NotFoundError
 from recommender.model_versions import ModelVersions
-from recommender.retraining.data import Corpora
 from recommender.retraining.jobs import Job, JobRunner, summary
 from recommender.retraining.trainers import Trainer, get_trainer
+from recommender.retraining.training_data import Corpora
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.database import libpq_dsn

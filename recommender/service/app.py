@@ -22,7 +22,7 @@ from recommender.errors import ConfigError
 from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, Retrainer, Trainer
 from recommender.retraining.queue import JobQueue
-from recommender.service import admin, errors, inception, labelstudio, reports
+from recommender.service import admin, http_errors, inception_recommender, labelstudio_backend, reports
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import (
     AuthMiddleware,
@@ -139,10 +139,16 @@ def create_app(
     )
     app.state.service = service
     app.state.settings = settings
-    errors.install(app)
-    routers = (inception.router, labelstudio.router, labelstudio.model_router, admin.router, reports.router)
+    http_errors.install(app)
+    routers = (
+        inception_recommender.router,
+        labelstudio_backend.router,
+        labelstudio_backend.model_router,
+        admin.router,
+        reports.router,
+    )
     for router in routers:
-        app.include_router(router, responses=errors.ERROR_RESPONSES)
+        app.include_router(router, responses=http_errors.ERROR_RESPONSES)
     # Added last = outermost: authenticate before reading a body, limit it before parsing it.
     app.add_middleware(CatchAllMiddleware, log_note_text=settings.log_note_text)
     app.add_middleware(StatsMiddleware, stats=service.stats)

@@ -21,11 +21,11 @@ from recommender.model_versions import ModelVersions
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
 from recommender.service.ahead import AheadWorker
-from recommender.service.evidence import Evidence
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
 from recommender.service.predicting import PredictPath
 from recommender.service.served import Predictor, ServedModels
+from recommender.service.suggestion_log import Evidence
 from recommender.settings import DEFAULT_MODEL, RecommenderConfig, Settings
 from recommender.store import CorrectionStore
 from recommender.store.predictions import PredictionCache

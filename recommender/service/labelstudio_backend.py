@@ -52,9 +52,9 @@ from recommender.formats.labelstudio import (
 )
 from recommender.guidelines import labelstudio_config
 from recommender.service.bodies import CleanJsonRoute
-from recommender.service.evidence import split_version
 from recommender.service.labelstudio_client import backend_authorization
 from recommender.service.state import MODEL_PATH, Predictor, PredictorDep, Service, ServiceDep, client_of
+from recommender.service.suggestion_log import split_version
 from recommender.store.suggestions import NewSuggestion
 
 log = logging.getLogger(__name__)
