@@ -199,8 +199,16 @@ def test_checksum_of_the_base_is_verified(trained: Path, tiny_base: Path, tmp_pa
 
 
 def test_training_resumes_from_its_checkpoint(
-    tmp_path: Path, tiny_base: Path, sample: list[Document], dev: list[Document], trained: Path
+    tmp_path: Path,
+    tiny_base: Path,
+    sample: list[Document],
+    dev: list[Document],
+    trained: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from recommender.extractors.llama import training
+
+    monkeypatch.setattr(training, "SNAPSHOT_STEPS", 1)
     out = tmp_path / "model"
     config = small_config(tiny_base, max_steps=3, checkpoint_steps=1)
 
@@ -227,6 +235,12 @@ def test_training_resumes_from_its_checkpoint(
     resumed = load_file(out / "adapter" / "adapter_model.safetensors")
     straight = load_file(trained / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == straight.keys()
+    # an adapter kept at every step, across the interruption, for the learning curve
+    snapshots = sorted(p.name for p in (out / training.SNAPSHOT_DIR).iterdir())
+    assert snapshots == ["step-00001", "step-00002", "step-00003"]
+    last = load_file(out / training.SNAPSHOT_DIR / "step-00003" / "adapter_model.safetensors")
+    assert last.keys() == resumed.keys()
+    assert (out / training.SNAPSHOT_DIR / "step-00003" / "adapter_config.json").is_file()
     for k in resumed:  # the same run as the uninterrupted one
         assert torch.equal(resumed[k], straight[k]), k
 

@@ -37,6 +37,8 @@ from recommender.splits import validation_split
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_STEPS = 100  # an adapter kept every this many steps, for the learning curve
+SNAPSHOT_DIR = "snapshots"
 IGNORE = -100  # cross-entropy's ignore_index: prompt tokens and padding carry no loss
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -306,6 +308,7 @@ def train_llama(
     checkpoint = out_dir / CHECKPOINT_DIR
     run_key = {"config": config.to_dict(), "data": fingerprint(train_docs), "base": ref.to_dict()}
     step, history = 0, []
+    before = 0.0  # seconds spent by earlier sessions of this run, when it resumes
     best: dict[str, Any] | None = None  # score, step, adapter state, validation metrics
     since_best = 0
     if (checkpoint / STATE_FILE).is_file():
@@ -321,6 +324,7 @@ def train_llama(
                 saved["since_best"],
             )
             torch.set_rng_state(saved["rng"])
+            before = saved.get("seconds", 0.0)
             log.info("resuming from the checkpoint at step %d", step)
         else:
             log.warning("ignoring %s: it is of another run (settings, data or base differ)", checkpoint)
@@ -354,6 +358,7 @@ def train_llama(
             "best": best,
             "since_best": since_best,
             "rng": torch.get_rng_state(),
+            "seconds": before + time.perf_counter() - started,
         }
         _save_checkpoint(checkpoint, model, state)
 
@@ -388,6 +393,10 @@ def train_llama(
             optimizer.zero_grad()
             step += 1
             history.append({"step": step, "loss": round(loss_sum, 4)})
+            if step % SNAPSHOT_STEPS == 0:
+                # the adapter as peft saves it (config + weights): a vLLM server or a copy of the
+                # model folder can load it, so the learning curve is measured after the run
+                model.save_pretrained(str(out_dir / SNAPSHOT_DIR / f"step-{step:05d}"))
             end_of_epoch = step % steps_per_epoch == 0 or step == total
             due = config.eval_steps is not None and step % config.eval_steps == 0
             if (due or end_of_epoch) and evaluate_now():
@@ -430,7 +439,7 @@ def train_llama(
             "train_examples": len(encoded),
             "examples_too_long": too_long,
             "quantization": used,
-            "train_seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": round(before + time.perf_counter() - started, 1),  # all sessions of the run
         },
     )
     extractor.save(out_dir)
