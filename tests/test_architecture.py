@@ -2,7 +2,8 @@
 
 Every ``import`` of a ``recommender`` module counts, at module level or inside a function (a lazy
 import is still a dependency), except those under ``if TYPE_CHECKING:`` (annotations only). A failure
-names the modules and the rule.
+names the modules and the rule. One more rule reads only the file names: no two modules share a name
+for different things.
 """
 
 from __future__ import annotations
