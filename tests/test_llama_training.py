@@ -230,8 +230,12 @@ def test_training_resumes_from_its_checkpoint(
         steps.append(total)
         return items
 
-    LlamaExtractor.train(sample[:3], dev, config, out, progress=progress)
+    # another checkpoint cadence is the same run: where and how often it saves changes nothing learnt
+    LlamaExtractor.train(sample[:3], dev, replace(config, checkpoint_steps=5), out, progress=progress)
     assert steps == [1]  # only the third step was left
+    metrics = ModelInfo.load(out).metrics
+    assert metrics["train_cpu_seconds"] > 0 and metrics["train_peak_rss_mb"] > 100  # both sessions'
+    assert metrics["train_seconds"] > 0
     assert not (out / CHECKPOINT_DIR).exists()
     from safetensors.torch import load_file
 

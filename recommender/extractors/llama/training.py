@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import resource
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,7 @@ from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
-from recommender.extractors.llama.config import LlamaConfig
+from recommender.extractors.llama.config import NOT_LEARNT, LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor
 from recommender.extractors.llama.layout import ADAPTER_DIR, NAME, SNAPSHOT_DIR
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
@@ -233,6 +234,21 @@ def _exact_f1(metrics: dict[str, Any], task: str) -> float:
     return float(metrics[task]["exact"]["f1"])
 
 
+def _learnt(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity (config, data, base) less the fields that do not change what it learns."""
+    config = {k: v for k, v in run["config"].items() if k not in NOT_LEARNT}
+    return {**run, "config": config}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: kB
+
+
 def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
@@ -334,12 +350,13 @@ def train_llama(
     checkpoint = out_dir / CHECKPOINT_DIR
     run_key = {"config": config.to_dict(), "data": fingerprint(train_docs), "base": ref.to_dict()}
     step, history = 0, []
-    before = 0.0  # seconds spent by earlier sessions of this run, when it resumes
+    # wall and CPU seconds and peak memory of earlier sessions of this run, when it resumes
+    before, cpu_before, peak_before = 0.0, 0.0, 0
     best: dict[str, Any] | None = None  # score, step, adapter state, validation metrics
     since_best = 0
     if (checkpoint / STATE_FILE).is_file():
         saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
-        if saved["run"] == run_key:
+        if _learnt(saved["run"]) == _learnt(run_key):
             _set_adapter_state(model, saved["adapter"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -351,6 +368,7 @@ def train_llama(
             )
             torch.set_rng_state(saved["rng"])
             before = saved.get("seconds", 0.0)
+            cpu_before, peak_before = saved.get("cpu_seconds", 0.0), saved.get("peak_rss_mb", 0)
             log.info("resuming from the checkpoint at step %d", step)
         else:
             log.warning("ignoring %s: it is of another run (settings, data or base differ)", checkpoint)
@@ -385,6 +403,8 @@ def train_llama(
             "since_best": since_best,
             "rng": torch.get_rng_state(),
             "seconds": before + time.perf_counter() - started,
+            "cpu_seconds": cpu_before + _cpu_seconds(),
+            "peak_rss_mb": max(peak_before, _peak_rss_mb()),
         }
         _save_checkpoint(checkpoint, model, state)
 
@@ -464,7 +484,10 @@ def train_llama(
             "train_examples": len(encoded),
             "examples_too_long": too_long,
             "quantization": used,
-            "train_seconds": round(before + time.perf_counter() - started, 1),  # all sessions of the run
+            # all sessions of the run
+            "train_seconds": round(before + time.perf_counter() - started, 1),
+            "train_cpu_seconds": round(cpu_before + _cpu_seconds(), 1),
+            "train_peak_rss_mb": max(peak_before, _peak_rss_mb()),
         },
     )
     extractor.save(out_dir)
