@@ -148,7 +148,9 @@ def test_model_folder(trained: Path, tiny_base: Path, sample: list[Document]) ->
     adapter = json.loads((trained / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 64
     assert adapter["base_model_name_or_path"] == str(tiny_base.resolve())
-    assert "QLoRA" in (trained / "MODEL_CARD.md").read_text()
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "QLoRA" in card and "development notes choose nothing" in card
+    assert "CPU-seconds, peak memory" in card and "? CPU-seconds" not in card
 
 
 def test_loss_is_on_the_target_only(tiny_base: Path, sample: list[Document]) -> None:
