@@ -20,7 +20,7 @@ from recommender.corpora import SAMPLE_DIR
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
 from recommender.guidelines import labelstudio_config
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora
 from recommender.service import create_app
 from recommender.service.app import running_server
@@ -59,10 +59,10 @@ def labelled(prediction: dict[str, Any]) -> set[tuple[str, str]]:
 def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> None:
     ls = label_studio
     sample = brat.read(SAMPLE_DIR)
-    registry = ModelRegistry(tmp_path / "models")
+    model_versions = ModelVersions(tmp_path / "models")
     LexiconExtractor.train(sample).save(tmp_path / "first")
-    v1 = registry.add(tmp_path / "first")
-    registry.promote(v1)
+    v1 = model_versions.add(tmp_path / "first")
+    model_versions.promote(v1)
     settings = Settings(
         model_dir=tmp_path / "models",
         port=0,
@@ -135,7 +135,9 @@ def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> 
 
         r = ls.post(f"/api/ml/{ml.json()['id']}/train", json={"use_ground_truth": False})
         assert r.status_code == 200, r.text
-        v2 = wait_for(lambda: (v := registry.current_version()) != v1 and v, "a promoted retrained model", 90)
+        v2 = wait_for(
+            lambda: (v := model_versions.current_version()) != v1 and v, "a promoted retrained model", 90
+        )
         wait_for(lambda: service.predictor.version == v2, "the service to serve v2", 20)
 
         second = [p for p in retrieve_predictions(ls, pid) if p["model_version"] == v2]
