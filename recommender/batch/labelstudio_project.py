@@ -1,4 +1,6 @@
-"""A Label Studio project as a corpus run's input and output, through the service's Label Studio client.
+"""A Label Studio project as a corpus run's input and output, through the service's Label Studio client
+(``recommender.service.labelstudio_client``, handed in by the command: :class:`ProjectClient` is what
+this module asks of it).
 
 Input: every task of the project, page by page; a note is the task data key the project's labeling
 config names, its id the task id. A task that already carries a prediction of the model version is
@@ -22,17 +24,30 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from recommender.batch.notes import Corpus
 from recommender.document import Document
 from recommender.errors import ConfigError, FormatError
 from recommender.formats.labelstudio import LabelStudioConfig, document_prediction, labeling_config, task_text
 from recommender.guidelines import labelstudio_config
-from recommender.service.labelstudio_client import LabelStudioClient
 
 PAGE_SIZE = 100  # tasks per page read
 CHUNK = 100  # predictions per request (Label Studio checks up to 500 before storing any)
+
+
+class ProjectClient(Protocol):
+    """The calls to Label Studio a run makes (``LabelStudioClient`` has them)."""
+
+    def project(self, project_id: int) -> dict[str, Any]: ...
+
+    def tasks(
+        self, project_id: int, page_size: int = ..., *, versions: bool = ...
+    ) -> list[dict[str, Any]]: ...
+
+    def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> int: ...
+
+    def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> bool: ...
 
 
 @dataclass
@@ -77,7 +92,7 @@ class Pushed:
         return out
 
 
-def read_project(client: LabelStudioClient, project_id: int, version: str, max_chars: int) -> Project:
+def read_project(client: ProjectClient, project_id: int, version: str, max_chars: int) -> Project:
     """The project's tasks without a prediction of ``version``, their notes read leniently."""
     config = labeling_config(client.project(project_id).get("label_config") or labelstudio_config())
     tasks = sorted(client.tasks(project_id, PAGE_SIZE, versions=True), key=lambda t: int(t["id"]))
@@ -99,7 +114,7 @@ def read_project(client: LabelStudioClient, project_id: int, version: str, max_c
 
 
 def push_predictions(
-    client: LabelStudioClient, project: Project, docs: Sequence[Document], writers: int, chunk: int = CHUNK
+    client: ProjectClient, project: Project, docs: Sequence[Document], writers: int, chunk: int = CHUNK
 ) -> Pushed:
     """One prediction per document (``doc.id``: its task id), ``chunk`` a request and at most
     ``writers`` requests at once."""
@@ -140,4 +155,4 @@ def _task_order(item: tuple[str, str]) -> int:
     return int(item[0])
 
 
-__all__ = ["CHUNK", "Project", "Pushed", "push_predictions", "read_project"]
+__all__ = ["CHUNK", "Project", "ProjectClient", "Pushed", "push_predictions", "read_project"]
