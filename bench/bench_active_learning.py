@@ -180,8 +180,8 @@ def main() -> None:
 
     import torch
 
-    from recommender.active.report import write
     from recommender.active.simulate import Learner, Plan, simulate
+    from recommender.active.simulation_report import write
     from recommender.active.strategies import STRATEGIES
     from recommender.cli.simulate import parse_settings
 

@@ -34,7 +34,7 @@ from recommender.extractors import load_extractor
 from recommender.formats import brat
 from recommender.retraining import Corpora, get_trainer
 from recommender.retraining.consensus import RULES
-from recommender.retraining.data import assemble
+from recommender.retraining.training_data import assemble
 from recommender.store import CorrectionStore
 
 CONDITIONS = ("clean", *RULES)

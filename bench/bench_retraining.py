@@ -1,11 +1,14 @@
 """Time from a stored correction to a promoted model, through the real retraining loop.
 
-Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 3] [--corrections 10]``.
+Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 3] [--corrections 10]
+[--start-from DIR]``.
 Uses the shared MTSamples split when it sits beside the checkout (else the sample corpus): a first
-model is trained on the seed notes and promoted (timed separately), then ``--corrections`` other notes
-are stored as corrections one by one, as Label Studio submits would arrive, and the clock runs from
-the last one to the promotion (or rejection) of the candidate, debounce included. Prints a table and
-writes JSON (``--out``, default ``bench/results/retraining_<trainer>.json``).
+model is trained on the seed notes and promoted (timed separately; ``--start-from`` promotes a trained
+model folder instead, e.g. the full-data LLaMA, whose adapter the job then continues), then
+``--corrections`` other notes are stored as corrections one by one, as Label Studio submits would
+arrive, and the clock runs from the last one to the promotion (or rejection) of the candidate,
+debounce included. Prints a table and writes JSON (``--out``, default
+``bench/results/retraining_<trainer>.json``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ apply_process_policy()  # before torch is imported: OpenMP reads its environment
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,8 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from recommender.corpora import SAMPLE_DIR, SHARED_MTSAMPLES, split_documents
+from recommender.extractors.llama.layout import SNAPSHOT_DIR
 from recommender.formats import read_documents
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, Retrainer, get_trainer
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
@@ -49,6 +54,9 @@ def main() -> int:
     ap.add_argument("--corrections", type=int, default=10, help="corrected notes sent (= retrain_every)")
     ap.add_argument("--debounce", type=float, default=30.0, help="retrain_debounce_seconds")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "--start-from", type=Path, default=None, help="promote this model folder, train no first one"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.trainer == "kiwi.encoder.v1":
@@ -75,21 +83,25 @@ def main() -> int:
             retrain_every=args.corrections,
             retrain_debounce_seconds=args.debounce,
         )
-        registry = ModelRegistry(settings.model_dir)
+        model_versions = ModelVersions(settings.model_dir)
         store = CorrectionStore(f"sqlite:///{work}/corrections.sqlite3")
 
         t = time.perf_counter()
-        with registry.staging() as tmp:
-            out = get_trainer(args.trainer)(seed, dev, tmp, None, epochs=args.epochs)
-            first = registry.add(out)
-        registry.promote(first)
+        with model_versions.staging() as tmp:
+            if args.start_from is not None:
+                out = Path(tmp) / "model"
+                shutil.copytree(args.start_from, out, ignore=shutil.ignore_patterns(SNAPSHOT_DIR))
+            else:
+                out = get_trainer(args.trainer)(seed, dev, tmp, None, epochs=args.epochs)
+            first = model_versions.add(out)
+        model_versions.promote(first)
         bootstrap_s = time.perf_counter() - t
 
         promoted_at: list[float] = []
         rt = Retrainer(
             settings,
             store,
-            registry,
+            model_versions,
             on_promote=lambda _: promoted_at.append(time.perf_counter()),
             corpora=Corpora(seed, dev),
         )
@@ -120,6 +132,7 @@ def main() -> int:
         "debounce_seconds": args.debounce,
         "torch_threads": args.threads if args.trainer == "kiwi.encoder.v1" else None,
         "cpus": os.cpu_count(),
+        "started_from": str(args.start_from) if args.start_from else None,
         "bootstrap_seconds": round(bootstrap_s, 1),
         "correction_to_model_seconds": round(total, 1),
         "stage_started_after_seconds": {k: round(v, 1) for k, v in stages.items()},
@@ -133,7 +146,10 @@ def main() -> int:
     table = Table(title=f"correction -> promoted model ({args.trainer}, {corpus})")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("bootstrap training (seed notes)", f"{bootstrap_s:.1f} s ({len(seed)} notes)")
+    first_model = (
+        f"copied from {args.start_from}" if args.start_from else f"trained on {len(seed)} seed notes"
+    )
+    table.add_row(f"first model ({first_model})", f"{bootstrap_s:.1f} s")
     for stage, at in stages.items():
         table.add_row(f"  '{stage}' began after", f"{at:.1f} s")
     table.add_row("last correction -> " + (job.outcome or job.state), f"{total:.1f} s")

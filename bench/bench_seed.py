@@ -32,7 +32,7 @@ from recommender.evaluation import evaluate_extractor
 from recommender.extractors import load_extractor
 from recommender.formats import brat
 from recommender.retraining import get_trainer
-from recommender.retraining.data import SYNTHETIC_EPOCHS
+from recommender.retraining.training_data import SYNTHETIC_EPOCHS
 
 SEEDS = ("sample", "synthetic", "mtsamples")
 

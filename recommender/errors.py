@@ -1,7 +1,7 @@
 """Every error the package raises on purpose.
 
 Messages name the offending value in brackets. The CLI prints ``str(error)`` on one line and the
-service maps each class to one HTTP status in ``recommender.service.errors``.
+service maps each class to one HTTP status in ``recommender.service.http_errors``.
 """
 
 from __future__ import annotations

@@ -5,25 +5,33 @@
 - ``inception/layers.json``: the same layers in INCEpTION's layer import format, tag sets included;
 - ``inception/tagsets/*.json``: the tag sets in INCEpTION's tag set import format;
 - ``inception/README.md``: the set-up steps for a project manager;
-- ``guideline.md``: the annotator guideline (prose written here, tables generated from the schema).
+- ``guideline.md``: the annotator guideline.
 
-Everything is a pure function of the schema, so the checked-in files can be compared byte for byte.
+The prose lives in ``annotation_guidelines/templates/`` (packaged with the wheel like the schema):
+Jinja templates of the two Markdown files, each label's notes (``label_notes.yaml``) and the worked
+examples (``worked_examples.yaml``, checked against the schema). Everything is a pure function of the
+schema and those files, so the checked-in artifacts can be compared byte for byte.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
 from recommender.errors import SchemaError
 from recommender.formats.xmi import DEFAULT_LAYERS, LayerMapping, layer_typesystem
+from recommender.packaged import packaged_path
 from recommender.schema import LabelType, Schema, load_schema
+
+if TYPE_CHECKING:
+    import jinja2
 
 LABELSTUDIO_CONFIG = Path("labelstudio/labeling_config.xml")
 INCEPTION_TYPESYSTEM = Path("inception/TypeSystem.xml")
@@ -32,6 +40,13 @@ INCEPTION_LABEL_TAGSET = Path("inception/tagsets/kiwi_labels.json")
 INCEPTION_RELATION_TAGSET = Path("inception/tagsets/kiwi_relations.json")
 INCEPTION_README = Path("inception/README.md")
 GUIDELINE = Path("guideline.md")
+
+# The prose the generated files are made from (a checkout path, read through packaged_path).
+TEMPLATES = "annotation_guidelines/templates"
+GUIDELINE_TEMPLATE = "guideline.md.jinja"
+INCEPTION_README_TEMPLATE = "inception_README.md.jinja"
+LABEL_NOTES = "label_notes.yaml"
+WORKED_EXAMPLES = "worked_examples.yaml"
 
 LABEL_TAGSET_NAME = "Kiwi clinical labels"
 RELATION_TAGSET_NAME = "Kiwi relations"
@@ -162,82 +177,25 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
+def _render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(generated=_GENERATED, **context)
+
+
 def inception_readme(schema: Schema, layers: LayerMapping = DEFAULT_LAYERS) -> str:
-    label_file, relation_file = INCEPTION_LABEL_TAGSET.name, INCEPTION_RELATION_TAGSET.name
-    span_short, rel_short = layers.span_type.rpartition(".")[2], layers.relation_type.rpartition(".")[2]
-    return f"""# Setting up an INCEpTION project for Kiwi pre-annotation
-
-<!-- {_GENERATED} -->
-
-Schema {schema.name} {schema.version}: {len(schema.entity_names)} main entity types and \
-{len(schema.modifier_names)} modifier types share one span layer; the relation `{schema.relation}` \
-(main entity -> modifier) is a relation layer attached to it.
-
-| Layer | UIMA type | Feature | Tag set |
-| --- | --- | --- | --- |
-| {SPAN_LAYER_UI_NAME} (span) | `{layers.span_type}` | `{layers.span_feature}` (String) | \
-{LABEL_TAGSET_NAME} ({len(schema.labels)} tags) |
-| {RELATION_LAYER_UI_NAME} (relation) | `{layers.relation_type}` | `{layers.relation_feature}` (String) | \
-{RELATION_TAGSET_NAME} (`{schema.relation}`) |
-
-The relation layer's `{layers.governor}` is the main entity and its `{layers.dependent}` the modifier.
-
-Files in this folder:
-
-- `layers.json`: both layers with their features and tag sets, in INCEpTION's layer import format;
-- `TypeSystem.xml`: the same two layers as a UIMA type system description;
-- `tagsets/{label_file}`, `tagsets/{relation_file}`: the tag sets in INCEpTION's tag set import format.
-
-## 1. Create the layers
-
-1. Create the project (or open an existing one) and go to **Settings -> Layers**.
-2. Click **Import**, choose `layers.json` and confirm. This creates the span layer
-   `{SPAN_LAYER_UI_NAME}` (`{span_short}`) with the feature `{layers.span_feature}` bound to the tag set
-   "{LABEL_TAGSET_NAME}", and the relation layer `{RELATION_LAYER_UI_NAME}` (`{rel_short}`) attached to
-   it, with the feature `{layers.relation_feature}` bound to "{RELATION_TAGSET_NAME}".
-3. Check the span layer's settings: anchoring *tokens*, overlap *any overlap* (modifiers such as
-   bodyloc and severity sit inside their entity), no cross-sentence spans. Check that the relation
-   layer is attached to `{SPAN_LAYER_UI_NAME}` and allows cross-sentence relations.
-
-Alternative to step 2: import `TypeSystem.xml` on the same page (INCEpTION recognises the relation
-layer from its `{layers.governor}`/`{layers.dependent}` features), then do section 2 and, for each layer,
-select the feature `{layers.span_feature}` / `{layers.relation_feature}` and set its tag set.
-
-## 2. Tag sets (only when the layers came from TypeSystem.xml)
-
-1. Go to **Settings -> Tagsets**, click **Import**, choose the format *JSON*.
-2. Import `tagsets/{label_file}` and `tagsets/{relation_file}`. Each tag carries its definition, which
-   annotators see when they pick a label.
-3. Bind them to the features as described in section 1, and untick "annotators may add tags" if it
-   is ticked: the recommender only knows the schema's labels.
-
-## 3. Two external recommenders
-
-Go to **Settings -> Recommenders** and create two recommenders, one per layer. For both: tool
-*External recommender*, **Training capability** *Training supported* (so INCEpTION asks again after
-spans were accepted and sends corrected documents for training), and **Verify certificates** on
-unless the server uses a self-signed certificate.
-
-| Name | Layer | Feature | URL |
-| --- | --- | --- | --- |
-| `entities` | {SPAN_LAYER_UI_NAME} | `{layers.span_feature}` | `http://HOST:PORT/inception/entities` |
-| `relations` | {RELATION_LAYER_UI_NAME} | `{layers.relation_feature}` | \
-`http://HOST:PORT/inception/relations` |
-
-Replace `HOST:PORT` with where the Kiwi recommender runs. INCEpTION appends `/predict` and `/train`
-to the URL itself. Its URL check rejects host names containing `_` (use `kiwi-recommender`, not
-`kiwi_recommender`, as a docker-compose service name) and a query string is dropped, so do not put a
-token there. INCEpTION sends no credentials: keep the recommender on a private network.
-
-## 4. How annotators work with it
-
-- Entity and modifier suggestions appear when a document is opened; accept or reject them.
-- A relation suggestion can only attach to spans that are already accepted annotations, so accept
-  the entities and modifiers first; relation suggestions follow after the next annotation action.
-- The sidebar's score threshold hides low-confidence suggestions.
-- Predict and train calls time out after 30 s by default (`recommender.external.read-timeout` in
-  INCEpTION's `settings.properties`); raise it for a slow (LLM) model.
-"""
+    """The set-up steps for a project manager (prose in ``templates/inception_README.md.jinja``)."""
+    return _render(
+        INCEPTION_README_TEMPLATE,
+        schema=schema,
+        layers=layers,
+        span_layer_name=SPAN_LAYER_UI_NAME,
+        relation_layer_name=RELATION_LAYER_UI_NAME,
+        label_tagset_name=LABEL_TAGSET_NAME,
+        relation_tagset_name=RELATION_TAGSET_NAME,
+        label_file=INCEPTION_LABEL_TAGSET.name,
+        relation_file=INCEPTION_RELATION_TAGSET.name,
+        span_short=layers.span_type.rpartition(".")[2],
+        relation_short=layers.relation_type.rpartition(".")[2],
+    )
 
 
 # --- the annotator guideline -------------------------------------------------------------------
@@ -248,202 +206,6 @@ class LabelNotes:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     examples: tuple[str, ...]
-
-
-# Short examples use [text](label) for the span being illustrated; all sentences are invented.
-NOTES: dict[str, LabelNotes] = {
-    "problem": LabelNotes(
-        include=(
-            "diseases, syndromes and disorders, physical or mental",
-            "symptoms and signs the patient reports or the clinician observes",
-            "injuries, wounds, abnormal masses and structural abnormalities",
-            "organisms causing an infection (for instance a named bacterium)",
-            "test results that are stated to be abnormal, such as an elevated or a low value",
-            "the whole noun or adjective phrase, with its article or possessive and with the body site, "
-            "severity and course words that are part of it",
-        ),
-        exclude=(
-            "normal findings and statements of good health",
-            "verbs that only describe a change (the pain *worsened*: annotate the problem, not the verb)",
-            "smoking, alcohol and recreational drug use",
-            "a section heading that names no specific finding",
-        ),
-        examples=(
-            "He was admitted with [community-acquired pneumonia](problem).",
-            "Exam shows [a tender left calf](problem).",
-            "Labs notable for [low potassium](problem).",
-        ),
-    ),
-    "test": LabelNotes(
-        include=(
-            "laboratory tests and panels on blood, urine or other samples",
-            "imaging and other diagnostic procedures",
-            "vital signs and bedside measurements",
-            "physical examinations and evaluations of an organ system",
-        ),
-        exclude=(
-            "the result itself: it is a lab value or, when abnormal, part of a problem",
-            'a test mentioned only as an abnormal finding ("high blood pressure" is a problem)',
-        ),
-        examples=(
-            "[A chest radiograph](test) showed no infiltrate.",
-            "[Heart rate](test) 88, [temperature](test) 37.1.",
-        ),
-    ),
-    "drug": LabelNotes(
-        include=(
-            'generic and brand names of a medication, and names of drug classes ("beta blockers")',
-            "vaccines and other pharmaceutical products",
-            "a brand name and its generic name written together, as one span",
-        ),
-        exclude=(
-            "strength, dose, form, route, frequency and duration: they are modifiers of the drug",
-            'the word for the therapy when the drug is named ("insulin therapy": only insulin is a drug)',
-        ),
-        examples=(
-            "Continue [lisinopril](drug) at the same dose.",
-            "She is on [a statin](drug).",
-        ),
-    ),
-    "treatment": LabelNotes(
-        include=(
-            "operations, procedures and other interventions done to treat a problem",
-            "devices and hardware used for treatment (a ventilator, a stent, a feeding tube)",
-            "therapies that are not a named drug (physical therapy, radiation therapy, dialysis)",
-            "non-drug substances given for treatment (blood transfusion, intravenous fluids)",
-            "past, planned and refused treatments alike",
-        ),
-        exclude=(
-            'verbs that describe doing something ("the wound was dressed")',
-            'places and services that give care ("admitted to the ICU", "seen by cardiology")',
-            "named medications: they are drugs",
-        ),
-        examples=(
-            "She underwent [a total knee replacement](treatment).",
-            "He will start [cardiac rehabilitation](treatment).",
-        ),
-    ),
-    "negation": LabelNotes(
-        include=(
-            "the word or short phrase that says the entity is absent or was not done "
-            "(no, denies, negative for, without, not)",
-        ),
-        exclude=(
-            "a negative word that belongs to the name of the problem itself",
-            "words saying a drug was stopped or discontinued: that is not a negation",
-        ),
-        examples=("She [denies](negation) nausea.", "[No](negation) CT was obtained."),
-    ),
-    "bodyloc": LabelNotes(
-        include=(
-            "an anatomical site, organ, region or side tied to a problem, inside or outside the problem span",
-            "a list of sites, each as its own span, each linked to the problem",
-        ),
-        exclude=(
-            'body systems in general ("neurological", "cardiovascular")',
-            "body sites mentioned without a problem",
-        ),
-        examples=(
-            "Pain in [the right shoulder](bodyloc).",
-            "[Left](bodyloc) [lower lobe](bodyloc) consolidation.",
-        ),
-    ),
-    "severity": LabelNotes(
-        include=("explicit intensity words (mild, moderate, severe, significant, marked)",),
-        exclude=(
-            'size or shape words that would need medical judgement to read as severity ("small", "tiny")',
-        ),
-        examples=("[Severe](severity) headache.", "[Mild](severity) edema of both ankles."),
-    ),
-    "course": LabelNotes(
-        include=(
-            "words saying how a problem changes or has changed: worsening, improving, resolved, "
-            "recurrent, acute, chronic, progressive",
-        ),
-        exclude=("the time at which the change happened: that is a temporal modifier",),
-        examples=("The rash has [resolved](course).", "[Progressive](course) weakness."),
-    ),
-    "temporal": LabelNotes(
-        include=(
-            "calendar dates and clock times",
-            "relative times (yesterday, last week, two days ago, recently)",
-            "durations of a problem, test or treatment (for three days)",
-        ),
-        exclude=(
-            "words that only order events (before, after, then, subsequently, post-operatively)",
-            "how long a drug is to be taken: that is a duration modifier",
-        ),
-        examples=("Fever since [Sunday](temporal).", "Colonoscopy in [2018](temporal)."),
-    ),
-    "uncertain": LabelNotes(
-        include=(
-            "explicit hedges about a problem (possible, probable, likely, may be, suspected, rule out)",
-        ),
-        exclude=("uncertainty you infer from context without a hedge word",),
-        examples=("[Possible](uncertain) fracture.", "This [may represent](uncertain) a cyst."),
-    ),
-    "condition": LabelNotes(
-        include=(
-            "the word or phrase that makes a problem conditional or hypothetical (if, when, in case of), "
-            "or the circumstance under which it happens",
-        ),
-        exclude=("ordinary time expressions: they are temporal modifiers",),
-        examples=("Return [if](condition) the bleeding recurs.", "Dizziness [on standing](condition)."),
-    ),
-    "subject": LabelNotes(
-        include=(
-            "the person who has the problem when it is not the patient (a relative, a donor, another person)",
-        ),
-        exclude=("the patient: being about the patient is the default and is never marked",),
-        examples=("Her [brother](subject) has epilepsy.",),
-    ),
-    "labvalue": LabelNotes(
-        include=(
-            "the number, with its unit, reported for a test",
-            "a worded result (normal, negative, positive, unremarkable)",
-        ),
-        exclude=("the reference range that often follows the value",),
-        examples=("Sodium [138](labvalue).", "Urine culture was [negative](labvalue)."),
-    ),
-    "reference_range": LabelNotes(
-        include=("the interval given as normal for the test",),
-        exclude=("the patient's own value",),
-        examples=("TSH 2.1 (normal [0.4-4.0](reference_range)).",),
-    ),
-    "dosage": LabelNotes(
-        include=(
-            "the amount taken per administration expressed in units (1, two, 2 puffs)",
-            "dosing words such as low-dose, high-dose, taper, bolus, sliding scale",
-        ),
-        exclude=("the strength of one unit (500 mg): that is strength",),
-        examples=("Albuterol [2](dosage) puffs as needed.", "[Low-dose](dosage) aspirin."),
-    ),
-    "strength": LabelNotes(
-        include=("the amount of active ingredient per unit, with its unit (500 mg, 10 mg/mL, 5 mg/kg)",),
-        exclude=("the number of units taken: that is dosage",),
-        examples=("Metformin [850 mg](strength) tablet.",),
-    ),
-    "frequency": LabelNotes(
-        include=("how often: daily, twice a day, every 6 hours, at bedtime, b.i.d., as needed (p.r.n.)",),
-        exclude=("how long the course lasts: that is duration",),
-        examples=("Ibuprofen 400 mg [every 8 hours](frequency).",),
-    ),
-    "duration": LabelNotes(
-        include=("how long the drug is to be taken (for 10 days, for one month)",),
-        exclude=("durations of problems or treatments: they are temporal modifiers",),
-        examples=("Amoxicillin for [10 days](duration).",),
-    ),
-    "route": LabelNotes(
-        include=("how the drug enters the body: by mouth, p.o., IV, subcutaneous, topical, inhaled, drip",),
-        exclude=("the form of the product (tablet, cream): that is form",),
-        examples=("Ondansetron 4 mg [IV](route).",),
-    ),
-    "form": LabelNotes(
-        include=("the product form: tablet, capsule, solution, suspension, cream, patch, drops",),
-        exclude=("how it is given: that is route",),
-        examples=("Prednisone 20 mg [tablets](form).",),
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -460,106 +222,92 @@ class WorkedExample:
     note: str
 
 
-EXAMPLES: tuple[WorkedExample, ...] = (
-    WorkedExample(
-        text="She denies chest pain but reports mild shortness of breath since Monday.",
-        spans=(
-            ("negation", "denies"),
-            ("problem", "chest pain"),
-            ("bodyloc", "chest"),
-            ("problem", "mild shortness of breath"),
-            ("severity", "mild"),
-            ("temporal", "Monday"),
-        ),
-        relations=(
-            ("chest pain", "denies"),
-            ("chest pain", "chest"),
-            ("mild shortness of breath", "mild"),
-            ("mild shortness of breath", "Monday"),
-        ),
-        note="The body site and the severity word stay inside their problem span and are also marked "
-        "on their own; the negation and the time expression stay outside.",
-    ),
-    WorkedExample(
-        text="Discharged on metoprolol 25 mg 1 tablet by mouth twice daily for 30 days.",
-        spans=(
-            ("drug", "metoprolol"),
-            ("strength", "25 mg"),
-            ("dosage", "1"),
-            ("form", "tablet"),
-            ("route", "by mouth"),
-            ("frequency", "twice daily"),
-            ("duration", "30 days"),
-        ),
-        relations=(
-            ("metoprolol", "25 mg"),
-            ("metoprolol", "1"),
-            ("metoprolol", "tablet"),
-            ("metoprolol", "by mouth"),
-            ("metoprolol", "twice daily"),
-            ("metoprolol", "30 days"),
-        ),
-        note="The drug span is the name alone; each part of the prescription is its own modifier.",
-    ),
-    WorkedExample(
-        text="Hemoglobin A1c was 8.2% (reference 4.0-5.6%) on 03/14/2023; no CT scan was done.",
-        spans=(
-            ("test", "Hemoglobin A1c"),
-            ("labvalue", "8.2%"),
-            ("reference_range", "4.0-5.6%"),
-            ("temporal", "03/14/2023"),
-            ("negation", "no"),
-            ("test", "CT scan"),
-        ),
-        relations=(
-            ("Hemoglobin A1c", "8.2%"),
-            ("Hemoglobin A1c", "4.0-5.6%"),
-            ("Hemoglobin A1c", "03/14/2023"),
-            ("CT scan", "no"),
-        ),
-        note="A value that is only reported is a lab value of its test, not a problem.",
-    ),
-    WorkedExample(
-        text="Her mother had breast cancer. Possible pneumonia in the right lower lobe, now improving.",
-        spans=(
-            ("subject", "mother"),
-            ("problem", "breast cancer"),
-            ("bodyloc", "breast"),
-            ("uncertain", "Possible"),
-            ("problem", "pneumonia"),
-            ("bodyloc", "the right lower lobe"),
-            ("course", "improving"),
-        ),
-        relations=(
-            ("breast cancer", "mother"),
-            ("breast cancer", "breast"),
-            ("pneumonia", "Possible"),
-            ("pneumonia", "the right lower lobe"),
-            ("pneumonia", "improving"),
-        ),
-        note="A body site may also stand outside the problem span and is linked all the same.",
-    ),
-    WorkedExample(
-        text="He gets chest tightness if he climbs stairs. A stent was placed in 2019; no physical therapy "
-        "was given.",
-        spans=(
-            ("problem", "chest tightness"),
-            ("bodyloc", "chest"),
-            ("condition", "if"),
-            ("treatment", "A stent"),
-            ("temporal", "2019"),
-            ("negation", "no"),
-            ("treatment", "physical therapy"),
-        ),
-        relations=(
-            ("chest tightness", "chest"),
-            ("chest tightness", "if"),
-            ("A stent", "2019"),
-            ("physical therapy", "no"),
-        ),
-        note="Treatments take only temporal and negation modifiers.",
-    ),
-)
+def _templates() -> Path:
+    return packaged_path(TEMPLATES)
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_templates()),
+        undefined=jinja2.StrictUndefined,  # a misspelt placeholder fails instead of writing nothing
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # Markdown, not HTML
+    )
+
+
+def _read_yaml(name: str) -> Any:
+    import yaml
+
+    return yaml.safe_load((_templates() / name).read_text(encoding="utf-8"))
+
+
+def _fields(item: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
+    if not isinstance(item, dict) or set(item) != set(fields):
+        raise SchemaError(f"[{where}] needs exactly the keys {', '.join(fields)}")
+    return item
+
+
+def _strings(value: Any, where: str, size: int | None = None) -> tuple[str, ...]:
+    """A list of strings (of ``size`` items when given). YAML reads an unquoted ``no`` or ``1`` as a
+    bool or a number, so those are refused rather than turned back into different text."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SchemaError(f"[{where}] must be a list of strings (quote words such as 'no' and numbers)")
+    if size is not None and len(value) != size:
+        raise SchemaError(f"[{where}] must have {size} items, has {len(value)}")
+    return tuple(value)
+
+
+@functools.cache
+def label_notes() -> dict[str, LabelNotes]:
+    """Each label's notes, from ``templates/label_notes.yaml``."""
+    fields = ("include", "exclude", "examples")
+    out = {}
+    for label, notes in _read_yaml(LABEL_NOTES).items():
+        where = f"{LABEL_NOTES} {label}"
+        notes = _fields(notes, fields, where)
+        out[label] = LabelNotes(*(_strings(notes[f], f"{where}.{f}") for f in fields))
+    return out
+
+
+def _pairs(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list):
+        raise SchemaError(f"[{where}] must be a list of pairs")
+    out = []
+    for pair in value:
+        first, second = _strings(pair, where, 2)
+        out.append((first, second))
+    return tuple(out)
+
+
+@functools.cache
+def worked_examples() -> tuple[WorkedExample, ...]:
+    """The worked examples, from ``templates/worked_examples.yaml``."""
+    out = []
+    for n, ex in enumerate(_read_yaml(WORKED_EXAMPLES), 1):
+        where = f"{WORKED_EXAMPLES} example {n}"
+        ex = _fields(ex, ("text", "spans", "relations", "note"), where)
+        text, note = _strings([ex["text"], ex["note"]], f"{where} text and note")
+        spans, relations = (
+            _pairs(ex["spans"], f"{where} spans"),
+            _pairs(ex["relations"], f"{where} relations"),
+        )
+        out.append(WorkedExample(text, spans, relations, note))
+    return tuple(out)
+
+
+def __getattr__(name: str) -> Any:
+    # NOTES and EXAMPLES are read on first use: the service imports this module for the labeling
+    # config and needs neither the prose nor the YAML and Jinja libraries.
+    if name == "NOTES":
+        return label_notes()
+    if name == "EXAMPLES":
+        return worked_examples()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _locate(text: str, phrase: str) -> tuple[int, int]:
@@ -583,19 +331,15 @@ def _check_example(schema: Schema, ex: WorkedExample) -> dict[str, str]:
     return labels
 
 
-def _render_example(schema: Schema, n: int, ex: WorkedExample) -> list[str]:
+def _example_context(schema: Schema, ex: WorkedExample) -> dict[str, Any]:
     labels = _check_example(schema, ex)
     ordered = sorted(ex.spans, key=lambda s: (_locate(ex.text, s[1])[0], -len(s[1])))
-    out = [f"### Example {n}", "", f"> {ex.text}", "", "| Span | Type |", "| --- | --- |"]
-    out += [f"| {phrase} | {label} |" for label, phrase in ordered]
-    out += ["", "Relations (`hasAttr`, entity -> modifier):", ""]
-    out += [f"- {head} ({labels[head]}) -> {tail} ({labels[tail]})" for head, tail in ex.relations]
-    out += ["", ex.note, ""]
-    return out
-
-
-def _bullets(items: tuple[str, ...]) -> list[str]:
-    return [f"- {item}" for item in items]
+    return {
+        "text": ex.text,
+        "spans": [(phrase, label) for label, phrase in ordered],
+        "relations": [(head, labels[head], tail, labels[tail]) for head, tail in ex.relations],
+        "note": ex.note,
+    }
 
 
 _MARKED = re.compile(r"\[([^\]]+)\]\((\w+)\)")
@@ -611,100 +355,36 @@ def _render_marked(schema: Schema, example: str) -> str:
     return _MARKED.sub(sub, example)
 
 
-def _label_section(schema: Schema, t: LabelType) -> list[str]:
+def _label_context(schema: Schema, t: LabelType) -> dict[str, Any]:
     try:
-        notes = NOTES[t.name]
+        notes = label_notes()[t.name]
     except KeyError:
-        raise SchemaError(f"no guideline notes for label [{t.name}] in recommender/guidelines.py") from None
-    out = [f"### {t.display} (`{t.name}`)", "", t.definition, ""]
-    if t.kind == "modifier":
-        out += [f"Attaches to: {', '.join(f'`{h}`' for h in _heads(schema, t.name))}.", ""]
-    out += ["Mark:", "", *_bullets(notes.include), "", "Do not mark:", "", *_bullets(notes.exclude), ""]
-    out += ["Examples:", "", *_bullets(tuple(_render_marked(schema, e) for e in notes.examples)), ""]
-    return out
-
-
-def _pairs_table(schema: Schema) -> list[str]:
-    heads = list(schema.allowed)
-    out = ["| Modifier | " + " | ".join(heads) + " |", "| --- |" + " :---: |" * len(heads)]
-    for m in schema.modifier_names:
-        out.append(f"| {m} | " + " | ".join("yes" if schema.allows(h, m) else "" for h in heads) + " |")
-    return out
+        raise SchemaError(f"no guideline notes for label [{t.name}] in {TEMPLATES}/{LABEL_NOTES}") from None
+    return {
+        "display": t.display,
+        "name": t.name,
+        "definition": t.definition,
+        "heads": _heads(schema, t.name) if t.kind == "modifier" else [],
+        "include": notes.include,
+        "exclude": notes.exclude,
+        "examples": [_render_marked(schema, e) for e in notes.examples],
+    }
 
 
 def guideline_markdown(schema: Schema | None = None) -> str:
+    """The annotator guideline: the prose of ``templates/guideline.md.jinja``, the label notes and
+    worked examples of its YAML files, the definitions and tables from the schema."""
     schema = schema or load_schema()
-    out = [
-        f"# Kiwi annotation guideline (schema {schema.name} {schema.version})",
-        "",
-        f"<!-- {_GENERATED} -->",
-        "",
-        "This guideline tells annotators what to mark in clinical notes: four kinds of main clinical "
-        "entity, sixteen kinds of modifier that refine them, and the link from each modifier to the "
-        f"entity it refines (`{schema.relation}`). It covers the categories of *Annotation Guidelines for "
-        "Main Clinical Entities and Modifiers* v1.1 (Zhou and Raja, 2022), restated in our own words "
-        "with our own examples.",
-        "",
-        "## 1. General rules",
-        "",
-        "1. **Mark phrases, not words.** An entity is a complete noun phrase or adjective phrase. Take "
-        'the article or possessive with it ("the biopsy", "her asthma") and the descriptive words '
-        'that belong to the same phrase. A word that only modifies another noun ("*surgery* suite") '
-        "is not an entity.",
-        "2. **Prepositional phrases.** Keep a phrase together when a preposition joins a finding to a "
-        'body part or to a second concept that makes one new concept ("swelling of the ankle", '
-        '"removal of the gallbladder").',
-        '3. **Lists.** Coordinated items that are separate concepts are separate spans ("nausea, '
-        'vomiting and diarrhea" are three problems). Keep a conjunction inside a span only when the '
-        'items share one head ("metastases to liver and spine"). An abbreviation given with its '
-        "expansion, or a brand name with its generic name, is one span.",
-        "4. **Who it is about.** Mark entities whether they concern the patient or someone else; mark "
-        "the other person with a `subject` modifier. Headings that name no specific finding "
-        '("PAST MEDICAL HISTORY:") are not annotated.',
-        "5. **Modifiers need an entity.** Mark a modifier only when the entity it refines is also "
-        "marked, and link the two. A modifier may serve several entities (one body site for three "
-        "symptoms: three links). The link may cross a sentence boundary when the next sentence "
-        "continues the same statement.",
-        "6. **Overlap.** Only `bodyloc`, `severity` and `course` may lie inside (or overlap) the span "
-        'of their entity. Every other modifier stays outside it: in "low-dose heparin" the dosage is '
-        '"low-dose" and the drug span starts at "heparin".',
-        "7. **Negation and hedges.** Negation, uncertainty, condition and temporal words are never "
-        "part of the entity span; they are modifiers of their own.",
-        "",
-        "## 2. Main entities",
-        "",
-    ]
-    for t in schema.entities:
-        out += _label_section(schema, t)
-    out += ["## 3. Modifiers", ""]
-    for t in schema.modifiers:
-        out += _label_section(schema, t)
-    out += [
-        "## 4. Allowed entity-modifier pairs",
-        "",
-        f"A `{schema.relation}` link always goes from the main entity to the modifier. These "
-        f"{len(schema.pairs)} combinations are the only ones allowed:",
-        "",
-        *_pairs_table(schema),
-        "",
-        schema.note,
-        "",
-        "## 5. Worked examples",
-        "",
-        "All sentences are invented.",
-        "",
-    ]
-    for n, ex in enumerate(EXAMPLES, 1):
-        out += _render_example(schema, n, ex)
-    out += [
-        "## 6. Labels and colours",
-        "",
-        "| Label | Name | Kind | Colour |",
-        "| --- | --- | --- | --- |",
-        *[f"| `{t.name}` | {t.display} | {t.kind} | `{t.color}` |" for t in schema.labels],
-        "",
-    ]
-    return "\n".join(out)
+    heads = list(schema.allowed)
+    return _render(
+        GUIDELINE_TEMPLATE,
+        schema=schema,
+        entities=[_label_context(schema, t) for t in schema.entities],
+        modifiers=[_label_context(schema, t) for t in schema.modifiers],
+        heads=heads,
+        pair_rows=[(m, ["yes" if schema.allows(h, m) else "" for h in heads]) for m in schema.modifier_names],
+        examples=[_example_context(schema, ex) for ex in worked_examples()],
+    )
 
 
 # --- all artifacts -----------------------------------------------------------------------------

@@ -143,7 +143,9 @@ class Settings(ProcessSettings):
     )
 
     # --- models ----------------------------------------------------------------------------------
-    model_dir: Path = Field(Path("kiwi_models"), description="versioned models (registry folder)")
+    model_dir: Path = Field(
+        Path("kiwi_models"), description="versioned models and their promoted pointer (registry.json)"
+    )
     model: Path | None = Field(None, description="serve this model folder instead of the promoted one")
     trainer: str = Field("kiwi.encoder.v1", description="extractor trained by the retraining loop")
     trainer_config: dict[str, Any] = Field(

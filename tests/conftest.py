@@ -15,6 +15,8 @@ from recommender.cores import apply_process_policy
 # start inherit it (recommender/cores.py).
 apply_process_policy()
 
+import httpx
+from lsserver import running_label_studio
 from pgserver import LocalPostgres, start_or_skip
 from support import emoji_note
 
@@ -72,6 +74,14 @@ def postgres() -> Iterator[LocalPostgres]:
         server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A real Label Studio for the whole session (skips when its venv is absent): a client of its API
+    with the token ``lsserver.LS_TOKEN``. Each test makes its own project."""
+    with running_label_studio(tmp_path_factory.mktemp("labelstudio")) as client:
+        yield client
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from support import chromium, chromium_screenshot, run_kiwi, tiny_bert
 
-from recommender.active.report import write
 from recommender.active.simulate import Learner, Plan, Round, Run, area, reach, simulate
+from recommender.active.simulation_report import write
 from recommender.active.strategies import (
     PER_NOTE,
     STRATEGIES,

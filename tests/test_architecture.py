@@ -2,7 +2,8 @@
 
 Every ``import`` of a ``recommender`` module counts, at module level or inside a function (a lazy
 import is still a dependency), except those under ``if TYPE_CHECKING:`` (annotations only). A failure
-names the modules and the rule.
+names the modules and the rule. One more rule reads only the file names: no two modules share a name
+for different things.
 """
 
 from __future__ import annotations
@@ -21,20 +22,25 @@ LAYERS: list[set[str]] = [
     {"service"},
     {"retraining", "batch"},
     {"settings", "cores"},
-    {"active", "agreement", "corpora", "guidelines", "registry", "store"},
+    {"active", "agreement", "corpora", "guidelines", "model_versions", "store"},
     {"extractors"},
     {"evaluation"},
     {"formats", "progress", "splits", "synthetic"},
-    {"markup"},
+    {"markup_language"},
     {"text"},
     {"", "document", "errors", "packaged", "schema"},  # "": the package's own __init__
 ]
 # The format modules convert at the edge: the document model and what it is built on, nothing else.
-FORMATS_MAY_IMPORT = {"formats", "document", "schema", "errors", "markup", "text"}
+FORMATS_MAY_IMPORT = {"formats", "document", "schema", "errors", "markup_language", "text"}
 # Imports of these third-party packages are refused in these parts of the package.
 FORBIDDEN_THIRD_PARTY = {"service": {"torch"}}
 # The one module that reads the environment (KIWI_* through the Settings class).
 READS_ENVIRONMENT = "recommender.settings"
+# Two modules (or packages) share a name only when they are the same kind of thing in parallel places:
+# every extractor family's folder has the same shape (extractors/encoder/, extractors/llama/), and
+# extractors/card.py is what the families' model cards share. Besides these, ``cli/NAME.py`` is the
+# command ``kiwi NAME`` and may be named as what it runs (cli/simulate.py runs active/simulate.py).
+SHARED_NAMES = {name: "extractors" for name in ("card", "config", "extractor", "training")}
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -202,6 +208,36 @@ def environment_readers(root: Path) -> list[str]:
     return out
 
 
+def cli_commands(root: Path) -> set[str]:
+    """The ``kiwi`` commands: the keys of ``COMMANDS`` in the CLI package (read, not imported)."""
+    for node in ast.parse((root / "cli" / "__init__.py").read_text(encoding="utf-8")).body:
+        if (
+            isinstance(node, ast.AnnAssign)
+            and ast.unparse(node.target) == "COMMANDS"
+            and isinstance(node.value, ast.Dict)
+        ):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return set()
+
+
+def shared_names(root: Path) -> list[str]:
+    """Names held by more than one module or package, other than the parallel ones allowed above."""
+    commands = cli_commands(root) if (root / "cli" / "__init__.py").is_file() else set()
+    holders: dict[str, list[str]] = {}
+    for name in modules(root):
+        if "." in name:
+            holders.setdefault(name.rpartition(".")[2], []).append(name)
+    out = []
+    for short, names in sorted(holders.items()):
+        if short in commands:
+            names = [n for n in names if n != f"{root.name}.cli.{short}"]
+        allowed = SHARED_NAMES.get(short)
+        if len(names) < 2 or (allowed and all(area(n) == allowed for n in names)):
+            continue
+        out.append(f"[{short}] names {len(names)} modules: {', '.join(names)}")
+    return out
+
+
 # --- the rules --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def edges() -> dict[str, set[str]]:
@@ -236,6 +272,12 @@ def test_only_settings_reads_the_environment() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_no_two_modules_share_a_name_for_different_things() -> None:
+    problems = shared_names(PACKAGE)
+    assert not problems, "rename one so that each name says what it is (or, for parallel modules, add "
+    "them to SHARED_NAMES with the reason):\n" + "\n".join(problems)
+
+
 # --- the checker finds what it must -----------------------------------------------------------------
 def test_the_checks_catch_a_cycle_an_upward_import_and_torch_in_the_service(tmp_path: Path) -> None:
     root = tmp_path / "recommender"
@@ -268,4 +310,40 @@ def test_the_checks_catch_a_cycle_an_upward_import_and_torch_in_the_service(tmp_
     ]
     assert environment_readers(root) == [
         "recommender.document line 2: reads the environment (only recommender.settings does)"
+    ]
+
+
+def test_the_name_check_allows_only_parallel_modules(tmp_path: Path) -> None:
+    root = tmp_path / "recommender"
+    files = [
+        "__init__.py",
+        "markup.py",
+        "formats/__init__.py",
+        "formats/markup.py",  # a file format named as the language beside it: refused
+        "cli/__init__.py",
+        "cli/simulate.py",  # the command kiwi simulate, named as what it runs: allowed
+        "cli/report.py",  # no such command
+        "active/__init__.py",
+        "active/simulate.py",
+        "active/report.py",
+        "extractors/__init__.py",
+        "extractors/card.py",  # the families' shared card and each family's own: allowed
+        "extractors/encoder/__init__.py",
+        "extractors/encoder/card.py",
+        "extractors/llama/__init__.py",
+        "extractors/llama/card.py",
+        "service/__init__.py",
+        "service/card.py",  # a card outside the families: refused
+    ]
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("", encoding="utf-8")
+    (root / "cli" / "__init__.py").write_text(
+        'COMMANDS: dict[str, str] = {"simulate": "recommender.cli.simulate"}\n', encoding="utf-8"
+    )
+    assert shared_names(root) == [
+        "[card] names 4 modules: recommender.extractors.card, recommender.extractors.encoder.card, "
+        "recommender.extractors.llama.card, recommender.service.card",
+        "[markup] names 2 modules: recommender.formats.markup, recommender.markup",
+        "[report] names 2 modules: recommender.active.report, recommender.cli.report",
     ]

@@ -37,6 +37,10 @@ def test_reuse_accepts_the_same_run_and_refuses_another_by_name(tmp_path: Path) 
     assert bench.selection(docs)["validation_notes"] == 2
     assert bench.reuse_mismatches(tmp_path / "model", config.to_dict(), docs) == []
 
+    # where and how often a run saves is not what it learnt (the LLaMA's run resumes across sessions)
+    saving = {**config.to_dict(), "checkpoint_steps": 10}
+    assert bench.reuse_mismatches(tmp_path / "model", saving, docs) == []
+
     longer = {**config.to_dict(), "epochs": 3}
     (why,) = bench.reuse_mismatches(tmp_path / "model", longer, docs)
     assert why == "[epochs] is 1, this run asks for 3"

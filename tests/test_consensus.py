@@ -12,7 +12,7 @@ from recommender.active.annotators import NOISY, annotated_pool, noisy_copy
 from recommender.document import Document
 from recommender.retraining import Corpora
 from recommender.retraining.consensus import annotator_weights, apply
-from recommender.retraining.data import assemble
+from recommender.retraining.training_data import assemble
 from recommender.store import CorrectionStore
 
 TEXT = "Patient denies chest pain. Aspirin 81 mg daily for hypertension."

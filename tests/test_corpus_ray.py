@@ -1,6 +1,6 @@
 """Corpus runs on Ray Data (``kiwi predict --ray``): the same answers as one process, bad notes reported
-by id, resumable through the prediction cache, and exactly once on a two-node cluster whose worker
-process is killed mid-run."""
+by id, resumable through the prediction cache, exactly once on a two-node cluster whose worker
+process is killed mid-run, and a real Label Studio project as input and output."""
 
 from __future__ import annotations
 
@@ -13,21 +13,26 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
 
 pytest.importorskip("torch")
 
+from lsserver import LS_TOKEN
 from raycluster import LoopbackCluster
 from support import require_module, tiny_bert
 
 from recommender.batch.notes import read_corpus
+from recommender.document import Document
 from recommender.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 N_NOTES = 200
+N_TASKS = 20
 ACTOR = "MapWorker"  # Ray Data's title of an actor pool's worker processes
 
 
@@ -320,3 +325,99 @@ def test_a_llama_goes_through_its_servers_with_bounded_concurrency_each(tmp_path
     for doc in docs:
         drugs = [doc.text[s.begin : s.end] for s in doc.spans if s.label == "drug"]
         assert drugs == ["aspirin"] and doc.spans[0].source == "llama-ray"
+
+
+def _ls_predictions(ls: httpx.Client, project: int) -> list[dict[str, Any]]:
+    r = ls.get("/api/predictions/", params={"project": project})
+    r.raise_for_status()
+    return r.json()
+
+
+@pytest.mark.external
+def test_a_label_studio_project_in_and_back_once_per_task_and_version(
+    model: Path, label_studio: httpx.Client, tmp_path: Path
+) -> None:
+    """``kiwi predict --ray --label-studio``: the project's tasks predicted on a local Ray and pushed back
+    as predictions of the model's version, the single-process spans, one per task; tasks a stopped run
+    had pushed already are skipped, and a second run pushes nothing."""
+    from recommender.extractors import load_extractor
+    from recommender.extractors.base import ModelInfo
+    from recommender.formats.labelstudio import document_prediction, labeling_config
+    from recommender.guidelines import labelstudio_config
+
+    ls = label_studio
+    version = ModelInfo.load(model).version
+    docs = generate(N_TASKS, seed=11)
+    project = ls.post("/api/projects/", json={"title": "kiwi ray", "label_config": labelstudio_config()})
+    assert project.status_code == 201, project.text
+    pid = project.json()["id"]
+    rows = [{"text": d.text} for d in docs] + [{"text": "  \n"}, {"text": "to lose its key"}]
+    assert ls.post(f"/api/projects/{pid}/import", json=rows).status_code == 201
+    listed = ls.get("/api/tasks/", params={"project": pid, "page_size": 100}).json()
+    ids = sorted(t["id"] for t in (listed["tasks"] if isinstance(listed, dict) else listed))
+    assert len(ids) == N_TASKS + 2
+    empty, keyless = ids[-2:]
+    assert ls.patch(f"/api/tasks/{keyless}", json={"data": {"note": "elsewhere"}}).status_code == 200
+
+    # The reference: one process. Two tasks got theirs from a run that stopped before the others; one
+    # carries another version's prediction, which does not count.
+    extractor = load_extractor(model)
+    config = labeling_config(labelstudio_config())
+    single = {
+        task_id: document_prediction(config.restrict(doc), config, version)
+        for task_id, doc in zip(
+            ids[:N_TASKS], extractor.predict([Document(id="x", text=d.text) for d in docs]), strict=True
+        )
+    }
+    assert sum(bool(p["result"]) for p in single.values()) >= N_TASKS // 2, "the tiny model finds spans"
+    for task_id in ids[:2]:
+        assert ls.post("/api/predictions/", json={"task": task_id, **single[task_id]}).status_code == 201
+    other = {"task": ids[2], "model_version": "older", "score": 0.5, "result": []}
+    assert ls.post("/api/predictions/", json=other).status_code == 201
+
+    env = _env(tmp_path, KIWI_LABEL_STUDIO_URL=str(ls.base_url), KIWI_LABEL_STUDIO_TOKEN=LS_TOKEN)
+    args = ["predict", "--model", str(model), "--ray", "--ray-actors", "1", "--label-studio", str(pid)]
+    err = _done(_kiwi(*args, env=env))
+    assert f"{N_TASKS + 2} task(s), 2 already with a prediction of {version}, {N_TASKS - 2} to predict" in err
+    assert f"{N_TASKS - 2} notes ({N_TASKS - 2} distinct texts) by {version}: {N_TASKS - 2} predicted" in err
+    assert f"2 note(s) not predicted: {empty} (empty), {keyless} (no text in data[text])" in err
+    assert f"{N_TASKS - 2} prediction(s) of {version} pushed to Label Studio project {pid}" in err
+    assert not any(line in err for d in docs for line in d.text.splitlines() if len(line) > 20)
+
+    def ours() -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {}
+        for p in _ls_predictions(ls, pid):
+            if p["model_version"] == version:
+                found.setdefault(p["task"], []).append(p)
+        return found
+
+    got = ours()
+    assert sorted(got) == ids[:N_TASKS]  # every task with a text, none of the bad ones
+    for task_id, [prediction] in got.items():  # exactly one each
+        assert prediction["result"] == single[task_id]["result"], task_id
+        assert prediction["score"] == pytest.approx(single[task_id]["score"])
+    assert sum(p["model_version"] == "older" for p in _ls_predictions(ls, pid)) == 1
+
+    # Again: nothing left to predict or push; the bad tasks are reported again, nothing doubled.
+    err = _done(_kiwi(*args, env=env))
+    assert f"{N_TASKS + 2} task(s), {N_TASKS} already with a prediction of {version}, 0 to predict" in err
+    assert f"0 prediction(s) of {version} pushed" in err
+    assert f"2 note(s) not predicted: {empty} (empty), {keyless} (no text in data[text])" in err
+    assert {k: len(v) for k, v in ours().items()} == dict.fromkeys(ids[:N_TASKS], 1)
+
+    # A request Label Studio refuses as invalid stores none of it: its predictions go one by one, so
+    # only the bad one (a task of no project) is reported; requests of 2, two at once.
+    from recommender.batch.labelstudio_project import Project, push_predictions
+    from recommender.batch.notes import Corpus
+    from recommender.service.labelstudio_client import LabelStudioClient
+
+    client = LabelStudioClient(str(ls.base_url), LS_TOKEN)
+    sent = [Document(id=str(i), text=docs[k].text) for k, i in enumerate(ids[:3])]
+    sent.insert(1, Document(id="999999", text="A task of no project."))
+    try:
+        pushed = push_predictions(client, Project(pid, "by hand", config, Corpus(), 0, 0), sent, 2, chunk=2)
+    finally:
+        client.close()
+    assert [d.id for d in pushed.shown] == [str(i) for i in ids[:3]] and list(pushed.failed) == ["999999"]
+    by_hand = sorted(p["task"] for p in _ls_predictions(ls, pid) if p["model_version"] == "by hand")
+    assert by_hand == ids[:3]

@@ -110,6 +110,8 @@ def test_overfits_two_notes_and_reloads_identically(trained: Path, docs: list[Do
     assert {"epoch", "loss", "validation_ner", "validation_re"} <= set(info["metrics"]["history"][0])
     card = (trained / "MODEL_CARD.md").read_text()
     assert "## Architecture" in card and "| NER, 4 main types | 1.000 |" in card
+    chose = info["metrics"]["validation_notes"]
+    assert f"exact F1 on {chose}\nvalidation notes" in card and "development notes choose nothing" in card
 
 
 def test_the_development_notes_choose_nothing(tiny_base: Path, tmp_path: Path) -> None:

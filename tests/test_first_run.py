@@ -16,10 +16,9 @@ from recommender import corpora, splits
 from recommender.document import Document
 from recommender.errors import DocumentError, NotFoundError
 from recommender.formats import brat
+from recommender.model_versions import ModelVersions
 from recommender.progress import reporting
-from recommender.registry import ModelRegistry
-from recommender.retraining import bootstrap, decide, default_corpora
-from recommender.retraining import data as retraining_data
+from recommender.retraining import bootstrap, decide, default_corpora, training_data
 from recommender.schema import load_schema
 from recommender.settings import Settings
 from recommender.synthetic import generate
@@ -185,7 +184,7 @@ def test_fetch_checks_every_file_and_records_the_source(github, tmp_path: Path) 
 
 
 def _first_run_settings(tmp_path: Path, api: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setattr(retraining_data, "SHARED_MTSAMPLES", tmp_path / "no_shared_here")
+    monkeypatch.setattr(training_data, "SHARED_MTSAMPLES", tmp_path / "no_shared_here")
     return Settings(model_dir=tmp_path / "models", trainer="kiwi.lexicon.v1", corpus_api=api, retrain=False)
 
 
@@ -193,7 +192,7 @@ def test_bootstrap_fetches_trains_and_caches(github, tmp_path: Path, monkeypatch
     base, _, _ = github
     settings = _first_run_settings(tmp_path, base, monkeypatch)
     lines: list[str] = []
-    path = bootstrap(settings, ModelRegistry(settings.model_dir), say=lines.append)
+    path = bootstrap(settings, ModelVersions(settings.model_dir), say=lines.append)
     text = "\n".join(lines)
     assert "Fetched 30 notes" in text and "Test licence" in text and corpora.KIWI_CITATION in text
     assert "25 notes of the public MTSamples notes" in text  # 5 of 30 are the development split
@@ -207,7 +206,7 @@ def test_bootstrap_fetches_trains_and_caches(github, tmp_path: Path, monkeypatch
 def test_bootstrap_offline_says_so_and_trains_on_the_synthetic_corpus(tmp_path: Path, monkeypatch) -> None:
     settings = _first_run_settings(tmp_path, "http://127.0.0.1:9/repos/x/kiwi", monkeypatch)
     lines: list[str] = []
-    path = bootstrap(settings, ModelRegistry(settings.model_dir), say=lines.append)
+    path = bootstrap(settings, ModelVersions(settings.model_dir), say=lines.append)
     (offline,) = [line for line in lines if line.startswith("No public corpus")]
     assert "KIWI_SEED_CORPUS" in offline and "synthetic" in offline
     info = json.loads((path / "kiwi_model.json").read_text())
@@ -219,7 +218,7 @@ def test_a_tiny_seed_is_not_measured(tmp_path: Path, monkeypatch, sample_dir: Pa
     settings = _first_run_settings(tmp_path, "http://127.0.0.1:9", monkeypatch)
     settings = settings.model_copy(update={"seed_corpus": sample_dir})
     lines: list[str] = []
-    path = bootstrap(settings, ModelRegistry(settings.model_dir), say=lines.append)
+    path = bootstrap(settings, ModelVersions(settings.model_dir), say=lines.append)
     assert any("too few for a development split" in line for line in lines)
     assert any("not measured" in line for line in lines)
     assert not json.loads((path / "kiwi_model.json").read_text())["metrics"].get("dev")

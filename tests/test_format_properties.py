@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from recommender import markup
+from recommender import markup_language
 from recommender.document import Document, Relation, Span
 from recommender.errors import DocumentError, FormatError
 from recommender.formats import bio, brat, jsonl, labelstudio, xmi
@@ -232,7 +232,7 @@ def test_markup_and_bio_keep_what_they_can_express_and_report_the_rest(doc: Docu
         markup_format.write([known], Path(tmp) / "m.jsonl")
         (back,) = markup_format.read(Path(tmp) / "m.jsonl")
         assert back.text == known.text
-        lost = {x.item_id for x in markup.losses(known) if x.kind == "span"}
+        lost = {x.item_id for x in markup_language.losses(known) if x.kind == "span"}
         assert Counter(s.key for s in back.spans) == Counter(s.key for s in known.spans if s.id not in lost)
 
         bio.write([known], Path(tmp) / "d.bio")

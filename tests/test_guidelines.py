@@ -138,3 +138,14 @@ def test_guideline_is_in_our_own_words(fixtures_dir: Path) -> None:
         tuple(ours[i : i + n]) for i in range(len(ours) - n)
     }
     assert not shared, f"passages copied from the source guideline: {sorted(shared)[:3]}"
+
+
+def test_the_guideline_data_files_refuse_what_yaml_would_misread() -> None:
+    # Unquoted, YAML reads the negation example's "no" as False and a dosage "1" as a number.
+    with pytest.raises(SchemaError, match="quote"):
+        guidelines._pairs([["negation", False]], "worked_examples.yaml example 3 spans")
+    with pytest.raises(SchemaError, match="2 items"):
+        guidelines._pairs([["negation", "no", "extra"]], "worked_examples.yaml example 3 spans")
+    with pytest.raises(SchemaError, match="exactly the keys include, exclude, examples"):
+        guidelines._fields({"include": []}, ("include", "exclude", "examples"), "label_notes.yaml problem")
+    assert guidelines.worked_examples()[2].spans[4] == ("negation", "no")  # quoted in the file, read as text

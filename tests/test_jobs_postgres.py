@@ -11,7 +11,7 @@ import pytest
 from recommender.corpora import load_sample
 from recommender.document import Document
 from recommender.errors import BusyError
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, get_trainer
 from recommender.retraining.queue import JobQueue
 from recommender.settings import Settings
@@ -24,7 +24,7 @@ def sample() -> list[Document]:
 
 
 @pytest.fixture
-def pg_env(postgres, tmp_path: Path) -> Iterator[tuple[Settings, CorrectionStore, ModelRegistry]]:
+def pg_env(postgres, tmp_path: Path) -> Iterator[tuple[Settings, CorrectionStore, ModelVersions]]:
     url = postgres.new_database()
     settings = Settings(
         model_dir=tmp_path / "models",
@@ -37,15 +37,15 @@ def pg_env(postgres, tmp_path: Path) -> Iterator[tuple[Settings, CorrectionStore
         job_stalled_seconds=2.0,
     )
     store = CorrectionStore(url)
-    yield settings, store, ModelRegistry(settings.model_dir)
+    yield settings, store, ModelVersions(settings.model_dir)
     store.close()
 
 
 def _queue(
-    env: tuple[Settings, CorrectionStore, ModelRegistry], sample: list[Document], **kw: object
+    env: tuple[Settings, CorrectionStore, ModelVersions], sample: list[Document], **kw: object
 ) -> JobQueue:
-    settings, store, registry = env
-    return JobQueue(settings, store, registry, corpora=Corpora(seed=sample[:1], dev=sample[3:]), **kw)  # type: ignore[arg-type]
+    settings, store, model_versions = env
+    return JobQueue(settings, store, model_versions, corpora=Corpora(seed=sample[:1], dev=sample[3:]), **kw)  # type: ignore[arg-type]
 
 
 def _add(store: CorrectionStore, docs: Sequence[Document], project: str = "proj") -> None:
@@ -81,14 +81,14 @@ def test_debounce_counts_corrections_in_the_store(pg_env, sample: list[Document]
 
 
 def test_trainer_runs_the_job_and_every_replica_sees_it(pg_env, sample: list[Document]) -> None:
-    _, store, registry = pg_env
+    _, store, model_versions = pg_env
     _add(store, sample[1:3])
     trainer = _queue(pg_env, sample)
     trainer.start_worker()
     api = _queue(pg_env, sample)
     job = api.wait(api.request("proj", "test", delay=0), timeout=60)
     assert (job.state, job.outcome, job.attempts) == ("finished", "promoted", 1), job.message
-    assert registry.current_version() == job.candidate
+    assert model_versions.current_version() == job.candidate
     assert job.metrics["decision"] == "promote" and job.metrics["heldout_notes"] == 1
     assert api.status()["finished"][-1]["id"] == job.id
     trainer.shutdown()

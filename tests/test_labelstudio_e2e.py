@@ -9,24 +9,18 @@ made by ``scripts/setup_external.sh`` (``make test``); without it the test skips
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import require_or_skip
+from lsserver import LS_TOKEN, wait_for
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
 from recommender.guidelines import labelstudio_config
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora
 from recommender.service import create_app
 from recommender.service.app import running_server
@@ -35,75 +29,7 @@ from recommender.store.suggestions import text_hash
 
 pytestmark = pytest.mark.external
 
-REPO = Path(__file__).resolve().parents[1]
-LS_BIN = REPO / ".cache" / "labelstudio-venv" / "bin" / "label-studio"
-LS_TOKEN = "kiwi-e2e-legacy-token"
 NEW_WORD = "zorblatitis"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except httpx.HTTPError:
-            result = None
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    if not LS_BIN.exists():
-        require_or_skip("Label Studio", f"no venv at {LS_BIN.parent.parent}: run scripts/setup_external.sh")
-    port = free_port()
-    data = tmp_path_factory.mktemp("labelstudio")
-    env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
-    env |= {
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-        "LABEL_STUDIO_USERNAME": "kiwi@example.com",
-        "LABEL_STUDIO_PASSWORD": "kiwi-e2e-password",
-        "LABEL_STUDIO_USER_TOKEN": LS_TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false",
-        "LATEST_VERSION_CHECK": "false",
-        "SENTRY_DSN": "",
-        "FRONTEND_SENTRY_DSN": "",
-        "COLLECT_ANALYTICS": "false",
-    }
-    log = (data / "labelstudio.log").open("wb")
-    proc = subprocess.Popen(
-        [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Token {LS_TOKEN}"}, timeout=120
-    )
-    try:
-        wait_for(
-            lambda: proc.poll() is None and client.get("/api/version").status_code == 200, "Label Studio", 600
-        )
-        yield client
-    finally:
-        client.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def predictions(ls: httpx.Client, project: int) -> list[dict[str, Any]]:
@@ -133,10 +59,10 @@ def labelled(prediction: dict[str, Any]) -> set[tuple[str, str]]:
 def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> None:
     ls = label_studio
     sample = brat.read(SAMPLE_DIR)
-    registry = ModelRegistry(tmp_path / "models")
+    model_versions = ModelVersions(tmp_path / "models")
     LexiconExtractor.train(sample).save(tmp_path / "first")
-    v1 = registry.add(tmp_path / "first")
-    registry.promote(v1)
+    v1 = model_versions.add(tmp_path / "first")
+    model_versions.promote(v1)
     settings = Settings(
         model_dir=tmp_path / "models",
         port=0,
@@ -209,7 +135,9 @@ def test_label_studio_end_to_end(label_studio: httpx.Client, tmp_path: Path) -> 
 
         r = ls.post(f"/api/ml/{ml.json()['id']}/train", json={"use_ground_truth": False})
         assert r.status_code == 200, r.text
-        v2 = wait_for(lambda: (v := registry.current_version()) != v1 and v, "a promoted retrained model", 90)
+        v2 = wait_for(
+            lambda: (v := model_versions.current_version()) != v1 and v, "a promoted retrained model", 90
+        )
         wait_for(lambda: service.predictor.version == v2, "the service to serve v2", 20)
 
         second = [p for p in retrieve_predictions(ls, pid) if p["model_version"] == v2]

@@ -21,7 +21,7 @@ from recommender.extractors.llama.extractor import AUDIT_KEY, SELF_MODIFIER, Lla
 from recommender.extractors.llama.generation import Generation, Prompt
 from recommender.extractors.llama.layout import NAME
 from recommender.extractors.llama.task import UNFINISHED_OUTPUT, UNWRAPPABLE_ENTITY, Templates
-from recommender.markup import UNKNOWN_TAG
+from recommender.markup_language import UNKNOWN_TAG
 from recommender.text import segment
 
 TEXT = "No fever or chills. Aspirin 81 mg daily."

@@ -11,7 +11,7 @@ import pytest
 from recommender.document import Document
 from recommender.errors import ModelError
 from recommender.extractors.llama import task
-from recommender.markup import (
+from recommender.markup_language import (
     EMPTY_SPAN,
     REPEATED_SPAN,
     UNALIGNED_SPAN,

@@ -34,8 +34,10 @@ from recommender.extractors.llama.training import (  # noqa: E402
     IGNORE,
     Encoded,
     encode_example,
+    examples_seen,
     micro_batches,
     select_examples,
+    step_groups,
 )
 from recommender.text import segment  # noqa: E402
 
@@ -146,7 +148,9 @@ def test_model_folder(trained: Path, tiny_base: Path, sample: list[Document]) ->
     adapter = json.loads((trained / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 64
     assert adapter["base_model_name_or_path"] == str(tiny_base.resolve())
-    assert "QLoRA" in (trained / "MODEL_CARD.md").read_text()
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "QLoRA" in card and "development notes choose nothing" in card
+    assert "CPU-seconds, peak memory" in card and "? CPU-seconds" not in card
 
 
 def test_loss_is_on_the_target_only(tiny_base: Path, sample: list[Document]) -> None:
@@ -199,8 +203,17 @@ def test_checksum_of_the_base_is_verified(trained: Path, tiny_base: Path, tmp_pa
 
 
 def test_training_resumes_from_its_checkpoint(
-    tmp_path: Path, tiny_base: Path, sample: list[Document], dev: list[Document], trained: Path
+    tmp_path: Path,
+    tiny_base: Path,
+    sample: list[Document],
+    dev: list[Document],
+    trained: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from recommender.extractors.llama import training
+    from recommender.extractors.llama.layout import SNAPSHOT_DIR
+
+    monkeypatch.setattr(training, "SNAPSHOT_STEPS", 1)
     out = tmp_path / "model"
     config = small_config(tiny_base, max_steps=3, checkpoint_steps=1)
 
@@ -219,14 +232,24 @@ def test_training_resumes_from_its_checkpoint(
         steps.append(total)
         return items
 
-    LlamaExtractor.train(sample[:3], dev, config, out, progress=progress)
+    # another checkpoint cadence is the same run: where and how often it saves changes nothing learnt
+    LlamaExtractor.train(sample[:3], dev, replace(config, checkpoint_steps=5), out, progress=progress)
     assert steps == [1]  # only the third step was left
+    metrics = ModelInfo.load(out).metrics
+    assert metrics["train_cpu_seconds"] > 0 and metrics["train_peak_rss_mb"] > 100  # both sessions'
+    assert metrics["train_seconds"] > 0
     assert not (out / CHECKPOINT_DIR).exists()
     from safetensors.torch import load_file
 
     resumed = load_file(out / "adapter" / "adapter_model.safetensors")
     straight = load_file(trained / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == straight.keys()
+    # an adapter kept at every step, across the interruption, for the learning curve
+    snapshots = sorted(p.name for p in (out / SNAPSHOT_DIR).iterdir())
+    assert snapshots == ["step-00001", "step-00002", "step-00003"]
+    last = load_file(out / SNAPSHOT_DIR / "step-00003" / "adapter_model.safetensors")
+    assert last.keys() == resumed.keys()
+    assert (out / SNAPSHOT_DIR / "step-00003" / "adapter_config.json").is_file()
     for k in resumed:  # the same run as the uninterrupted one
         assert torch.equal(resumed[k], straight[k]), k
 
@@ -288,3 +311,18 @@ def test_micro_batches_group_by_prompt_type_and_length() -> None:
     ner = [b for b in batches if encoded[b[0]].kind == "ner"]
     # the two long sentences share a micro-batch instead of padding four short ones each
     assert ner == [[0, 2, 8], [5, 4, 1]]
+
+
+def test_the_steps_of_a_run_are_fixed_by_its_seed_and_count_the_examples_seen() -> None:
+    config = LlamaConfig(batch_size=2, grad_accum=2, epochs=2, seed=7)
+    encoded = [Encoded([1, 2], [IGNORE, 2], NER if k % 3 else "PROBLEM") for k in range(10)]  # 6 NER, 4 RE
+    first = step_groups(len(encoded), config, 0)
+    assert [len(g) for g in first] == [4, 4, 2]
+    assert sorted(i for g in first for i in g) == list(range(10))  # each example once per epoch
+    assert first == step_groups(len(encoded), config, 0)  # what a resumed run sees again
+    assert first != step_groups(len(encoded), config, 1)  # a fresh shuffle per epoch
+    assert examples_seen(encoded, config, 3) == {"ner": 6, "re": 4}
+    assert examples_seen(encoded, config, 6) == {"ner": 12, "re": 8}
+    one = examples_seen(encoded, config, 1)
+    assert sum(one.values()) == 4
+    assert one["re"] == sum(encoded[i].kind != NER for i in first[0])

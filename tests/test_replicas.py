@@ -23,7 +23,7 @@ import pytest
 from recommender.corpora import load_sample
 from recommender.document import Document
 from recommender.formats import labelstudio, write_documents
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import bootstrap
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
@@ -35,7 +35,7 @@ KIWI = [sys.executable, "-c", "from recommender.cli import main; main()", "serve
 STUCK_TRAINER = textwrap.dedent(
     """
     import time
-    from recommender.registry import ModelRegistry
+    from recommender.model_versions import ModelVersions
     from recommender.retraining.queue import JobQueue
     from recommender.settings import load_settings
     from recommender.store import CorrectionStore
@@ -46,7 +46,7 @@ STUCK_TRAINER = textwrap.dedent(
 
     settings = load_settings()
     store = CorrectionStore(settings.database_url)
-    JobQueue(settings, store, ModelRegistry(settings.model_dir), trainer=stuck).run_worker()
+    JobQueue(settings, store, ModelVersions(settings.model_dir), trainer=stuck).run_worker()
     """
 )
 
@@ -104,7 +104,7 @@ def cluster(postgres, tmp_path: Path) -> Iterator[dict[str, Any]]:
         seed_corpus=tmp_path / "seed",
         dev_corpus=tmp_path / "dev",
     )
-    first = bootstrap(settings, ModelRegistry(settings.model_dir)).name
+    first = bootstrap(settings, ModelVersions(settings.model_dir)).name
     procs: dict[str, subprocess.Popen[str]] = {}
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -20,8 +20,8 @@ from recommender.corpora import load_sample
 from recommender.document import Document
 from recommender.errors import BusyError, ConflictError
 from recommender.extractors.lexicon import LexiconExtractor
+from recommender.model_versions import REGISTRY_FILE, STAGING_DIR, ModelVersions
 from recommender.progress import Progress
-from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
 from recommender.retraining import Corpora, Retrainer, decide, get_trainer, heldout_split
 from recommender.retraining.jobs import Job
 from recommender.settings import Settings
@@ -34,7 +34,7 @@ def sample() -> list[Document]:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[Settings, CorrectionStore, ModelRegistry]]:
+def env(tmp_path: Path) -> Iterator[tuple[Settings, CorrectionStore, ModelVersions]]:
     settings = Settings(
         model_dir=tmp_path / "models",
         trainer="kiwi.lexicon.v1",
@@ -43,15 +43,15 @@ def env(tmp_path: Path) -> Iterator[tuple[Settings, CorrectionStore, ModelRegist
         heldout_fraction=0.5,
     )
     store = CorrectionStore(f"sqlite:///{tmp_path}/c.sqlite3")
-    yield settings, store, ModelRegistry(settings.model_dir)
+    yield settings, store, ModelVersions(settings.model_dir)
     store.close()
 
 
 def _retrainer(
-    env: tuple[Settings, CorrectionStore, ModelRegistry], sample: list[Document], **kw: object
+    env: tuple[Settings, CorrectionStore, ModelVersions], sample: list[Document], **kw: object
 ) -> Retrainer:
-    settings, store, registry = env
-    return Retrainer(settings, store, registry, corpora=Corpora(seed=sample[:1], dev=sample[3:]), **kw)  # type: ignore[arg-type]
+    settings, store, model_versions = env
+    return Retrainer(settings, store, model_versions, corpora=Corpora(seed=sample[:1], dev=sample[3:]), **kw)  # type: ignore[arg-type]
 
 
 def _add_corrections(store: CorrectionStore, docs: Sequence[Document]) -> None:
@@ -60,16 +60,16 @@ def _add_corrections(store: CorrectionStore, docs: Sequence[Document]) -> None:
 
 
 def test_first_job_promotes_and_calls_back(env, sample: list[Document]) -> None:
-    _, store, registry = env
+    _, store, model_versions = env
     _add_corrections(store, sample[1:3])
     promoted: list[Path] = []
     rt = _retrainer(env, sample, on_promote=promoted.append)
     job = rt.wait(rt.request("proj", "test", delay=0), timeout=60)
     assert (job.state, job.outcome) == ("finished", "promoted"), job.message
-    assert promoted == [registry.current()]
+    assert promoted == [model_versions.current()]
     assert job.metrics["heldout_notes"] == 1 and job.metrics["dev_notes"] == 1
     assert job.metrics["candidate"]["dev"]["documents"] == 1
-    info = json.loads((registry.current() / "kiwi_model.json").read_text())
+    info = json.loads((model_versions.current() / "kiwi_model.json").read_text())
     assert info["metrics"]["gate"]["decision"] == "promote"
     status = rt.status()
     assert status["current_version"] == job.candidate and status["last_metrics"]["decision"] == "promote"
@@ -78,19 +78,19 @@ def test_first_job_promotes_and_calls_back(env, sample: list[Document]) -> None:
 
 
 def test_worse_candidate_is_rejected_with_reason(env, sample: list[Document]) -> None:
-    _, store, registry = env
+    _, store, model_versions = env
     # The current model has seen every note, dev included: no candidate can match it on dev.
-    with registry.staging() as tmp:
+    with model_versions.staging() as tmp:
         LexiconExtractor.train(sample).save(tmp)
-        best = registry.add(tmp)
-    registry.promote(best)
+        best = model_versions.add(tmp)
+    model_versions.promote(best)
     _add_corrections(store, sample[1:3])
     rt = _retrainer(env, sample)
     job = rt.wait(rt.request("proj", delay=0), timeout=60)
     assert (job.state, job.outcome) == ("finished", "rejected")
     assert "dev score" in (job.message or "") and "< current" in (job.message or "")
-    assert registry.current_version() == best
-    statuses = {v.version: (v.status, v.reason) for v in registry.versions()}
+    assert model_versions.current_version() == best
+    statuses = {v.version: (v.status, v.reason) for v in model_versions.versions()}
     assert statuses[job.candidate] == ("rejected", job.message)
     assert rt.status()["last_rejection"] == {"job": job.id, "reason": job.message}
     rt.shutdown()
@@ -106,7 +106,7 @@ def test_margin_lets_a_slightly_worse_candidate_through() -> None:
 
 
 def test_crash_in_training_fails_the_job_not_the_worker(env, sample: list[Document]) -> None:
-    _, store, registry = env
+    _, store, model_versions = env
     _add_corrections(store, sample[1:3])
     calls = []
 
@@ -123,7 +123,7 @@ def test_crash_in_training_fails_the_job_not_the_worker(env, sample: list[Docume
     failed = rt.wait(rt.request("proj", delay=0), timeout=60)
     assert failed.state == "failed" and "RuntimeError" in (failed.message or "")
     assert "out of memory" in (failed.message or "")
-    assert registry.versions() == [] and not calls[0].exists()
+    assert model_versions.versions() == [] and not calls[0].exists()
     ok = rt.wait(rt.request("proj", delay=0), timeout=60)
     assert ok.outcome == "promoted"
     rt.shutdown()
@@ -185,7 +185,7 @@ KILLED_TRAINER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from recommender.corpora import load_sample
-    from recommender.registry import ModelRegistry
+    from recommender.model_versions import ModelVersions
     from recommender.retraining import Corpora, Retrainer
     from recommender.settings import Settings
     from recommender.store import CorrectionStore
@@ -198,7 +198,7 @@ KILLED_TRAINER = textwrap.dedent(
     model_dir, db = Path(sys.argv[1]), sys.argv[2]
     settings = Settings(model_dir=model_dir, trainer="kiwi.lexicon.v1", retrain_debounce_seconds=0.0)
     docs = load_sample()
-    rt = Retrainer(settings, CorrectionStore(db), ModelRegistry(model_dir),
+    rt = Retrainer(settings, CorrectionStore(db), ModelVersions(model_dir),
                    corpora=Corpora(seed=docs[:2], dev=docs[3:]), trainer=stuck)
     rt.request("proj", delay=0)
     time.sleep(600)
@@ -206,14 +206,16 @@ KILLED_TRAINER = textwrap.dedent(
 )
 
 
-def test_kill_during_training_leaves_the_registry_consistent(tmp_path: Path, sample: list[Document]) -> None:
+def test_kill_during_training_leaves_the_model_versions_consistent(
+    tmp_path: Path, sample: list[Document]
+) -> None:
     model_dir = tmp_path / "models"
     db = f"sqlite:///{tmp_path}/c.sqlite3"
-    registry = ModelRegistry(model_dir)
-    with registry.staging() as tmp:
+    model_versions = ModelVersions(model_dir)
+    with model_versions.staging() as tmp:
         LexiconExtractor.train(sample[:2]).save(tmp)
-        first = registry.add(tmp)
-    registry.promote(first)
+        first = model_versions.add(tmp)
+    model_versions.promote(first)
     store = CorrectionStore(db)
     _add_corrections(store, sample[1:3])
     store.close()
@@ -228,14 +230,14 @@ def test_kill_during_training_leaves_the_registry_consistent(tmp_path: Path, sam
     assert proc.stdout.readline().strip() == "training"
     staged = [p for p in (model_dir / STAGING_DIR).iterdir() if p.is_dir()]
     assert len(staged) == 1 and (staged[0] / "kiwi_model.json").is_file()
-    # Another process opening the registry leaves a live trainer's candidate alone: liveness is the
+    # Another process opening the model versions leaves a live trainer's candidate alone: liveness is the
     # trainer's lock on the folder's lease, not a process id another container could not see.
-    ModelRegistry(model_dir)
+    ModelVersions(model_dir)
     assert (staged[0] / "kiwi_model.json").is_file()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
 
-    reopened = ModelRegistry(model_dir)
+    reopened = ModelVersions(model_dir)
     assert (model_dir / REGISTRY_FILE).read_text() == before
     assert reopened.current_version() == first
     assert [v.version for v in reopened.versions()] == [first]
@@ -284,30 +286,30 @@ def test_trainer_progress_moves_the_job(env, sample: list[Document]) -> None:
 def test_promotion_is_compare_and_swap(env, sample: list[Document]) -> None:
     """A version promoted elsewhere while the job trained is not overwritten blindly: the candidate
     is gated again against it, and the job says so."""
-    _, store, registry = env
+    _, store, model_versions = env
     _add_corrections(store, sample[1:3])
     elsewhere: list[str] = []
 
     def racing(
         train: Sequence[Document], dev: Sequence[Document], out: Path, init: Path | None, **kw: object
     ) -> Path:
-        with registry.staging() as tmp:  # an operator promotes another model meanwhile
+        with model_versions.staging() as tmp:  # an operator promotes another model meanwhile
             LexiconExtractor.train(sample[:1]).save(tmp)
-            elsewhere.append(registry.add(tmp))
-        registry.promote(elsewhere[0], reason="by hand")
+            elsewhere.append(model_versions.add(tmp))
+        model_versions.promote(elsewhere[0], reason="by hand")
         return get_trainer("kiwi.lexicon.v1")(train, dev, out, init, epochs=1)
 
     rt = _retrainer(env, sample, trainer=racing)
     job = rt.wait(rt.request("proj", delay=0), timeout=60)
     assert job.outcome == "promoted", job.message
     assert "not [None]" in job.metrics["regated"] and job.metrics["current_version"] == elsewhere[0]
-    assert registry.current_version() == job.candidate
-    assert [e["version"] for e in registry.events() if e["action"] == "promote"] == [
+    assert model_versions.current_version() == job.candidate
+    assert [e["version"] for e in model_versions.events() if e["action"] == "promote"] == [
         elsewhere[0],
         job.candidate,
     ]
     with pytest.raises(ConflictError, match=r"\[" + job.candidate + r"\]"):
-        registry.promote_if_current(elsewhere[0], None)
+        model_versions.promote_if_current(elsewhere[0], None)
     rt.shutdown()
 
 

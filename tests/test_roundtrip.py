@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recommender import markup
+from recommender import markup_language
 from recommender.document import Document, Segment, Span
 from recommender.formats import bio, brat, jsonl, labelstudio
 from recommender.formats import markup as markup_format
@@ -100,7 +100,7 @@ def test_markup_keeps_all_it_can_express(segmented_docs: list[Document], tmp_pat
         assert got_pairs == {
             (index[r.head].key, index[r.tail].key) for r in doc.relations if r.id in relations
         }
-        lost = markup.losses(doc)
+        lost = markup_language.losses(doc)
         assert {x.item_id for x in lost if x.kind == "span"} == {s.id for s in doc.spans} - ok
         assert {x.item_id for x in lost if x.kind == "relation"} == {r.id for r in doc.relations} - relations
         inside_token = {x.item_id for x in lost if x.reason == "boundary inside a token"}

@@ -287,11 +287,11 @@ def test_retraining_with_the_llama_trainer_promotes_a_new_adapter_from_correctio
     from test_llama_training import head
 
     from recommender.extractors.base import ModelInfo
-    from recommender.registry import ModelRegistry
+    from recommender.model_versions import ModelVersions
 
-    registry = ModelRegistry(tmp_path / "reg")
-    v1 = registry.add(models["llama"])
-    registry.promote(v1)
+    model_versions = ModelVersions(tmp_path / "reg")
+    v1 = model_versions.add(models["llama"])
+    model_versions.promote(v1)
     settings = Settings(
         model_dir=tmp_path / "reg",
         serve_models={"lexicon": models["lexicon"]},
@@ -320,11 +320,11 @@ def test_retraining_with_the_llama_trainer_promotes_a_new_adapter_from_correctio
         job = wait_job(client)
         assert job["outcome"] == "promoted", job
         v2 = job["candidate"]
-        assert v2 != v1 and registry.current_version() == v2
+        assert v2 != v1 and model_versions.current_version() == v2
         assert service.predictor.version == v2, "the promoted adapter serves"
-        info = ModelInfo.load(registry.path(v2))
+        info = ModelInfo.load(model_versions.path(v2))
         assert info.extractor == "kiwi.llama.v1"
-        assert info.config["init_from"] == str(registry.path(v1)), "continued from the promoted adapter"
+        assert info.config["init_from"] == str(model_versions.path(v1)), "continued from the promoted adapter"
         # the cache is by model version: v1's prediction is not served for v2, and the note is queued
         answer = client.post("/inception/entities/predict", json=request).json()
         assert f"kiwi.llama.v1 {v1}" not in explanations(answer, request)

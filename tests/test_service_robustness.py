@@ -222,13 +222,13 @@ def test_no_model_means_503_for_predictions_and_a_hint_from_the_cli(tmp_path: Pa
 
 
 def test_admin_promote_and_rollback_swap_the_served_model(tmp_path: Path, model_dir: Path) -> None:
-    from recommender.registry import ModelRegistry
+    from recommender.model_versions import ModelVersions
 
-    registry = ModelRegistry(tmp_path / "models")
-    first = registry.add(model_dir)
-    registry.promote(first)
+    model_versions = ModelVersions(tmp_path / "models")
+    first = model_versions.add(model_dir)
+    model_versions.promote(first)
     LexiconExtractor.train(brat.read(SAMPLE_DIR)[:2]).save(tmp_path / "second")
-    second = registry.add(tmp_path / "second")
+    second = model_versions.add(tmp_path / "second")
     with TestClient(create_app(Settings(model_dir=tmp_path / "models", retrain=False))) as c:
         assert c.post("/setup").json()["model_version"] == first
         assert c.post(f"/models/{second}/promote").json()["serving"] == second

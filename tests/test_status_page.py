@@ -14,7 +14,7 @@ from support import chromium, chromium_screenshot
 
 from recommender.corpora import development_split
 from recommender.formats import brat
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, bootstrap, get_trainer
 from recommender.service.app import create_app, running_server
 from recommender.settings import Settings
@@ -28,10 +28,12 @@ def settings(tmp_path: Path) -> Settings:
     settings = Settings(
         model_dir=tmp_path / "models", trainer="kiwi.lexicon.v1", retrain_debounce_seconds=0, seed_fetch=False
     )
-    registry = ModelRegistry(settings.model_dir)
+    model_versions = ModelVersions(settings.model_dir)
     for n, seed in ((24, 1), (60, 2)):
         brat.write(generate(n, seed=seed), tmp_path / f"seed{n}")
-        bootstrap(settings.model_copy(update={"seed_corpus": tmp_path / f"seed{n}"}), registry, say=print)
+        bootstrap(
+            settings.model_copy(update={"seed_corpus": tmp_path / f"seed{n}"}), model_versions, say=print
+        )
     return settings
 
 

@@ -18,18 +18,18 @@ from test_service_inception import REL, SPAN, predict_request, predict_typesyste
 
 from recommender.corpora import SAMPLE_DIR
 from recommender.document import Document
-from recommender.evaluation.corrections import score_correction
+from recommender.evaluation.correction_scores import score_correction
 from recommender.evaluation.evidence import by_version, notes_of, summarize
 from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
 from recommender.formats.labelstudio import DEFAULT_CONFIG
 from recommender.formats.xmi import DEFAULT_LAYERS, cas_to_document
 from recommender.guidelines import labelstudio_config
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, Retrainer
 from recommender.retraining.recent import check as recent_check
 from recommender.service import create_app
-from recommender.service.evidence import Evidence
+from recommender.service.suggestion_log import Evidence
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.database import downgrade, migrate, open_engine, schema_revision
@@ -347,13 +347,13 @@ def test_the_gate_says_what_the_recent_notes_check_found(tmp_path: Path) -> None
         gate_recent_notes=5,
     )
     store = CorrectionStore(f"sqlite:///{tmp_path}/c.sqlite3")
-    registry = ModelRegistry(settings.model_dir)
-    with registry.staging() as tmp:
+    model_versions = ModelVersions(settings.model_dir)
+    with model_versions.staging() as tmp:
         LexiconExtractor.train(sample).save(tmp)
-        best = registry.add(tmp)
-    registry.promote(best)
+        best = model_versions.add(tmp)
+    model_versions.promote(best)
     evidence = Evidence(settings, store.engine)
-    promoted = LexiconExtractor.load(registry.current())
+    promoted = LexiconExtractor.load(model_versions.current())
     notes = sample[1:3]
     shown = promoted.predict([d.without_annotations() for d in notes])
     evidence.record(
@@ -366,7 +366,7 @@ def test_the_gate_says_what_the_recent_notes_check_found(tmp_path: Path) -> None
         evidence.score("proj", d.id, store.add("proj", d.id, "ann", "labelstudio", d))
     evidence.flush()
     evidence.close()
-    rt = Retrainer(settings, store, registry, corpora=Corpora(seed=sample[:1], dev=sample[3:]))
+    rt = Retrainer(settings, store, model_versions, corpora=Corpora(seed=sample[:1], dev=sample[3:]))
     try:
         job = rt.wait(rt.request("proj", delay=0), timeout=60)
     finally:

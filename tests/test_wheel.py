@@ -76,6 +76,23 @@ def test_the_installed_package_reads_its_data_from_the_wheel(installed: Path, tm
     assert schema == "20 5"  # 4 entity + 16 modifier types; one NER and four RE prompt templates
 
 
+def test_the_installed_kiwi_schema_writes_the_checked_in_guidelines(installed: Path, tmp_path: Path) -> None:
+    """The guideline prose (annotation_guidelines/templates/) ships in the wheel, rendering the same bytes."""
+    out = tmp_path / "guidelines"
+    run = subprocess.run(
+        [installed / "kiwi", "schema", "--out", out],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert Path("guideline.md") in written and Path("inception/README.md") in written
+    for rel in written:
+        assert (out / rel).read_bytes() == (REPO / "annotation_guidelines" / rel).read_bytes(), rel
+
+
 def test_the_installed_kiwi_bootstraps_a_model_and_serves_it(installed: Path, tmp_path: Path) -> None:
     port = _free_port()
     env = _env(tmp_path) | {"KIWI_TRAINER": "kiwi.lexicon.v1"}

@@ -135,8 +135,10 @@ for _family in FAMILIES:
 @commands.command()
 def predict(
     model: Annotated[Path, typer.Option(help="model folder (kiwi_model.json)")],
-    src: Annotated[Path, typer.Argument(help="notes: a folder of .txt (brat), or any format kiwi reads")],
-    dst: Annotated[Path, typer.Argument(help="output folder or file")],
+    src: Annotated[
+        Path | None, typer.Argument(help="notes: a folder of .txt (brat), or any format kiwi reads")
+    ] = None,
+    dst: Annotated[Path | None, typer.Argument(help="output folder or file")] = None,
     to: Annotated[
         str, typer.Option("--to", help=f"output format: {', '.join(FORMATS)}; with --ray also parquet")
     ] = "brat",
@@ -151,23 +153,35 @@ def predict(
     ray_actors: ray_run.RayActors = None,
     ray_actor_cpus: ray_run.RayActorCpus = 1.0,
     engine_url: ray_run.EngineUrls = None,
+    label_studio: ray_run.LabelStudioProject = None,
+    label_studio_writers: ray_run.LabelStudioWriters = ray_run.WRITERS,
 ) -> None:
     """Pre-annotate notes with a trained model; deterministic.
 
-    With --ray: through the prediction cache (resumable; also --to parquet)."""
+    With --ray: through the prediction cache (resumable; also --to parquet); with --ray --label-studio
+    PROJECT: the project's tasks, and their predictions pushed back to it (no SRC, DST)."""
     from recommender.extractors import load_extractor
     from recommender.settings import load_settings
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got [{batch_size}]")
+    if label_studio is not None:
+        if not (ray or ray_address):
+            raise ConfigError("--label-studio needs --ray (one process: kiwi precompute --label-studio)")
+        if src is not None or dst is not None:
+            raise ConfigError("--label-studio reads the project and writes back to it: give no SRC or DST")
+    elif src is None or dst is None:
+        raise ConfigError("give SRC and DST (or --ray --label-studio PROJECT)")
     if ray or ray_address:
         if entities_given:
             raise ConfigError("--entities-given is not supported with --ray")
         ray_run.run(
             model, src, from_, address=ray_address, actors=ray_actors, actor_cpus=ray_actor_cpus,
-            batch_size=batch_size, engine_urls=engine_url, dst=dst, to=to,
+            batch_size=batch_size, engine_urls=engine_url, dst=dst, to=to, label_studio=label_studio,
+            writers=label_studio_writers,
         )  # fmt: skip
         return
+    assert src is not None and dst is not None
     get_format(to)
     if not src.exists():
         raise NotFoundError("no such file or folder", source=src)

@@ -1,7 +1,7 @@
-"""``kiwi models list|promote|rollback``: the model registry from the command line.
+"""``kiwi models list|promote|rollback``: the model versions from the command line.
 
-A running service picks up a promotion made here on its next registry check; the retraining loop and
-these commands share one file lock, so they never overwrite each other's pointer.
+A running service picks up a promotion made here on its next check of the promoted version; the
+retraining loop and these commands share one file lock, so they never overwrite each other's pointer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from recommender.cli.common import console
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 
 commands = typer.Typer()  # this module's commands, loaded by the root on first use
 
@@ -29,12 +29,12 @@ ModelDir = Annotated[
 ]
 
 
-def _registry(model_dir: Path | None) -> ModelRegistry:
+def _model_versions(model_dir: Path | None) -> ModelVersions:
     if model_dir is None:
         from recommender.settings import load_settings
 
         model_dir = load_settings().model_dir
-    return ModelRegistry(model_dir)
+    return ModelVersions(model_dir)
 
 
 def metric_summary(metrics: dict[str, Any]) -> str:
@@ -60,11 +60,11 @@ def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Every model version, oldest first, with its status and scores."""
-    versions = _registry(model_dir).versions()
+    versions = _model_versions(model_dir).versions()
     if as_json:
         console.print_json(json.dumps([v.to_dict() for v in versions]))
         return
-    table = Table(title=f"models in {_registry(model_dir).folder}")
+    table = Table(title=f"models in {_model_versions(model_dir).folder}")
     for column in ("version", "extractor", "created", "metrics (dev, exact F1)", "status"):
         table.add_column(column)
     for v in versions:
@@ -86,7 +86,7 @@ def list_models(
 
 
 def _served_beside() -> list[tuple[str, str, str, str]]:
-    """The models the service serves beside the registry's, as the settings name them."""
+    """The models the service serves beside the promoted version, as the settings name them."""
     from recommender.errors import ModelError
     from recommender.extractors.base import ModelInfo
     from recommender.settings import load_settings
@@ -106,12 +106,12 @@ def promote(
     version: Annotated[str, typer.Argument(help="the version to serve")], model_dir: ModelDir = None
 ) -> None:
     """Serve VERSION from now on (a running service switches without dropping requests)."""
-    path = _registry(model_dir).promote(version, reason="kiwi models promote")
+    path = _model_versions(model_dir).promote(version, reason="kiwi models promote")
     console.print(f"promoted {version} ({path})", markup=False, highlight=False)
 
 
 @models_app.command("rollback")
 def rollback(model_dir: ModelDir = None) -> None:
     """Go back to the version promoted before the current one."""
-    version = _registry(model_dir).rollback()
+    version = _model_versions(model_dir).rollback()
     console.print(f"rolled back to {version}", markup=False, highlight=False)

@@ -3,7 +3,8 @@ and pushed to a Label Studio project task by task.
 
 Notes already predicted by this model version (same text) are taken from the cache, so a run that
 stopped resumes where it was; ``--label-studio`` also keeps the tasks it has pushed in a position
-file and skips them when run again with the same model version.
+file and skips them when run again with the same model version. With ``--ray`` (``ray_run``) the
+project itself says which tasks are done: those carrying a prediction of the model version.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def precompute(
     ray_actors: ray_run.RayActors = None,
     ray_actor_cpus: ray_run.RayActorCpus = 1.0,
     engine_url: ray_run.EngineUrls = None,
+    label_studio_writers: ray_run.LabelStudioWriters = ray_run.WRITERS,
 ) -> None:
     """Compute a model's predictions ahead of the annotator into the prediction cache (KIWI_DATABASE_URL)."""
     from recommender.extractors import load_extractor
@@ -76,11 +78,12 @@ def precompute(
     if (notes is None) == (label_studio is None):
         raise ConfigError("give NOTES or --label-studio PROJECT (one of them)")
     if ray or ray_address:
-        if notes is None:
-            raise ConfigError("--ray takes NOTES (a Label Studio project is not run on Ray yet)")
+        if position is not None:
+            raise ConfigError("--position is not used with --ray: the project says which tasks are done")
         ray_run.run(
             model, notes, from_, address=ray_address, actors=ray_actors, actor_cpus=ray_actor_cpus,
-            batch_size=16, engine_urls=engine_url, name=name,
+            batch_size=16, engine_urls=engine_url, name=name, label_studio=label_studio,
+            writers=label_studio_writers,
         )  # fmt: skip
         return
     settings = load_settings()

@@ -56,7 +56,7 @@ def serve(
     """Serve pre-annotations to INCEpTION (/inception/{name}/predict|train) and Label Studio."""
     import uvicorn
 
-    from recommender.registry import ModelRegistry
+    from recommender.model_versions import ModelVersions
     from recommender.retraining import bootstrap as train_first_model
     from recommender.service.app import create_app, uvicorn_config
     from recommender.settings import load_settings
@@ -68,20 +68,20 @@ def serve(
     logging.getLogger("recommender").setLevel(log_level.upper())
     # A trainer needs no model to start: its first job trains one unless --bootstrap asks for it now.
     if settings.model is None and (bootstrap or settings.role != "trainer"):
-        registry = ModelRegistry(settings.model_dir)
-        if registry.current() is None and settings.role == "api" and not bootstrap:
+        model_versions = ModelVersions(settings.model_dir)
+        if model_versions.current() is None and settings.role == "api" and not bootstrap:
             # A replica started beside the trainer that bootstraps the first model (docker/compose.yml).
             say(f"No promoted model in {settings.model_dir} yet: waiting for a trainer to promote one.")
-            while registry.current() is None:
+            while model_versions.current() is None:
                 time.sleep(settings.registry_poll_seconds)
-        if registry.current() is None:
+        if model_versions.current() is None:
             if not bootstrap:
                 raise ModelError(
                     f"no promoted model in [{settings.model_dir}]: run `kiwi serve --bootstrap` to train "
                     "one on the seed corpus first, or pass --model DIR"
                 )
             say(f"No promoted model in {settings.model_dir}: training a first one ({settings.trainer}).")
-            path = train_first_model(settings, registry, track=progress, say=say)
+            path = train_first_model(settings, model_versions, track=progress, say=say)
             say(f"Promoted {path.name} as the baseline.")
     if settings.role == "trainer":
         _run_trainer(settings)
@@ -105,7 +105,7 @@ def _named_folders(values: list[str]) -> dict[str, Path]:
 
 def _run_trainer(settings: Settings) -> None:
     """Run queued training jobs until SIGINT/SIGTERM."""
-    from recommender.registry import ModelRegistry
+    from recommender.model_versions import ModelVersions
     from recommender.retraining.queue import JobQueue
     from recommender.store import CorrectionStore
     from recommender.store.database import is_postgres
@@ -118,6 +118,6 @@ def _run_trainer(settings: Settings) -> None:
     store = CorrectionStore(settings.database_url)
     try:
         err_console.print(f"Trainer ({settings.trainer}) waiting for jobs.", markup=False)
-        JobQueue(settings, store, ModelRegistry(settings.model_dir)).run_worker()
+        JobQueue(settings, store, ModelVersions(settings.model_dir)).run_worker()
     finally:
         store.close()

@@ -79,9 +79,9 @@ def simulate(
     """Replay annotation on CORPUS: from a seed set, each strategy picks the next notes, their gold is
     revealed, the learner retrains and is scored on the evaluation notes, until the budget is spent.
     Interrupted runs resume from their last round (run the same command again)."""
-    from recommender.active.report import write
     from recommender.active.simulate import Learner, Plan
     from recommender.active.simulate import simulate as run_all
+    from recommender.active.simulation_report import write
 
     _set_threads(threads)
     docs = read_documents(corpus)

@@ -1,6 +1,6 @@
 """What the corrections say about each model version: the scored notes summed up.
 
-Input: the score rows of ``corrections.score_correction`` (one per corrected note, annotator and kind
+Input: the score rows of ``correction_scores.score_correction`` (one per corrected note, annotator and kind
 of suggestion). Each (note, annotator) counts once per model version, at its newest correction. Per
 model version (and per project, per label, per UTC day): the notes behind the figures, the share of
 suggested spans accepted unchanged, exact and relaxed F1 of the suggestions against the corrections
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from recommender.evaluation.corrections import OUTCOMES
+from recommender.evaluation.correction_scores import OUTCOMES
 from recommender.evaluation.matching import MODES
 from recommender.evaluation.scorer import TaskCounts
 from recommender.evaluation.stats import LEVEL, interval, resample_weights

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import FormatError, NotFoundError
-from recommender.markup import Loss, segmented, sentence_tokens
+from recommender.markup_language import Loss, segmented, sentence_tokens
 from recommender.schema import Schema, load_schema
 
 log = logging.getLogger(__name__)

@@ -3,11 +3,11 @@
     {"doc_id", "sentence_index", "begin", "end", "ner": "<markup>",
      "re": [{"entity": {"id", "label", "begin", "end"}, "input": "<markup>", "target": "<markup>"}]}
 
-The markup language itself (wrap, parse, align) is ``recommender.markup``. The first record of each
+The markup language itself (wrap, parse, align) is ``recommender.markup_language``. The first record of each
 document also carries ``doc_text``, the note itself, so :func:`read` restores exact offsets. Without it
 (records made elsewhere), :func:`read` rebuilds the text from the markup: tokens joined by single
 spaces, sentences by newlines; that text is whitespace-normalised. What the markup cannot carry is
-counted by :func:`write` (see ``recommender.markup.losses``).
+counted by :func:`write` (see ``recommender.markup_language.losses``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from recommender.document import Document, Relation, Segment, Span
 from recommender.errors import FormatError
 from recommender.formats.jsonl import read_lines
-from recommender.markup import (
+from recommender.markup_language import (
     Loss,
     SentenceMarkup,
     parse_markup,
@@ -169,7 +169,7 @@ def write(docs: Iterable[Document], path: Path) -> None:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     if lost:
         log.warning(
-            "%s: %d span(s) and %d relation(s) cannot be written as Kiwi markup (see markup.losses)",
+            "%s: %d span(s) and %d relation(s) cannot be written as Kiwi markup (see markup_language.losses)",
             path,
             sum(1 for x in lost if x.kind == "span"),
             sum(1 for x in lost if x.kind == "relation"),

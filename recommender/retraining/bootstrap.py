@@ -1,4 +1,4 @@
-"""The first model: trained on the seed corpus when the registry has none promoted."""
+"""The first model: trained on the seed corpus when no model version is promoted."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from recommender.errors import ConfigError
 from recommender.evaluation import evaluate_extractor
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
+from recommender.model_versions import ModelVersions
 from recommender.progress import Progress, duration
-from recommender.registry import ModelRegistry
-from recommender.retraining.data import SYNTHETIC_EPOCHS, default_corpora
 from recommender.retraining.trainers import get_trainer
+from recommender.retraining.training_data import SYNTHETIC_EPOCHS, default_corpora
 from recommender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def bootstrap(
     settings: Settings,
-    registry: ModelRegistry,
+    model_versions: ModelVersions,
     track: Progress[Any] | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Path:
@@ -38,7 +38,7 @@ def bootstrap(
     say(f"Training {settings.trainer} on {len(corpora.seed)} notes of {corpora.source} ({dev}).")
     trainer = get_trainer(settings.trainer, settings.trainer_config)
     started = time.monotonic()
-    with registry.staging() as tmp:
+    with model_versions.staging() as tmp:
         epochs = SYNTHETIC_EPOCHS if corpora.synthetic else None  # None: the family's own default
         out = trainer(corpora.seed, corpora.dev, tmp, None, epochs=epochs, track=track)
         info = ModelInfo.load(out)
@@ -48,9 +48,11 @@ def bootstrap(
             info.metrics = {**info.metrics, "dev": ev, "dev_notes": len(corpora.dev)}
         info.metrics = {"train_notes": len(corpora.seed), **info.metrics, "seed": corpora.source}
         info.save(out)
-        version = registry.add(out)
+        version = model_versions.add(out)
     say(f"Trained {version} in {duration(time.monotonic() - started)}; {_dev_summary(info.metrics)}.")
-    return registry.promote(version, reason="bootstrap on the seed corpus: the first model, the baseline")
+    return model_versions.promote(
+        version, reason="bootstrap on the seed corpus: the first model, the baseline"
+    )
 
 
 def _dev_summary(metrics: dict[str, Any]) -> str:

@@ -1,11 +1,13 @@
 """One retraining job, whichever scheduler runs it: assemble the data, train a candidate from the
-promoted model, gate it against the promoted model, register it, and promote it by compare-and-swap.
+promoted model, gate it against the promoted model, add it as a version, and promote it by
+compare-and-swap.
 
-The candidate is built in the registry's staging folder and renamed in whole, and the promoted
-pointer changes only by an atomic replace, so killing the process at any moment leaves the registry
-as it was or with one more complete version. Promotion succeeds only while the version the candidate
-was gated against is still the promoted one; if another job, an operator or a rollback changed it
-meanwhile, the candidate is gated once more against the new one, and rejected if that changes too.
+The candidate is built in the model versions' staging folder and renamed in whole, and the promoted
+pointer changes only by an atomic replace, so killing the process at any moment leaves the model
+versions as they were or with one more complete version. Promotion succeeds only while the version
+the candidate was gated against is still the promoted one; if another job, an operator or a rollback
+changed it meanwhile, the candidate is gated once more against the new one, and rejected if that
+changes too.
 An exception fails the job with its reason; the scheduler and the service carry on.
 """
 
@@ -25,12 +27,12 @@ from recommender.cores import core_budget, set_torch_threads
 from recommender.errors import ConflictError, KiwiError
 from recommender.extractors import load_extractor
 from recommender.extractors.base import ModelInfo
+from recommender.model_versions import ModelVersions
 from recommender.progress import Progress, reporting
-from recommender.registry import ModelRegistry
 from recommender.retraining import recent
-from recommender.retraining.data import Corpora, assemble, default_corpora
 from recommender.retraining.gate import decide, scores
 from recommender.retraining.trainers import Trainer
+from recommender.retraining.training_data import Corpora, assemble, default_corpora
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.suggestions import SuggestionLog
@@ -115,14 +117,14 @@ class JobRunner:
         self,
         settings: Settings,
         store: CorrectionStore,
-        registry: ModelRegistry,
+        model_versions: ModelVersions,
         trainer: Trainer,
         corpora: Corpora | None,
         on_promote: Callable[[Path], None] | None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.registry = registry
+        self.model_versions = model_versions
         self.trainer = trainer
         self._corpora = corpora
         self.on_promote = on_promote
@@ -155,10 +157,10 @@ class JobRunner:
             self.store, self._corpora, self.settings.heldout_fraction, self.settings.retrain_agreement
         )
         job.metrics = data.counts()
-        current_version = self.registry.current_version()
-        current = self.registry.path(current_version) if current_version else None
+        current_version = self.model_versions.current_version()
+        current = self.model_versions.path(current_version) if current_version else None
 
-        with self.registry.staging() as tmp:
+        with self.model_versions.staging() as tmp:
             job.stage, job.progress = "training", 0.05
             save(job)
             out = self.trainer(
@@ -187,30 +189,30 @@ class JobRunner:
             info.save(out)
             job.stage, job.progress = "registering", 0.95
             save(job)
-            version = self.registry.add(out)
+            version = self.model_versions.add(out)
         job.candidate = version
         job.metrics = {**job.metrics, **gate}
         for attempt in range(2):
             if gate["decision"] != "promote":
-                self.registry.reject(version, gate["reason"])
+                self.model_versions.reject(version, gate["reason"])
                 job.outcome, job.message = "rejected", gate["reason"]
                 log.info("job %d: candidate %s rejected: %s", job.id, version, gate["reason"])
                 return
             try:
-                path = self.registry.promote_if_current(
+                path = self.model_versions.promote_if_current(
                     version, gate["current_version"], reason=f"job {job.id}: {gate['reason']}"
                 )
                 break
             except ConflictError as e:
                 if attempt == 1:
                     reason = f"gave up: the promoted model changed twice during the job ({e})"
-                    self.registry.reject(version, reason)
+                    self.model_versions.reject(version, reason)
                     job.outcome, job.message = "rejected", reason
                     return
                 job.stage = "re-gating against the newly promoted model"
                 save(job)
                 log.info("job %d: %s; gating again", job.id, e)
-                now = self.registry.current_version()
+                now = self.model_versions.current_version()
                 gate = {**self._gate(cand_scores, now, data.heldout, data.dev), "regated": str(e)}
                 job.metrics = {**job.metrics, **gate}
         job.outcome = "promoted"
@@ -221,7 +223,7 @@ class JobRunner:
     def _gate(
         self, cand_scores: dict[str, Any], current_version: str | None, heldout: list[Any], dev: list[Any]
     ) -> dict[str, Any]:
-        current = self.registry.path(current_version) if current_version else None
+        current = self.model_versions.path(current_version) if current_version else None
         cur_scores = scores(load_extractor(current), heldout, dev) if current else None
         promote, reason = decide(cand_scores, cur_scores, self.settings.promotion_margin)
         extra: dict[str, Any] = {}

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from recommender.errors import BusyError, NotFoundError
-from recommender.registry import ModelRegistry
-from recommender.retraining.data import Corpora
+from recommender.model_versions import ModelVersions
 from recommender.retraining.jobs import Job, JobRunner, summary
 from recommender.retraining.trainers import Trainer, get_trainer
+from recommender.retraining.training_data import Corpora
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 
@@ -32,7 +32,7 @@ class Retrainer:
         self,
         settings: Settings,
         store: CorrectionStore,
-        registry: ModelRegistry,
+        model_versions: ModelVersions,
         on_promote: Callable[[Path], None] | None = None,
         *,
         corpora: Corpora | None = None,
@@ -40,11 +40,11 @@ class Retrainer:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.registry = registry
+        self.model_versions = model_versions
         self.runner = JobRunner(
             settings,
             store,
-            registry,
+            model_versions,
             trainer or get_trainer(settings.trainer, settings.trainer_config),
             corpora,
             on_promote,
@@ -130,7 +130,7 @@ class Retrainer:
             jobs = [j.to_dict() for j in self._jobs]
             pending = dict(self._pending)
         return {
-            "current_version": self.registry.current_version(),
+            "current_version": self.model_versions.current_version(),
             "trainer": self.settings.trainer,
             "scheduler": "in-process",
             **summary(jobs),

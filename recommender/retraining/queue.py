@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from recommender.errors import BusyError, ConfigError, NotFoundError
-from recommender.registry import ModelRegistry
-from recommender.retraining.data import Corpora
+from recommender.model_versions import ModelVersions
 from recommender.retraining.jobs import Job, JobRunner, summary
 from recommender.retraining.trainers import Trainer, get_trainer
+from recommender.retraining.training_data import Corpora
 from recommender.settings import Settings
 from recommender.store import CorrectionStore
 from recommender.store.database import libpq_dsn
@@ -44,7 +44,7 @@ class JobQueue:
         self,
         settings: Settings,
         store: CorrectionStore,
-        registry: ModelRegistry,
+        model_versions: ModelVersions,
         on_promote: Callable[[Path], None] | None = None,
         *,
         corpora: Corpora | None = None,
@@ -57,12 +57,12 @@ class JobQueue:
         self._procrastinate = procrastinate
         self.settings = settings
         self.store = store
-        self.registry = registry
+        self.model_versions = model_versions
         self.records = JobRecords(store.engine)
         self.runner = JobRunner(
             settings,
             store,
-            registry,
+            model_versions,
             trainer or get_trainer(settings.trainer, settings.trainer_config),
             corpora,
             on_promote,
@@ -159,7 +159,7 @@ class JobQueue:
             p: self.store.count_since(p, self.records.last_correction(p)) for p in self.store.projects()
         }
         return {
-            "current_version": self.registry.current_version(),
+            "current_version": self.model_versions.current_version(),
             "trainer": self.settings.trainer,
             "scheduler": "procrastinate",
             **summary(jobs),

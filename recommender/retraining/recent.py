@@ -5,7 +5,7 @@ this check says whether it would have served the annotators' latest notes at lea
 promoted model actually did. The notes are the newest ``n`` held-out corrected notes (held out, so the
 candidate never trained on them) that have a scored suggestion of the promoted version; the promoted
 model's figure is what its logged suggestions scored against those corrections, the candidate's its
-predictions for the same notes scored the same way (``evaluation.corrections``). The figure compared
+predictions for the same notes scored the same way (``evaluation.correction_scores``). The figure compared
 is exact F1 over all spans.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recommender.document import Document
-from recommender.evaluation.corrections import score_correction
+from recommender.evaluation.correction_scores import score_correction
 from recommender.evaluation.evidence import Note, notes_of, summarize
 from recommender.extractors.base import Extractor
 from recommender.store.suggestions import SuggestionLog

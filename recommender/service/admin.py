@@ -39,23 +39,23 @@ def status_page(service: ServiceDep) -> HTMLResponse:
 @router.get("/models")
 def models(service: ServiceDep) -> dict[str, Any]:
     return {
-        "current": service.registry.current_version(),
+        "current": service.model_versions.current_version(),
         "serving": service.predictor.version,
-        "versions": [v.to_dict() for v in service.registry.versions()],
+        "versions": [v.to_dict() for v in service.model_versions.versions()],
     }
 
 
 @router.post("/models/{version}/promote")
 def promote(version: str, service: ServiceDep) -> dict[str, Any]:
-    path = service.registry.promote(version, reason="promoted through the API")
+    path = service.model_versions.promote(version, reason="promoted through the API")
     service.predictor.load(path)
     return {"serving": service.predictor.version}
 
 
 @router.post("/models/rollback")
 def rollback(service: ServiceDep) -> dict[str, Any]:
-    version = service.registry.rollback()
-    service.predictor.load(service.registry.path(version))
+    version = service.model_versions.rollback()
+    service.predictor.load(service.model_versions.path(version))
     return {"serving": service.predictor.version}
 
 

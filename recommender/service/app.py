@@ -1,8 +1,8 @@
 """``create_app(settings)``: the FastAPI application behind ``kiwi serve``.
 
-The served model is ``settings.model`` when given, else the registry's promoted version; a promotion
+The served model is ``settings.model`` when given, else the promoted model version; a promotion
 (by the retraining loop, the API, a trainer or ``kiwi models promote`` in another process, seen by
-polling the registry every ``registry_poll_seconds``) swaps it without a restart or a dropped request.
+polling the promoted pointer every ``registry_poll_seconds``) swaps it without a restart or a dropped request.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from fastapi import FastAPI
 
 from recommender import __version__
 from recommender.errors import ConfigError
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Corpora, Retrainer, Trainer
 from recommender.retraining.queue import JobQueue
-from recommender.service import admin, errors, inception, labelstudio, reports
+from recommender.service import admin, http_errors, inception_recommender, labelstudio_backend, reports
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import (
     AuthMiddleware,
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 def build_service(
     settings: Settings, *, corpora: Corpora | None = None, trainer: Trainer | None = None
 ) -> Service:
-    """The store, registry, scheduler and the model to serve, as ``settings`` say.
+    """The store, model versions, scheduler and the model to serve, as ``settings`` say.
 
     On SQLite the in-process retrainer runs in ``--role all``; an API-only replica there only stores
     corrections. On PostgreSQL jobs go through the job library: every role queues them, and ``all``
@@ -49,19 +49,21 @@ def build_service(
     if settings.role == "trainer":
         raise ConfigError("the trainer role serves no requests: run `kiwi serve --role trainer`")
     assert settings.database_url is not None  # filled in by Settings
-    registry = ModelRegistry(settings.model_dir)
+    model_versions = ModelVersions(settings.model_dir)
     store = CorrectionStore(settings.database_url)
     client = (
         LabelStudioClient(settings.label_studio_url, settings.label_studio_token.get_secret_value())
         if settings.label_studio_url and settings.label_studio_token
         else None
     )
-    service = Service(settings, store=store, registry=registry, retrainer=None, labelstudio=client)
+    service = Service(
+        settings, store=store, model_versions=model_versions, retrainer=None, labelstudio=client
+    )
     if settings.retrain and is_postgres(settings.database_url):
         queue = JobQueue(
             settings,
             store,
-            registry,
+            model_versions,
             on_promote=service.on_promote if settings.role == "all" else None,
             corpora=corpora,
             trainer=trainer,
@@ -69,9 +71,9 @@ def build_service(
         service.retrainer = queue
     elif settings.retrain and settings.role == "all":
         service.retrainer = Retrainer(
-            settings, store, registry, on_promote=service.on_promote, corpora=corpora, trainer=trainer
+            settings, store, model_versions, on_promote=service.on_promote, corpora=corpora, trainer=trainer
         )
-    model: Path | None = settings.model or registry.current()
+    model: Path | None = settings.model or model_versions.current()
     if model is not None:
         service.predictor.load(model)
     else:
@@ -81,15 +83,15 @@ def build_service(
     return service
 
 
-def _watch_registry(service: Service, stop: threading.Event) -> None:
+def _watch_promoted(service: Service, stop: threading.Event) -> None:
     """Pick up promotions and rollbacks made by another process (a trainer, another replica,
     ``kiwi models promote``): the new model is loaded once, beside the old one, and swapped in."""
     while not stop.wait(service.settings.registry_poll_seconds):
         try:
-            current = service.registry.current_version()
+            current = service.model_versions.current_version()
             if current is not None and current != service.predictor.version:
-                service.predictor.load(service.registry.path(current))
-        except Exception as e:  # the watcher must outlive a damaged registry file or model folder
+                service.predictor.load(service.model_versions.path(current))
+        except Exception as e:  # the watcher must outlive a damaged registry.json or model folder
             log.warning("registry poll failed: %s", type(e).__name__)
 
 
@@ -111,7 +113,7 @@ def create_app(
             service.ahead.start()
         if settings.model is None:
             threading.Thread(
-                target=_watch_registry, args=(service, stop), name="kiwi-registry-watch", daemon=True
+                target=_watch_promoted, args=(service, stop), name="kiwi-registry-watch", daemon=True
             ).start()
         try:
             yield
@@ -137,10 +139,16 @@ def create_app(
     )
     app.state.service = service
     app.state.settings = settings
-    errors.install(app)
-    routers = (inception.router, labelstudio.router, labelstudio.model_router, admin.router, reports.router)
+    http_errors.install(app)
+    routers = (
+        inception_recommender.router,
+        labelstudio_backend.router,
+        labelstudio_backend.model_router,
+        admin.router,
+        reports.router,
+    )
     for router in routers:
-        app.include_router(router, responses=errors.ERROR_RESPONSES)
+        app.include_router(router, responses=http_errors.ERROR_RESPONSES)
     # Added last = outermost: authenticate before reading a body, limit it before parsing it.
     app.add_middleware(CatchAllMiddleware, log_note_text=settings.log_note_text)
     app.add_middleware(StatsMiddleware, stats=service.stats)

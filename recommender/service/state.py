@@ -1,5 +1,5 @@
 """What the routers share, wired together: the served models, the predict path, the store, the
-registry, the retrainer."""
+model versions, the retrainer."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from fastapi import Path as PathParam
 from recommender.active.strategies import get_strategy
 from recommender.cores import available_cores, core_budget, set_torch_threads
 from recommender.errors import ModelError, NotFoundError, OverloadError
-from recommender.registry import ModelRegistry
+from recommender.model_versions import ModelVersions
 from recommender.retraining import Job, Retrainer
 from recommender.retraining.queue import JobQueue
 from recommender.service.ahead import AheadWorker
-from recommender.service.evidence import Evidence
 from recommender.service.labelstudio_client import LabelStudioClient
 from recommender.service.middleware import RequestStats
 from recommender.service.predicting import PredictPath
 from recommender.service.served import Predictor, ServedModels
+from recommender.service.suggestion_log import Evidence
 from recommender.settings import DEFAULT_MODEL, RecommenderConfig, Settings
 from recommender.store import CorrectionStore
 from recommender.store.predictions import PredictionCache
@@ -128,7 +128,7 @@ class Service:
         settings: Settings,
         *,
         store: CorrectionStore,
-        registry: ModelRegistry,
+        model_versions: ModelVersions,
         retrainer: Retrainer | JobQueue | None,
         labelstudio: LabelStudioClient | None,
     ) -> None:
@@ -138,7 +138,7 @@ class Service:
         self.predictor = self.served_models.main
         self.models = self.served_models.by_name  # Settings.serve_models too
         self.store = store
-        self.registry = registry
+        self.model_versions = model_versions
         self.retrainer: Retrainer | JobQueue | None = retrainer
         self.labelstudio = labelstudio
         self.stats = RequestStats()

@@ -62,8 +62,8 @@ def status_view(service: Service) -> dict[str, Any]:
         served = _card(service.predictor.current.info)
     except ModelError:
         served = None
-    promotions = [e for e in service.registry.events() if e.get("action") == "promote"]
-    by_version = {v.version: v for v in service.registry.versions()}
+    promotions = [e for e in service.model_versions.events() if e.get("action") == "promote"]
+    by_version = {v.version: v for v in service.model_versions.versions()}
     curve = []
     for event in promotions:
         v = by_version.get(event["version"])

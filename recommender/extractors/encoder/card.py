@@ -51,7 +51,7 @@ tags cut words such as "Sy|mptomatic"). Decoding takes, per note and head, the m
 sequence in which I-X only follows B-X or I-X (Viterbi over the tag probabilities: 3 points of exact NER
 F1 over per-word argmax). Span score: the mean softmax probability
 of the span's tags; relation score: the sigmoid probability; both temperature-scaled on the
-development split (temperatures {ex.labels.temperatures}). The `uncertainty` of each predicted
+validation notes (temperatures {ex.labels.temperatures}). The `uncertainty` of each predicted
 note is 1 - the mean confidence of its decisions (spans kept, candidate pairs judged), for active learning.
 Encoder arithmetic at inference: `{cfg.precision}` (auto = bfloat16 autocast where the CPU has native
 bfloat16, which scores as fp32 at about half its time; else dynamic int8 quantization of the Linear
@@ -73,7 +73,9 @@ use the higher rates measured best in `bench/README.md`.
 ## Data
 {m.get("train_notes", "?")} training notes (fingerprint `{info.data_fingerprint}`), {m.get("dev_notes", "?")}
 development notes (fingerprint `{m.get("dev_fingerprint", "")}`). Best epoch {m.get("best_epoch", "?")} of
-at most {cfg.epochs}, early stopping on the mean of NER and RE exact F1 on the development split.
+at most {cfg.epochs}, early stopping on the mean of NER and RE exact F1 on {m.get("validation_notes", "?")}
+validation notes (fingerprint `{m.get("validation_fingerprint", "")}`) carved from the training notes
+(`splits.validation_split`); the development notes choose nothing.
 
 ## Metrics on the development split (project scorer, `recommender.evaluation`)
 Exact match unless marked relaxed (overlap); 95% bootstrap interval over notes.
@@ -90,7 +92,7 @@ fast CPU baseline. Not for clinical decisions: every suggestion needs human revi
 Trained on a small corpus of English medical transcriptions; expect lower accuracy on other note
 types, institutions and languages. Relations farther apart than {cfg.max_pair_gap} word pieces are never
 predicted. Overlapping spans of the same layer (two entities over the same text) cannot be represented.
-Scores are calibrated on the development split only.
+Scores are calibrated on the validation notes only.
 """
 
 

@@ -64,8 +64,10 @@ learning rate {cfg.lr:g}, cosine schedule after {cfg.warmup_ratio:g} warm-up, ma
         "" if cfg.ner_fraction is None else f", {cfg.ner_fraction:.0%} of them NER"
     }). {m.get("steps", "?")} optimizer
 steps run, the adapter of step {m.get("best_step", "?")} kept (best mean of NER and RE exact F1 on the
-development split). The paper's settings, except paged AdamW (a CUDA feature). Training took
-{m.get("train_seconds", "?")} s.
+{m.get("validation_notes", "?")} validation notes carved from the training notes, `splits.validation_split`;
+the development notes choose nothing). The paper's settings, except paged AdamW (a CUDA feature).
+Training took {m.get("train_seconds", "?")} s ({m.get("train_cpu_seconds", "?")} CPU-seconds, peak memory
+{m.get("train_peak_rss_mb", "?")} MB, over every session of a resumed run).
 
 ## Data
 {m.get("train_notes", "?")} training notes (fingerprint `{info.data_fingerprint}`), {m.get("dev_notes", "?")}

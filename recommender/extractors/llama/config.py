@@ -14,6 +14,11 @@ DTYPES = ("auto", "bf16", "fp32")
 ENGINES = ("transformers", "openai")
 
 
+# Fields that say where and how often a run saves, not what it learns: a run resumes across them, and a
+# benchmark reuses a model that differs only in them.
+NOT_LEARNT = ("checkpoint_steps", "cache_dir")
+
+
 @dataclass
 class LlamaConfig(ExtractorConfig):
     base: str = setting(

@@ -49,7 +49,7 @@ from recommender.extractors.llama.task import (
     read_output,
     span_score,
 )
-from recommender.markup import segmented
+from recommender.markup_language import segmented
 from recommender.schema import load_schema
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ and the training text is ``prompt + " " + target``. The prompts are versioned te
 keeps reading the prompts it was trained with when the package's templates change.
 
 Model outputs are never trusted: :func:`read_output` aligns them back to the note with
-``recommender.markup.read_markup`` and counts what it had to drop, and :func:`span_score` turns the
+``recommender.markup_language.read_markup`` and counts what it had to drop, and :func:`span_score` turns the
 token log-probabilities of a span's tags and text into a score.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from recommender.document import Document, Segment, Span
 from recommender.errors import ModelError
-from recommender.markup import (
+from recommender.markup_language import (
     MarkedSpan,
     ReadMarkup,
     read_markup,
@@ -40,7 +40,7 @@ PACKAGED_PROMPTS = Path(str(resources.files("recommender.extractors.llama").join
 STOP = "<EOS>"  # ends every training target; generation stops at it
 NER = "ner"  # the task kind of NER prompts; RE prompts are named by their main entity type
 SLOT = "{}"
-# Drops counted in Document.drops besides those of recommender.markup.read_markup.
+# Drops counted in Document.drops besides those of recommender.markup_language.read_markup.
 UNWRAPPABLE_ENTITY = "entity not expressible in a sentence"  # given entity inside a token / across sentences
 UNFINISHED_OUTPUT = "output cut at max_new_tokens"
 

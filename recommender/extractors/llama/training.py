@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import resource
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -28,15 +29,16 @@ from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
-from recommender.extractors.llama.config import LlamaConfig
+from recommender.extractors.llama.config import NOT_LEARNT, LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor
-from recommender.extractors.llama.layout import ADAPTER_DIR, NAME
+from recommender.extractors.llama.layout import ADAPTER_DIR, NAME, SNAPSHOT_DIR
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
 from recommender.progress import Progress
 from recommender.splits import validation_split
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_STEPS = 100  # an adapter kept every this many steps, for the learning curve
 IGNORE = -100  # cross-entropy's ignore_index: prompt tokens and padding carry no loss
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -136,6 +138,37 @@ def select_examples(examples: Sequence[Example], config: LlamaConfig) -> list[Ex
     return [e for e in shuffled if id(e) in chosen]
 
 
+def training_set(
+    fit_docs: Sequence[Document], config: LlamaConfig, tokenizer: Any, templates: Templates
+) -> tuple[list[Encoded], int]:
+    """The encoded examples a run trains on, in their selection order, and how many were left out as
+    longer than ``config.max_length`` tokens."""
+    examples = select_examples(training_examples(fit_docs, templates), config)
+    prefixes = {kind: tokenizer(templates.split(kind, "")[0]).input_ids for kind in templates.texts}
+    encoded = [encode_example(tokenizer, e, prefixes[e.kind]) for e in examples]
+    kept = [e for e in encoded if len(e.ids) <= config.max_length]
+    return kept, len(encoded) - len(kept)
+
+
+def step_groups(n: int, config: LlamaConfig, epoch: int) -> list[list[int]]:
+    """The example indices of each optimizer step of ``epoch`` (0-based): a fresh shuffle per epoch,
+    fixed by the seed, so that a resumed run and a learning curve see the steps the run saw."""
+    per_step = config.batch_size * config.grad_accum
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+    return [order[k : k + per_step].tolist() for k in range(0, n, per_step)]
+
+
+def examples_seen(encoded: Sequence[Encoded], config: LlamaConfig, steps: int) -> dict[str, int]:
+    """NER and RE examples trained on in the first ``steps`` optimizer steps."""
+    seen = {NER: 0, "re": 0}
+    per_epoch = math.ceil(len(encoded) / (config.batch_size * config.grad_accum))
+    for epoch in range(math.ceil(steps / per_epoch)):
+        for group in step_groups(len(encoded), config, epoch)[: steps - epoch * per_epoch]:
+            for i in group:
+                seen[NER if encoded[i].kind == NER else "re"] += 1
+    return seen
+
+
 def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -> list[list[int]]:
     """A step's examples as micro-batches of at most ``size``: by prompt type (one type's rows share its
     prefix pass), then by length, so that a long sentence does not pad the short ones to its width.
@@ -199,6 +232,21 @@ def dev_metrics(
 
 def _exact_f1(metrics: dict[str, Any], task: str) -> float:
     return float(metrics[task]["exact"]["f1"])
+
+
+def _learnt(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity (config, data, base) less the fields that do not change what it learns."""
+    config = {k: v for k, v in run["config"].items() if k not in NOT_LEARNT}
+    return {**run, "config": config}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: kB
 
 
 def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
@@ -277,11 +325,7 @@ def train_llama(
     templates = templates or Templates.packaged()
     device = next(model.parameters()).device
 
-    examples = select_examples(training_examples(fit_docs, templates), config)
-    prefixes = {kind: tokenizer(templates.split(kind, "")[0]).input_ids for kind in templates.texts}
-    encoded = [encode_example(tokenizer, e, prefixes[e.kind]) for e in examples]
-    too_long = sum(len(e.ids) > config.max_length for e in encoded)
-    encoded = [e for e in encoded if len(e.ids) <= config.max_length]
+    encoded, too_long = training_set(fit_docs, config, tokenizer, templates)
     if not encoded:
         raise ConfigError(f"no training example fits max_length [{config.max_length}] tokens")
     if too_long:
@@ -306,11 +350,13 @@ def train_llama(
     checkpoint = out_dir / CHECKPOINT_DIR
     run_key = {"config": config.to_dict(), "data": fingerprint(train_docs), "base": ref.to_dict()}
     step, history = 0, []
+    # wall and CPU seconds and peak memory of earlier sessions of this run, when it resumes
+    before, cpu_before, peak_before = 0.0, 0.0, 0
     best: dict[str, Any] | None = None  # score, step, adapter state, validation metrics
     since_best = 0
     if (checkpoint / STATE_FILE).is_file():
         saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
-        if saved["run"] == run_key:
+        if _learnt(saved["run"]) == _learnt(run_key):
             _set_adapter_state(model, saved["adapter"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -321,6 +367,8 @@ def train_llama(
                 saved["since_best"],
             )
             torch.set_rng_state(saved["rng"])
+            before = saved.get("seconds", 0.0)
+            cpu_before, peak_before = saved.get("cpu_seconds", 0.0), saved.get("peak_rss_mb", 0)
             log.info("resuming from the checkpoint at step %d", step)
         else:
             log.warning("ignoring %s: it is of another run (settings, data or base differ)", checkpoint)
@@ -354,6 +402,9 @@ def train_llama(
             "best": best,
             "since_best": since_best,
             "rng": torch.get_rng_state(),
+            "seconds": before + time.perf_counter() - started,
+            "cpu_seconds": cpu_before + _cpu_seconds(),
+            "peak_rss_mb": max(peak_before, _peak_rss_mb()),
         }
         _save_checkpoint(checkpoint, model, state)
 
@@ -361,8 +412,7 @@ def train_llama(
     stop = step >= total
     while not stop:
         epoch = step // steps_per_epoch
-        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(config.seed + epoch))
-        groups = [order[k : k + per_step].tolist() for k in range(0, len(order), per_step)]
+        groups = step_groups(len(encoded), config, epoch)
         first = step - epoch * steps_per_epoch  # steps of this epoch done before a resume
         todo = groups[first : first + total - step]
         it: Iterable[list[int]] = todo
@@ -388,6 +438,10 @@ def train_llama(
             optimizer.zero_grad()
             step += 1
             history.append({"step": step, "loss": round(loss_sum, 4)})
+            if step % SNAPSHOT_STEPS == 0:
+                # the adapter as peft saves it (config + weights): a vLLM server or a copy of the
+                # model folder can load it, so the learning curve is measured after the run
+                model.save_pretrained(str(out_dir / SNAPSHOT_DIR / f"step-{step:05d}"))
             end_of_epoch = step % steps_per_epoch == 0 or step == total
             due = config.eval_steps is not None and step % config.eval_steps == 0
             if (due or end_of_epoch) and evaluate_now():
@@ -430,7 +484,10 @@ def train_llama(
             "train_examples": len(encoded),
             "examples_too_long": too_long,
             "quantization": used,
-            "train_seconds": round(time.perf_counter() - started, 1),
+            # all sessions of the run
+            "train_seconds": round(before + time.perf_counter() - started, 1),
+            "train_cpu_seconds": round(cpu_before + _cpu_seconds(), 1),
+            "train_peak_rss_mb": max(peak_before, _peak_rss_mb()),
         },
     )
     extractor.save(out_dir)

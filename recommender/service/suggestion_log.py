@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from recommender.errors import KiwiError
-from recommender.evaluation.corrections import score_correction
+from recommender.evaluation.correction_scores import score_correction
 from recommender.evaluation.evidence import by_version, notes_of
 from recommender.settings import Settings
 from recommender.store.corrections import StoredCorrection

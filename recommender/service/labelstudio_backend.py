@@ -52,9 +52,9 @@ from recommender.formats.labelstudio import (
 )
 from recommender.guidelines import labelstudio_config
 from recommender.service.bodies import CleanJsonRoute
-from recommender.service.evidence import split_version
 from recommender.service.labelstudio_client import backend_authorization
 from recommender.service.state import MODEL_PATH, Predictor, PredictorDep, Service, ServiceDep, client_of
+from recommender.service.suggestion_log import split_version
 from recommender.store.suggestions import NewSuggestion
 
 log = logging.getLogger(__name__)
@@ -247,9 +247,9 @@ def train(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
 @router.get("/versions")
 @model_router.get("/versions")
 def versions(service: ServiceDep, predictor: PredictorDep) -> dict[str, Any]:
-    # the registry's versions are the main model's; another served model has only its own
-    registry = service.registry.versions() if predictor is service.predictor else []
-    names = [v.version for v in reversed(registry) if v.status != "rejected"]
+    # the model versions are the main model's; another served model has only its own
+    versions = service.model_versions.versions() if predictor is service.predictor else []
+    names = [v.version for v in reversed(versions) if v.status != "rejected"]
     current = predictor.version
     if current and current not in names:
         names.insert(0, current)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recommender import markup
+from recommender import markup_language
 from recommender.document import Document
 from recommender.errors import FormatError
 from recommender.formats import markup as markup_format
@@ -31,13 +31,13 @@ def kiwi_doc() -> Document:
 
 
 def test_ner_form_is_the_kiwi_training_target(kiwi_doc: Document) -> None:
-    assert markup.ner_markup(kiwi_doc, kiwi_doc.sentences[0]) == KIWI_TARGET
+    assert markup_language.ner_markup(kiwi_doc, kiwi_doc.sentences[0]) == KIWI_TARGET
 
 
 def test_re_form(emoji_doc: Document) -> None:
     segment(emoji_doc)
     first = emoji_doc.sentences[0]
-    examples = {emoji_doc.covered(e): (i, t) for e, i, t in markup.re_examples(emoji_doc, first)}
+    examples = {emoji_doc.covered(e): (i, t) for e, i, t in markup_language.re_examples(emoji_doc, first)}
     assert set(examples) == {"chest pain", "aspirin", "𝔥eadache"}
     source, target = examples["chest pain"]
     assert source.count("<span") == 1 and '<span class="problem">chest pain</span>' in source
@@ -51,13 +51,16 @@ def test_markup_aligns_back_exactly(emoji_doc: Document) -> None:
     schema = load_schema()
     segment(emoji_doc)
     for sentence in emoji_doc.sentences:
-        ner = markup.ner_markup(emoji_doc, sentence)
-        found = markup.parse_markup(ner, emoji_doc, sentence, schema.entity_names)
+        ner = markup_language.ner_markup(emoji_doc, sentence)
+        found = markup_language.parse_markup(ner, emoji_doc, sentence, schema.entity_names)
         expected = {s.key for s in emoji_doc.entities() if sentence.begin <= s.begin < sentence.end}
         assert set(found) == expected
-        for entity, _, target in markup.re_examples(emoji_doc, sentence):
+        for entity, _, target in markup_language.re_examples(emoji_doc, sentence):
             mods = {emoji_doc.span(r.tail).key for r in emoji_doc.relations if r.head == entity.id}
-            assert set(markup.parse_markup(target, emoji_doc, sentence, schema.allowed[entity.label])) == mods
+            assert (
+                set(markup_language.parse_markup(target, emoji_doc, sentence, schema.allowed[entity.label]))
+                == mods
+            )
 
 
 @pytest.mark.parametrize(
@@ -88,7 +91,7 @@ def test_markup_aligns_back_exactly(emoji_doc: Document) -> None:
     ],
 )
 def test_tolerant_alignment(kiwi_doc: Document, output: str, expected: list[tuple[str, str]]) -> None:
-    found = markup.parse_markup(output, kiwi_doc, kiwi_doc.sentences[0], ["drug", "problem"])
+    found = markup_language.parse_markup(output, kiwi_doc, kiwi_doc.sentences[0], ["drug", "problem"])
     assert sorted((label, kiwi_doc.text[b:e]) for label, b, e in found) == sorted(expected)
 
 
@@ -116,7 +119,7 @@ def test_garbage_never_raises_and_stays_in_the_sentence(kiwi_doc: Document, outp
     sentence = kiwi_doc.sentences[0]
     starts = {t.begin for t in kiwi_doc.tokens}
     ends = {t.end for t in kiwi_doc.tokens}
-    for label, b, e in markup.parse_markup(output, kiwi_doc, sentence, ["drug"]):
+    for label, b, e in markup_language.parse_markup(output, kiwi_doc, sentence, ["drug"]):
         assert label == "drug" and sentence.begin <= b < e <= sentence.end
         assert b in starts and e in ends
 
@@ -129,7 +132,7 @@ def test_losses_say_why() -> None:
     orphan = doc.add_span("temporal", 12, 17)
     neg = doc.add_span("negation", 19, 21)
     rel = doc.add_relation(pain, neg)  # modifier in the next sentence
-    reasons = {x.item_id: x.reason for x in markup.losses(doc)}
+    reasons = {x.item_id: x.reason for x in markup_language.losses(doc)}
     assert reasons == {
         part.id: "boundary inside a token",
         orphan.id: "modifier without a relation to a main entity of its sentence",

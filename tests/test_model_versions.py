@@ -1,4 +1,4 @@
-"""The model registry: versions, atomic promotion, rollback, rejection, and the `kiwi models` commands."""
+"""The model versions: versions, atomic promotion, rollback, rejection, and the `kiwi models` commands."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from recommender.cli import app
 from recommender.errors import ConfigError, NotFoundError
 from recommender.extractors.base import ModelInfo
-from recommender.registry import REGISTRY_FILE, STAGING_DIR, ModelRegistry
+from recommender.model_versions import REGISTRY_FILE, STAGING_DIR, ModelVersions
 
 
 def _model(folder: Path, version: str, f1: float = 0.5) -> Path:
@@ -24,7 +24,7 @@ def _model(folder: Path, version: str, f1: float = 0.5) -> Path:
 
 
 def test_add_promote_rollback_reject(tmp_path: Path) -> None:
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelVersions(tmp_path / "models")
     assert reg.current() is None and reg.versions() == []
     v1 = reg.add(_model(tmp_path / "a", "m1"))
     v2 = reg.add(_model(tmp_path / "b", "m2"))
@@ -44,13 +44,13 @@ def test_add_promote_rollback_reject(tmp_path: Path) -> None:
         reg.reject("m1", "worse")
     with pytest.raises(NotFoundError, match=r"\[nope\]"):
         reg.promote("nope")
-    # The pointer survives a new registry object (another process).
-    assert ModelRegistry(tmp_path / "models").current_version() == "m1"
+    # The pointer survives a new ModelVersions object (another process).
+    assert ModelVersions(tmp_path / "models").current_version() == "m1"
     assert [e["action"] for e in reg.events()] == ["add", "add", "promote", "promote", "rollback"]
 
 
 def test_same_version_name_gets_a_suffix_and_info_follows(tmp_path: Path) -> None:
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelVersions(tmp_path / "models")
     assert reg.add(_model(tmp_path / "a", "m")) == "m"
     second = reg.add(_model(tmp_path / "b", "m"))
     assert second == "m-2"
@@ -58,7 +58,7 @@ def test_same_version_name_gets_a_suffix_and_info_follows(tmp_path: Path) -> Non
 
 
 def test_staged_candidate_is_moved_and_failed_one_vanishes(tmp_path: Path) -> None:
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelVersions(tmp_path / "models")
     with reg.staging() as tmp:
         v = reg.add(_model(tmp, "cand"))
         assert not tmp.exists()
@@ -73,7 +73,7 @@ def test_staged_candidate_is_moved_and_failed_one_vanishes(tmp_path: Path) -> No
 def test_leftovers_of_dead_processes_are_cleaned(tmp_path: Path) -> None:
     """A staging folder whose lease nobody holds is a dead builder's; one being built stays, whatever
     process id its name or its builder has (another container's ids mean nothing here)."""
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelVersions(tmp_path / "models")
     dead = tmp_path / "models" / STAGING_DIR / "999999999-abc"
     unlocked = tmp_path / "models" / STAGING_DIR / "cafe"
     _model(dead, "half")
@@ -81,7 +81,7 @@ def test_leftovers_of_dead_processes_are_cleaned(tmp_path: Path) -> None:
     (unlocked.parent / "cafe.lease").touch()
     with reg.staging() as building:
         _model(building, "building")
-        ModelRegistry(tmp_path / "models")
+        ModelVersions(tmp_path / "models")
         assert building.exists()
     assert not dead.exists() and not unlocked.exists()
     assert list((tmp_path / "models" / STAGING_DIR).iterdir()) == []
@@ -89,7 +89,7 @@ def test_leftovers_of_dead_processes_are_cleaned(tmp_path: Path) -> None:
 
 
 def test_registry_file_is_replaced_not_rewritten(tmp_path: Path) -> None:
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelVersions(tmp_path / "models")
     reg.add(_model(tmp_path / "a", "m1"))
     reg.promote("m1")
     before = os.stat(tmp_path / "models" / REGISTRY_FILE).st_ino
@@ -102,7 +102,7 @@ def test_registry_file_is_replaced_not_rewritten(tmp_path: Path) -> None:
 
 def test_cli_list_promote_rollback(tmp_path: Path) -> None:
     models = tmp_path / "models"
-    reg = ModelRegistry(models)
+    reg = ModelVersions(models)
     reg.add(_model(tmp_path / "a", "m1", 0.4))
     reg.add(_model(tmp_path / "b", "m2", 0.6))
     runner = CliRunner()

@@ -52,8 +52,8 @@ from recommender.formats.xmi import (
     suggest_spans,
 )
 from recommender.service.bodies import CleanJsonRoute
-from recommender.service.evidence import split_version
 from recommender.service.state import MODEL_PATH, PredictorDep, Service, ServiceDep, client_of
+from recommender.service.suggestion_log import split_version
 from recommender.settings import RecommenderConfig
 from recommender.store.suggestions import NewSuggestion
 

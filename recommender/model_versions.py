@@ -68,7 +68,7 @@ class _State:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-class ModelRegistry:
+class ModelVersions:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ class ModelRegistry:
     # --- writing -------------------------------------------------------------------------------
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        """An empty folder on the registry's file system to build a candidate in; removed on exit
+        """An empty folder on the model folder's file system to build a candidate in; removed on exit
         unless ``add`` moved it in."""
         with _lease(self.folder / STAGING_DIR) as path:
             try:
@@ -175,7 +175,7 @@ class ModelRegistry:
         return version
 
     def promote(self, version: str, *, reason: str = "") -> Path:
-        """Point the registry at ``version``; returns its folder."""
+        """Point the promoted pointer at ``version``; returns its folder."""
         return self._promote(version, reason, None)
 
     def promote_if_current(self, version: str, expected: str | None, *, reason: str = "") -> Path:
@@ -350,4 +350,4 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["REGISTRY_FILE", "ModelRegistry", "VersionInfo"]
+__all__ = ["REGISTRY_FILE", "ModelVersions", "VersionInfo"]
