@@ -3,10 +3,11 @@
 Run: ``python bench/bench_learning_curve.py --model DIR [--notes 16] [--ner] [--out FILE.json]``.
 
 A LLaMA training run keeps its adapter every ``SNAPSHOT_STEPS`` optimizer steps under
-``DIR/snapshots/step-NNNNN/``. Each snapshot is served in a copy of the model folder, predicts the first
+``DIR/snapshots/step-NNNNN/`` (a run still under way is read from its checkpoint). Each snapshot is
+merged into the run's base as a model folder is served, predicts the first
 ``--notes`` development notes with their gold entities given (the paper's RE mode; with ``--ner`` also
 from raw text) and is scored. The examples seen at a step come from the run's own order (its seed,
-data and settings in ``kiwi_model.json``), so the curve counts what that run trained on.
+data and settings), so the curve counts what that run trained on.
 """
 
 from __future__ import annotations
@@ -17,28 +18,56 @@ apply_process_policy()  # before torch is imported: OpenMP reads its environment
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from recommender import corpora
 from recommender.evaluation import evaluate
 from recommender.evaluation.scorer import entities_only
-from recommender.extractors import load_extractor
+from recommender.extractors.base import MODEL_INFO_FILE, BaseModelRef, ModelInfo
+from recommender.extractors.llama.base_model import (
+    CACHE_DIR,
+    load_base_for,
+    load_tokenizer,
+    pretrained_path,
+    resolve,
+    resolve_dtype,
+)
+from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor
-from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR, SNAPSHOT_DIR
-from recommender.extractors.llama.training import CHECKPOINT_DIR, examples_seen, training_set
+from recommender.extractors.llama.layout import NAME, SNAPSHOT_DIR
+from recommender.extractors.llama.task import Templates
+from recommender.extractors.llama.training import CHECKPOINT_DIR, STATE_FILE, examples_seen, training_set
 from recommender.formats import brat
 
 
-def snapshot_folder(model: Path, snapshot: Path, into: Path) -> Path:
-    """A copy of the model folder whose adapter is ``snapshot`` (no merged weights: they are the final
-    adapter's)."""
-    skip = shutil.ignore_patterns(MERGED_DIR, SNAPSHOT_DIR, CHECKPOINT_DIR, ADAPTER_DIR)
-    shutil.copytree(model, into, ignore=skip)
-    shutil.copytree(snapshot, into / ADAPTER_DIR)
-    return into
+def run_identity(model: Path) -> tuple[LlamaConfig, BaseModelRef, Templates]:
+    """The run's config, base and prompts: from the finished model folder, or from the checkpoint of a
+    run still under way (its snapshots can be scored before it ends)."""
+    if (model / MODEL_INFO_FILE).is_file():
+        folder = LlamaExtractor.read_folder(model)
+        if folder.base is None:
+            raise SystemExit(f"error: [{model}] names no base model")
+        return folder.config, folder.base, folder.templates
+    state = model / CHECKPOINT_DIR / STATE_FILE
+    if not state.is_file():
+        raise SystemExit(f"error: [{model}] holds neither {MODEL_INFO_FILE} nor {state.relative_to(model)}")
+    run = torch.load(state, weights_only=False, map_location="cpu")["run"]
+    return LlamaConfig(**run["config"]), BaseModelRef.from_dict(run["base"]), Templates.packaged()
+
+
+def snapshot_extractor(model: Path, snapshot: Path) -> LlamaExtractor:
+    """The run's base with ``snapshot``'s adapter merged in, served as ``load`` serves a model."""
+    from peft import PeftModel
+
+    config, base_ref, templates = run_identity(model)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else model.resolve().parent / CACHE_DIR
+    base, tokenizer = load_base_for(base_ref, cache_dir, dtype=resolve_dtype(config.dtype))
+    merged = PeftModel.from_pretrained(base, str(snapshot)).merge_and_unload().eval()
+    info = ModelInfo(extractor=NAME, version=snapshot.name)
+    return LlamaExtractor(merged, tokenizer, config, templates, info, base_ref)
 
 
 def main() -> int:
@@ -56,22 +85,23 @@ def main() -> int:
     train, dev = corpora.split_documents(brat.read(corpora.SHARED_MTSAMPLES))
     fit, _ = corpora.validation_split(train)
     gold = sorted(dev, key=lambda d: d.id)[: args.notes]
-    final = LlamaExtractor.load(args.model)
-    encoded, _ = training_set(fit, final.config, final.tokenizer, final.templates)
-    del final
+    config, base_ref, templates = run_identity(args.model)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else args.model.resolve().parent / CACHE_DIR
+    tokenizer = load_tokenizer(pretrained_path(resolve(base_ref.name), cache_dir))
+    encoded, _ = training_set(fit, config, tokenizer, templates)
 
     rows = []
     print(f"{'step':>6}{'NER seen':>10}{'RE seen':>9}{'RE F1':>8}{'NER F1':>8}{'s/note':>8}")
     for snap in snapshots:
         step = int(snap.name.removeprefix("step-"))
-        with tempfile.TemporaryDirectory() as tmp:
-            extractor = load_extractor(snapshot_folder(args.model, snap, Path(tmp) / "model"))
-            started = time.perf_counter()
-            re_pred = extractor.predict([entities_only(d) for d in gold], entities_given=True)
-            pred = extractor.predict([d.without_annotations() for d in gold]) if args.ner else re_pred
-            seconds = (time.perf_counter() - started) / len(gold)
+        extractor = snapshot_extractor(args.model, snap)
+        started = time.perf_counter()
+        re_pred = extractor.predict([entities_only(d) for d in gold], entities_given=True)
+        pred = extractor.predict([d.without_annotations() for d in gold]) if args.ner else re_pred
+        seconds = (time.perf_counter() - started) / len(gold)
+        del extractor
         scores = evaluate(gold, pred, re_pred=re_pred).to_dict()
-        seen = examples_seen(encoded, extractor.config, step)  # type: ignore[attr-defined]
+        seen = examples_seen(encoded, config, step)
         row = {
             "step": step,
             "ner_seen": seen["ner"],
