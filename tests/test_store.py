@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -214,6 +215,24 @@ def test_replicas_starting_together_migrate_once(database_url: str) -> None:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     for s in stores:
         s.close()
+
+
+def test_a_replica_waits_out_a_long_sqlite_migration(tmp_path: Path) -> None:
+    """Another replica holds the write lock of a new (not yet WAL) database for longer than sqlite3's
+    5 s default: this one waits for it, from its first statement (the journal switch) on, instead of
+    failing with "database is locked" as CI's loaded cores once made it."""
+    path = tmp_path / "c.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(6.0, holder.execute, ("COMMIT",))
+    released.start()
+    try:
+        store = CorrectionStore(f"sqlite:///{path}")
+    finally:
+        released.join()
+        holder.close()
+    assert schema_revision(store.engine) == head_revision()
+    store.close()
 
 
 def test_database_outage_is_unavailable_then_recovers(postgres) -> None:

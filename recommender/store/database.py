@@ -8,6 +8,8 @@ transaction holds the database's write lock.
 from __future__ import annotations
 
 import functools
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -26,6 +28,7 @@ from recommender.errors import ConfigError, UnavailableError
 
 IMMEDIATE = "kiwi_immediate"
 _MIGRATION_LOCK = 0x6B697769  # "kiwi": the advisory lock id migrations wait on
+SQLITE_BUSY_SECONDS = 30.0  # how long a SQLite statement waits for another connection's lock
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -74,7 +77,14 @@ def open_engine(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         # pre_ping: a connection broken by a database restart is replaced, not handed out
-        engine = sa.create_engine(parsed, future=True, pool_pre_ping=not sqlite)
+        engine = sa.create_engine(
+            parsed,
+            future=True,
+            pool_pre_ping=not sqlite,
+            # sqlite3's timeout is its busy timeout, in force from the first statement on (the journal
+            # mode switch included): its default of 5 s is less than a replica's migration under load
+            connect_args={"timeout": SQLITE_BUSY_SECONDS} if sqlite else {},
+        )
     except ImportError as e:
         raise ConfigError(
             f"no driver for [{parsed.drivername}] ({e.name}): install kiwi-recommender[postgres]"
@@ -131,6 +141,21 @@ def _config() -> Config:
     return config
 
 
+def _switch_to_wal(dbapi_conn: sqlite3.Connection) -> None:
+    """PRAGMA journal_mode=WAL, retried: on a database still in rollback mode whose write lock another
+    connection holds (a replica migrating it) SQLite fails the switch at once, without its busy
+    handler, so this waits as a busy handler would."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     """WAL + synchronous=FULL: a commit is on disk when it returns. Writes BEGIN IMMEDIATE: writers
     queue on the database lock at the start of a transaction instead of failing when a read
@@ -139,11 +164,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN itself
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
+        _switch_to_wal(dbapi_conn)
+        dbapi_conn.execute("PRAGMA synchronous=FULL")
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
