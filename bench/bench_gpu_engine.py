@@ -68,7 +68,7 @@ def prompts(notes: Path, limit: int | None) -> tuple[list[Any], int]:
     out = []
     for u in units[:limit]:
         prefix, rest = templates.split(u.kind, u.input)
-        out.append(Prompt(prefix, rest, u.source, u.labels))
+        out.append(Prompt(prefix, rest, u.language))
     assert STOP == "<EOS>"
     return out, len(docs)
 

@@ -112,10 +112,11 @@ def main() -> int:
     per_note = len(units) / len(docs)
     if 0 < args.prompts < len(units):
         units = [units[i * len(units) // args.prompts] for i in range(args.prompts)]
-    prompts = [Prompt(*templates.split(NER, u.input), u.source, u.labels) for u in units]
+    prompts = [Prompt(*templates.split(NER, u.input), u.language) for u in units]
     caps = []
     for p in prompts:
-        n = len(tokenizer(" " + (p.source or ""), add_special_tokens=False).input_ids)
+        source = p.language.source if p.language else ""
+        n = len(tokenizer(" " + source, add_special_tokens=False).input_ids)
         cap = args.cap_round * math.ceil(args.cap * n / args.cap_round)
         caps.append(tuned.config.max_new_tokens if args.model else cap)  # type: ignore[attr-defined]
     print(

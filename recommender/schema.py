@@ -19,6 +19,8 @@ class LabelType:
     color: str
     definition: str
     kind: str  # "entity" or "modifier"
+    # a modifier whose span may overlap its entity's (guideline 3.1.3: bodyloc, course, severity only)
+    overlaps_entity: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class Schema:
     @property
     def modifier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.modifiers)
+
+    @property
+    def overlapping_modifiers(self) -> tuple[str, ...]:
+        """The modifiers whose span may overlap their entity's; the others never touch its words."""
+        return tuple(t.name for t in self.modifiers if t.overlaps_entity)
 
     @property
     def labels(self) -> tuple[LabelType, ...]:
@@ -79,7 +86,12 @@ def load_schema() -> Schema:
     raw = json.loads(_schema_text())
 
     def types(key: str, kind: str) -> tuple[LabelType, ...]:
-        return tuple(LabelType(t["name"], t["display"], t["color"], t["definition"], kind) for t in raw[key])
+        return tuple(
+            LabelType(
+                t["name"], t["display"], t["color"], t["definition"], kind, bool(t.get("overlaps_entity"))
+            )
+            for t in raw[key]
+        )
 
     rel = raw["relation"]
     schema = Schema(

@@ -34,7 +34,8 @@ from recommender.errors import ConfigError, ModelError  # noqa: E402
 from recommender.extractors import load_extractor  # noqa: E402
 from recommender.extractors.base import ModelInfo  # noqa: E402
 from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
-from recommender.extractors.llama.engines import OpenAIEngine, copy_or_tag_regex  # noqa: E402
+from recommender.extractors.llama.constrained import CopyOrTag  # noqa: E402
+from recommender.extractors.llama.engines import OpenAIEngine  # noqa: E402
 from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor  # noqa: E402
 from recommender.extractors.llama.generation import (  # noqa: E402
     Prompt,
@@ -42,7 +43,12 @@ from recommender.extractors.llama.generation import (  # noqa: E402
     plain_generate,
 )
 from recommender.extractors.llama.layout import MERGED_DIR, NAME  # noqa: E402
-from recommender.extractors.llama.task import PACKAGED_PROMPTS, Templates, ner_units  # noqa: E402
+from recommender.extractors.llama.task import (  # noqa: E402
+    PACKAGED_PROMPTS,
+    OutputLanguage,
+    Templates,
+    ner_units,
+)
 from recommender.retraining import Corpora  # noqa: E402
 from recommender.service import create_app  # noqa: E402
 from recommender.settings import Settings, load_settings  # noqa: E402
@@ -294,15 +300,14 @@ def test_the_constraint_goes_as_structured_outputs_only_when_asked(
 ) -> None:
     url, holder = scripted
     holder.append(Script([(200, completion(" x"))]))
-    prompt = Prompt(PROMPT.prefix, PROMPT.text, "Chest pain .", ("problem", "bodyloc"))
+    language = OutputLanguage("Chest pain .", ("problem", "bodyloc"))
+    prompt = Prompt(PROMPT.prefix, PROMPT.text, language)
     OpenAIEngine(url, "m").generate([prompt])
     assert "structured_outputs" not in holder[0].bodies[0]
     OpenAIEngine(url, "m", structured=True).generate([prompt, PROMPT])  # sent at once: either order
     sent = [b for b in holder[0].bodies[1:] if "structured_outputs" in b]
     assert len(sent) == 1, "a prompt without a source goes unconstrained"
-    regex = re.compile(sent[0]["structured_outputs"]["regex"])
-    assert regex.fullmatch(' <span class="problem"><span class="bodyloc">Chest</span> pain</span> . <EOS>')
-    assert not regex.fullmatch(" Chest pain was here . <EOS>")
+    assert sent[0]["structured_outputs"] == {"grammar": CopyOrTag.of(language, "<EOS>").grammar()}
 
 
 def test_busy_answers_are_retried_with_backoff_then_reported(scripted: tuple[str, list[Script]]) -> None:
@@ -450,12 +455,3 @@ def test_engine_settings_are_checked_and_passed_down(tiny: Path, tmp_path: Path)
 
     LexiconExtractor.train(load_sample()).save(tmp_path / "lexicon")
     assert load_extractor(tmp_path / "lexicon", settings.extractor_overrides()).version
-
-
-def test_copy_or_tag_regex_accepts_tagged_copies_only() -> None:
-    pattern = re.compile(copy_or_tag_regex("No fever .", ["problem", "negation"]))
-    assert pattern.fullmatch(' <span class="negation">No</span> <span class="problem">fever</span> . <EOS>')
-    assert pattern.fullmatch(" No fever . <EOS>")
-    assert not pattern.fullmatch(" No chills . <EOS>"), "only the source's words"
-    assert not pattern.fullmatch(' No <span class="drug">fever</span> . <EOS>'), "only the labels given"
-    assert not pattern.fullmatch(" No fever .")

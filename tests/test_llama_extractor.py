@@ -101,13 +101,17 @@ def test_predict_reads_generations_into_the_note() -> None:
     out.validate()
     # first call: one NER prompt per sentence; second: one RE prompt per entity found
     ner, rel = engine.calls
-    assert [p.source for p in ner] == ["No fever or chills .", "Aspirin 81 mg daily ."]
-    assert ner[0].labels == ("problem", "test", "drug", "treatment")
+    assert [p.language.source for p in ner] == ["No fever or chills .", "Aspirin 81 mg daily ."]
+    assert ner[0].language.labels == ("problem", "test", "drug", "treatment")
+    assert ner[0].language.entity is None
     templates = Templates.packaged()
     assert ner[0].prefix + ner[0].text == templates.prompt("ner", "No fever or chills .")
     assert {p.prefix for p in ner} == {templates.split("ner", "")[0]}  # one shared prefix
-    assert [p.source for p in rel] == ["No fever or chills ."] * 2 + ["Aspirin 81 mg daily ."]
-    assert rel[2].labels == ex.schema.allowed["drug"]
+    assert [p.language.source for p in rel] == ["No fever or chills ."] * 2 + ["Aspirin 81 mg daily ."]
+    assert rel[2].language.labels == ex.schema.allowed["drug"]
+    # the RE constraint knows the main entity: "chills" is word 3, "Aspirin" word 0
+    assert [p.language.entity for p in rel] == [(1, 2), (3, 4), (0, 1)]
+    assert rel[0].language.overlapping == ("bodyloc", "severity", "course")
     assert rel[2].prefix + rel[2].text == templates.prompt(
         "drug", '<span class="drug">Aspirin</span> 81 mg daily .'
     )

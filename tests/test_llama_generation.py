@@ -23,6 +23,7 @@ from recommender.extractors.llama.generation import (  # noqa: E402
     finish,
     plain_generate,
 )
+from recommender.extractors.llama.task import OutputLanguage  # noqa: E402
 
 LABELS = ("problem", "test", "drug", "treatment")
 PREFIX = "### Task:\nMark up the entities of the input text.\n\n### Input Text:"
@@ -127,7 +128,7 @@ def random_source(rng: random.Random, n_max: int = 7) -> str:
 
 
 def kiwi_prompt(source: str, labels: tuple[str, ...] = LABELS) -> Prompt:
-    return Prompt(PREFIX, f" {source} <EOS>\n### Output Text:", source, labels)
+    return Prompt(PREFIX, f" {source} <EOS>\n### Output Text:", OutputLanguage(source, labels))
 
 
 def is_markup(text: str, source: str, labels: tuple[str, ...]) -> bool:
@@ -194,6 +195,134 @@ def test_bad_source_spacing_is_refused() -> None:
             CopyOrTag(bad, (), "<EOS>")
 
 
+def test_relation_outputs_keep_the_guideline_rule_on_the_main_entity() -> None:
+    """RE for "chest pain" (words 1-2): bodyloc may sit inside it, negation and temporal may not touch
+    it, and no tag spans exactly its words (guideline 3.1.3; no modifier of the corpus does)."""
+    a = CopyOrTag(
+        "No chest pain today",
+        ("negation", "bodyloc", "temporal"),
+        "<EOS>",
+        entity=(1, 3),
+        overlapping=("bodyloc",),
+    )
+
+    def accepts(s: str) -> bool:
+        return a.is_final(a.advance(a.start(), s.encode()))
+
+    neg, loc, tmp = (f'<span class="{x}">' for x in ("negation", "bodyloc", "temporal"))
+    assert accepts(f" {neg}No</span> {loc}chest</span> pain {tmp}today</span> <EOS>")
+    assert accepts(f" {loc}No chest pain today</span> <EOS>")  # bodyloc may overlap the entity
+    assert accepts(f" No {loc}chest</span> pain today <EOS>")  # on its first word, not its span
+    assert not accepts(f" No {loc}chest pain</span> today <EOS>")  # exactly the entity
+    assert not accepts(f" No {loc}{tmp}chest pain</span></span> today <EOS>")
+    assert not accepts(f" {neg}No chest</span> pain today <EOS>")  # negation across the entity
+    assert not accepts(f" No chest {tmp}pain</span> today <EOS>")  # temporal inside it
+    assert not a.advance(a.start(), f" No {tmp}".encode())  # refused as the tag opens
+    plain = CopyOrTag("No chest pain today", ("negation", "bodyloc", "temporal"), "<EOS>")  # NER: no rule
+    assert plain.is_final(plain.advance(plain.start(), f" No {loc}chest pain</span> today <EOS>".encode()))
+
+
+def test_a_tag_on_a_last_word_entity_is_not_a_dead_end() -> None:
+    """Tagging exactly the entity is refused; where that leaves a tag opened on the entity no way to
+    close (the entity ends the sentence), it may not open: decoding never gets stuck."""
+    a = CopyOrTag("pain in knee", ("bodyloc",), "<EOS>", entity=(2, 3), overlapping=("bodyloc",))
+    assert not a.advance(a.start(), b' pain in <span class="bodyloc">')
+    b = CopyOrTag("pain in left knee", ("bodyloc",), "<EOS>", entity=(2, 4), overlapping=("bodyloc",))
+    state = b.advance(b.start(), b' pain in <span class="bodyloc">left')
+    assert not b.advance(state, b" knee")  # the last word with it open could not close
+    assert b.is_final(b.advance(state, b"</span> knee <EOS>"))
+
+
+# A reader of the grammars CopyOrTag.grammar writes: rules `name ::= alt | alt`, each alternative a
+# double-quoted literal and at most one rule name after it.
+_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"(?: (\w+))?')
+
+
+def _unescape(body: str) -> str:
+    return re.sub(r"\\x([0-9a-f]{2})|\\(.)", lambda m: chr(int(m[1], 16)) if m[1] else m[2], body)
+
+
+def grammar_rules(grammar: str) -> dict[str, list[tuple[str, str | None]]]:
+    rules = {}
+    for line in grammar.splitlines():
+        name, _, body = line.partition(" ::= ")
+        rules[name] = [(_unescape(m[1]), m[2]) for m in _LITERAL.finditer(body)]
+    return rules
+
+
+def grammar_sample(grammar: str, rng: random.Random) -> str:
+    """A random string of the grammar: a random alternative of each rule on the way."""
+    rules, rule, out = grammar_rules(grammar), "root", []
+    while rule is not None:
+        literal, rule = rng.choice(rules[rule])
+        out.append(literal)
+    return "".join(out)
+
+
+def grammar_accepts(grammar: str, text: str) -> bool:
+    rules = grammar_rules(grammar)
+    todo, seen = [("root", 0)], set()
+    while todo:
+        rule, at = todo.pop()
+        for literal, then in rules[rule]:
+            if text.startswith(literal, at):
+                if then is None and at + len(literal) == len(text):
+                    return True
+                if then is not None and (then, at + len(literal)) not in seen:
+                    seen.add((then, at + len(literal)))
+                    todo.append((then, at + len(literal)))
+    return False
+
+
+def random_output(a: CopyOrTag, rng: random.Random, max_bytes: int = 400) -> bytes | None:
+    """A random walk through the byte automaton to its final state (None where it ran too long)."""
+    state, out = a.start(), bytearray()
+    while not a.is_final(state) and len(out) < max_bytes:
+        b = rng.choice([b for b in a.next_bytes(state) if a.step(state, b)])
+        state = a.step(state, b)
+        out.append(b)
+    return bytes(out) if a.is_final(state) else None
+
+
+Language = tuple[str, tuple[str, ...], tuple[int, int] | None, tuple[str, ...]]
+
+
+def random_language(rng: random.Random) -> Language:
+    words = random_source(rng, 6).split(" ")
+    labels = tuple(rng.sample(["negation", "bodyloc", "temporal", 'q"\\'], rng.randint(1, 3)))
+    if rng.random() < 0.3:
+        return " ".join(words), labels, None, ()
+    a = rng.randrange(len(words))
+    b = rng.randint(a + 1, len(words))
+    return " ".join(words), labels, (a, b), tuple(x for x in labels if rng.random() < 0.5)
+
+
+def test_the_grammar_is_the_byte_automatons_language() -> None:
+    """vLLM gets the language as a grammar: every random output of the automaton is in it and every
+    random string of it in the automaton, outputs off by one edit are in both or in neither, and every
+    rule it reaches can finish (no dead ends)."""
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(150):
+        source, labels, entity, overlapping = random_language(rng)
+        a = CopyOrTag(source, labels, "<EOS>", entity=entity, overlapping=overlapping)
+        grammar = a.grammar()
+        for _ in range(4):
+            out = random_output(a, rng)
+            if out is None:
+                continue
+            text = out.decode()
+            assert grammar_accepts(grammar, text), (source, entity, text)
+            for edited in (text.replace("</span>", "", 1), text.replace(" ", "  ", 1), text[:-1]):
+                in_automaton = a.is_final(a.advance(a.start(), edited.encode())) and edited.endswith("<EOS>")
+                assert grammar_accepts(grammar, edited) == in_automaton, (source, entity, edited)
+            checked += 1
+        for _ in range(4):
+            text = grammar_sample(grammar, rng)
+            assert a.is_final(a.advance(a.start(), text.encode())), (source, entity, text)
+    assert checked > 400
+
+
 @pytest.mark.parametrize("build", [byte_level_tokenizer, byte_fallback_tokenizer])
 def test_token_table_spells_what_the_tokenizer_encodes(build) -> None:
     tok = build()
@@ -210,7 +339,7 @@ def test_allowed_tokens_are_exactly_those_the_automaton_accepts(build) -> None:
     table = token_table(tok)
     rng = random.Random(3)
     for _ in range(6):
-        c = constraint_for(random_source(rng), LABELS[:2], "<EOS>", table)
+        c = constraint_for(OutputLanguage(random_source(rng), LABELS[:2]), "<EOS>", table)
         state = c.start()
         for _ in range(12):
             allowed = set(c.allowed(state).tolist())
@@ -259,7 +388,7 @@ def test_constrained_output_always_copies_the_source(tokenizer, seed: int) -> No
     for p, g in zip(prompts, gens, strict=True):
         assert g.stopped
         assert g.text.startswith(" ") and g.text.endswith(" ")
-        assert is_markup(g.text, p.source, p.labels), g.text
+        assert is_markup(g.text, p.language.source, p.language.labels), g.text
         assert len(g.token_logprobs) == len(g.token_offsets) and all(x <= 0 for x in g.token_logprobs)
     assert any('<span class="' in g.text for g in gens)  # the random model does insert tags
 
@@ -267,7 +396,7 @@ def test_constrained_output_always_copies_the_source(tokenizer, seed: int) -> No
 def test_plain_generate_constrained_copies_too(tokenizer, model) -> None:
     prompts = [kiwi_prompt("temperature 38.5 °C < 40"), kiwi_prompt("naïve 😀 a<b", ("drug",))]
     for p, g in zip(prompts, plain_generate(model, tokenizer, prompts, max_new_tokens=300), strict=True):
-        assert g.stopped and is_markup(g.text, p.source, p.labels), g.text
+        assert g.stopped and is_markup(g.text, p.language.source, p.language.labels), g.text
 
 
 # --- the engine is plain greedy decoding -----------------------------------------------------------
@@ -278,8 +407,9 @@ def prompts() -> list[Prompt]:
     rng = random.Random(7)
     out = [kiwi_prompt(random_source(rng, 6)) for _ in range(4)]
     out.append(Prompt(PREFIX, " the patient had pain <EOS>\n### Output Text:"))  # free
-    out.append(Prompt("", "aspirin daily", "aspirin daily", ("drug",)))  # no prefix
-    out.append(Prompt("### Task:", "\n### Input Text: x <EOS>\n### Output Text:", "x", ("drug",)))
+    out.append(Prompt("", "aspirin daily", OutputLanguage("aspirin daily", ("drug",))))  # no prefix
+    x = OutputLanguage("x", ("drug",))
+    out.append(Prompt("### Task:", "\n### Input Text: x <EOS>\n### Output Text:", x))
     return out
 
 
@@ -408,7 +538,7 @@ def test_byte_fallback_tokenizer_engine() -> None:
     ref = plain_generate(model, tok, prompts, max_new_tokens=200)
     assert_same(TransformersEngine(model, tok, max_new_tokens=200, batch_size=2).generate(prompts), ref)
     for p, g in zip(prompts, ref, strict=True):
-        assert g.stopped and is_markup(g.text, p.source, p.labels), g.text
+        assert g.stopped and is_markup(g.text, p.language.source, p.language.labels), g.text
 
 
 def test_between_steps_runs_before_every_forward_pass(tokenizer, model, prompts, reference) -> None:

@@ -146,6 +146,14 @@ def test_units_of_prediction(kiwi_doc: Document) -> None:
     assert test.input == '<span class="test">BP</span> 120/80 today .'
     assert test.source == "BP 120/80 today ."
     assert test.labels == load_schema().allowed["test"]
+    assert test.entity_words == (0, 1) and test.overlapping == ()  # no test modifier may overlap
+    problem = next(u for u in re_units if u.entity.label == "problem" and "dermatitis" in u.input)
+    words = problem.source.split(" ")
+    a, b = problem.entity_words
+    assert " ".join(words[a:b]) == "the atopic dermatitis"
+    assert problem.overlapping == ("bodyloc", "severity", "course")
+    expected = task.OutputLanguage(problem.source, problem.labels, (a, b), problem.overlapping)
+    assert problem.language == expected
 
 
 # --- reading generations -------------------------------------------------------------------------

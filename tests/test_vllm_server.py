@@ -8,7 +8,9 @@ flip a near-tie; the differences are counted, not hidden.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +18,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from support import require_module, require_or_skip
-from vllm_cpu import TINY_TRAINING, VllmCpu, unavailable
+from vllm_cpu import TINY_TRAINING, VENV, VllmCpu, unavailable
 
 from recommender.corpora import load_sample
 from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors import load_extractor
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.engines import OpenAIEngine, copy_or_tag_regex
+from recommender.extractors.llama.constrained import CopyOrTag
+from recommender.extractors.llama.engines import OpenAIEngine
 from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor
 from recommender.extractors.llama.generation import Prompt
-from recommender.extractors.llama.task import STOP, Templates, ner_units
+from recommender.extractors.llama.task import STOP, OutputLanguage, Templates, ner_units
 from recommender.extractors.llama.vllm_server import (
     LORA_RANKS,
     VllmServer,
@@ -118,7 +121,7 @@ def test_the_constraint_takes_effect_on_vllm(vllm: VllmCpu, base: Path) -> None:
     note = segment(load_sample()[0])
     unit = ner_units([note])[0]
     prefix, text = Templates.packaged().split(unit.kind, unit.input)
-    prompt = Prompt(prefix, text, unit.source, tuple(unit.labels))
+    prompt = Prompt(prefix, text, unit.language)
     free = OpenAIEngine(vllm.url, str(base), max_new_tokens=48, structured=False).generate([prompt])[0]
     bound = OpenAIEngine(vllm.url, str(base), max_new_tokens=48, structured=True).generate([prompt])[0]
     source = unit.source.split(" ")
@@ -135,8 +138,57 @@ def test_the_constraint_takes_effect_on_vllm(vllm: VllmCpu, base: Path) -> None:
     assert not copies(free.text), f"the free output must leave the language: {free.text!r}"
     assert copies(bound.text), bound.text
     if bound.stopped:
-        assert re.fullmatch(copy_or_tag_regex(unit.source, unit.labels), bound.text + STOP)
+        language = CopyOrTag.of(unit.language, STOP)
+        assert language.is_final(language.advance(language.start(), (bound.text + STOP).encode()))
     assert len(bound.token_logprobs) == len(bound.token_offsets) > 0
+
+
+def test_vllms_grammar_engine_reads_the_constraint_as_the_automaton_does() -> None:
+    """The grammar the openai engine sends, compiled by the xgrammar of the vLLM environment (vLLM's
+    structured-outputs backend): the in-process automaton's verdicts on tagged copies, wrong tags,
+    words and entity rules, quotes, backslashes and non-ASCII alike."""
+    reason = unavailable()
+    if reason:
+        require_or_skip("vllm-cpu", reason)
+    tag = '<span class="{}">'.format
+    cases = [
+        (
+            OutputLanguage('No "fever" \\ °C .', ("problem", "negation")),
+            [
+                f' {tag("negation")}No</span> {tag("problem")}"fever"</span> \\ °C . <EOS>',
+                ' No "fever" \\ °C . <EOS>',
+                f' No {tag("problem")}"fever" \\ °C . <EOS>',  # unbalanced
+                f' No {tag("drug")}"fever"</span> \\ °C . <EOS>',  # a label not given
+                " No fever \\ °C . <EOS>",  # not the source's words
+            ],
+        ),
+        (
+            OutputLanguage("No chest pain today", ("negation", "bodyloc"), (1, 3), ("bodyloc",)),
+            [
+                f" {tag('negation')}No</span> {tag('bodyloc')}chest</span> pain today <EOS>",
+                f" No {tag('bodyloc')}chest pain</span> today <EOS>",  # exactly the entity
+                f" {tag('negation')}No chest</span> pain today <EOS>",  # negation across the entity
+            ],
+        ),
+    ]
+    script = (
+        "import json, sys, xgrammar\n"
+        "from xgrammar.testing import _is_grammar_accept_string as accepts\n"
+        "cases = json.load(sys.stdin)\n"
+        "print(json.dumps([[accepts(xgrammar.Grammar.from_ebnf(g), t) for t in ts] for g, ts in cases]))\n"
+    )
+    automata = [CopyOrTag.of(language, STOP) for language, _ in cases]
+    sent = [[a.grammar(), texts] for a, (_, texts) in zip(automata, cases, strict=True)]
+    run = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", script], input=json.dumps(sent), capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    expected = [
+        [a.is_final(a.advance(a.start(), t.encode())) for t in texts]
+        for a, (_, texts) in zip(automata, cases, strict=True)
+    ]
+    assert json.loads(run.stdout) == expected
+    assert expected == [[True, True, False, False, False], [True, False, False]]
 
 
 def test_unsupported_lora_rank_is_refused_in_one_line() -> None:

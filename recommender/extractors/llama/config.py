@@ -88,7 +88,7 @@ class LlamaConfig(ExtractorConfig):
     engine_concurrency: int = setting(4, "completion requests in flight at once (engine openai)")
     engine_structured_outputs: bool | None = setting(
         None,
-        "send the copy-or-tag constraint as vLLM's structured_outputs regex (engine openai); default: "
+        "send the copy-or-tag constraint as vLLM's structured_outputs grammar (engine openai); default: "
         "when the server is vLLM (its /version answers), as transformers serve refuses the field",
     )
     keep_prompts: bool = setting(

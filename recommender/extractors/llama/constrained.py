@@ -26,35 +26,109 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from recommender.extractors.llama.task import OutputLanguage
+
 OPEN_TAG = '<span class="{}">'
 CLOSE_TAG = b"</span>"
 MAX_DEPTH = 3  # nested spans the constraint allows; Kiwi markup nests rarely and never deeper
 
-# Automaton states are small tuples: (kind, ...). A token position is (_TOK, i, j, depth): j bytes
-# of source token i emitted; j == len(token i) means "right after token i".
+# Automaton states are small tuples: (kind, ...). A token position is (_TOK, i, j, opened): j bytes
+# of source token i emitted (j == len(token i) means "right after token i"), ``opened`` the open tags
+# innermost last, each as its flags below.
 _START, _TOK, _OPEN, _CLOSE, _END, _FINAL = range(6)
 State = frozenset[tuple[int, ...]]
+_OFF_ENTITY = 1  # a tag whose label may not touch the main entity's words
+_AT_ENTITY = 2  # a tag opened on the main entity's first word
 
 
 class CopyOrTag:
     """The copy-or-tag language of one source: ``' ' + source with tags + ' ' + stop``.
 
     ``source`` is the plain input, its tokens joined by single spaces; ``labels`` the span classes
-    an opening tag may name. Any bytes may follow the stop string (the caller cuts there).
+    an opening tag may name. With ``entity`` (the main entity's word range of an RE prompt) no tag
+    spans exactly its words and only ``overlapping`` labels touch any of them (guideline 3.1.3: a
+    modifier other than bodyloc, course and severity never overlaps its entity; no modifier of the
+    corpus is its entity's own span). Any bytes may follow the stop string (the caller cuts there).
     """
 
-    def __init__(self, source: str, labels: Iterable[str], stop: str, *, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        source: str,
+        labels: Iterable[str],
+        stop: str,
+        *,
+        entity: tuple[int, int] | None = None,
+        overlapping: Iterable[str] = (),
+        max_depth: int = MAX_DEPTH,
+    ) -> None:
         words = source.split(" ") if source else []
         if any(not w for w in words):
             raise ValueError(
                 "source must be tokens joined by single spaces (no leading, trailing or double"
                 f" spaces); got one of {len(source)} characters"
             )
+        if entity is not None and not 0 <= entity[0] < entity[1] <= len(words):
+            raise ValueError(f"entity words {entity} are not a range of the source's {len(words)} words")
         self.words = [w.encode() for w in words]
-        self.tags = [OPEN_TAG.format(label).encode() for label in dict.fromkeys(labels)]
+        self.labels = list(dict.fromkeys(labels))
+        self.tags = [OPEN_TAG.format(label).encode() for label in self.labels]
+        self.entity = entity
+        free = set(overlapping)
+        self._off_entity = [entity is not None and label not in free for label in self.labels]
         self.end = b" " + stop.encode()
         self.max_depth = max_depth
         self._steps: dict[tuple[State, int], State] = {}
+
+    @classmethod
+    def of(cls, language: OutputLanguage, stop: str) -> CopyOrTag:
+        return cls(
+            language.source, language.labels, stop, entity=language.entity, overlapping=language.overlapping
+        )
+
+    # --- the rules, on word positions (shared by the byte automaton and the grammar) -------------
+
+    def opening(self, i: int, t: int, opened: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The open tags after tag ``t`` opens before word ``i``; None where it may not."""
+        if len(opened) >= self.max_depth:
+            return None
+        flags = 0
+        if self.entity is not None:
+            a, b = self.entity
+            if self._off_entity[t]:
+                if a <= i < b:
+                    return None
+                flags = _OFF_ENTITY
+            if i == a:
+                if a == b - 1 == len(self.words) - 1:
+                    return None  # it could close only right after the entity: a dead end
+                flags |= _AT_ENTITY
+        return self._normal(i, (*opened, flags))
+
+    def closing(self, i: int, opened: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The open tags after the innermost closes right after word ``i``; None where it may not."""
+        if not opened or (self.entity is not None and i == self.entity[1] - 1 and opened[-1] & _AT_ENTITY):
+            return None
+        return opened[:-1]
+
+    def moving_on(self, i: int, opened: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The open tags on word ``i + 1`` after the space; None where the space may not come."""
+        if i + 1 >= len(self.words):
+            return None
+        if self.entity is not None:
+            a, b = self.entity
+            if i + 1 == a and any(f & _OFF_ENTITY for f in opened):
+                return None
+            if i + 1 == b - 1 == len(self.words) - 1 and any(f & _AT_ENTITY for f in opened):
+                return None  # a tag opened on the entity could close only right after it: a dead end
+        return self._normal(i + 1, opened)
+
+    def _normal(self, i: int, opened: tuple[int, ...]) -> tuple[int, ...]:
+        # past the entity no flag decides anything: one state per depth keeps the automaton small
+        if self.entity is not None and i >= self.entity[1]:
+            return (0,) * len(opened)
+        return opened
+
+    # --- the byte automaton -----------------------------------------------------------------------
 
     def start(self) -> State:
         return frozenset({(_START,)})
@@ -85,41 +159,47 @@ class CopyOrTag:
         if kind == _START:
             if b != 0x20:
                 return []
-            return [(_TOK, 0, 0, 0)] if self.words else [(_END, 1)]
+            return [(_TOK, 0, 0, ())] if self.words else [(_END, 1)]
         if kind == _END:
             if b != self.end[s[1]]:
                 return []
             return [(_FINAL,)] if s[1] + 1 == len(self.end) else [(_END, s[1] + 1)]
         if kind == _OPEN:
-            _, i, t, k, depth = s
+            _, i, t, k, after = s
             tag = self.tags[t]
             if b != tag[k]:
                 return []
-            return [(_TOK, i, 0, depth + 1)] if k + 1 == len(tag) else [(_OPEN, i, t, k + 1, depth)]
+            return [(_TOK, i, 0, after)] if k + 1 == len(tag) else [(_OPEN, i, t, k + 1, after)]
         if kind == _CLOSE:
-            _, i, k, depth = s
+            _, i, k, after = s
             if b != CLOSE_TAG[k]:
                 return []
             return (
-                [(_TOK, i, len(self.words[i]), depth - 1)]
+                [(_TOK, i, len(self.words[i]), after)]
                 if k + 1 == len(CLOSE_TAG)
-                else [(_CLOSE, i, k + 1, depth)]
+                else [(_CLOSE, i, k + 1, after)]
             )
-        _, i, j, depth = s
+        _, i, j, opened = s
         word = self.words[i]
         out: list[tuple[int, ...]] = []
         if j < len(word):
             if word[j] == b:
-                out.append((_TOK, i, j + 1, depth))
-            if j == 0 and b == 0x3C and depth < self.max_depth:  # '<': an opening tag
-                out.extend((_OPEN, i, t, 1, depth) for t in range(len(self.tags)))
+                out.append((_TOK, i, j + 1, opened))
+            if j == 0 and b == 0x3C:  # '<': an opening tag
+                for t in range(len(self.tags)):
+                    after = self.opening(i, t, opened)
+                    if after is not None:
+                        out.append((_OPEN, i, t, 1, after))
             return out
-        if b == 0x3C and depth > 0:  # right after a token: '</span>'
-            out.append((_CLOSE, i, 1, depth))
+        if b == 0x3C:  # right after a token: '</span>'
+            after = self.closing(i, opened)
+            if after is not None:
+                out.append((_CLOSE, i, 1, after))
         elif b == 0x20:
-            if i + 1 < len(self.words):
-                out.append((_TOK, i + 1, 0, depth))
-            elif depth == 0:
+            after = self.moving_on(i, opened)
+            if after is not None:
+                out.append((_TOK, i + 1, 0, after))
+            elif i + 1 == len(self.words) and not opened:
                 out.append((_END, 1))
         return out
 
@@ -139,10 +219,63 @@ class CopyOrTag:
             elif kind == _CLOSE:
                 out.add(CLOSE_TAG[s[2]])
             else:
-                _, i, j, _depth = s
+                _, i, j, _opened = s
                 word = self.words[i]
                 out.update((word[j], 0x3C) if j < len(word) else (0x20, 0x3C))
         return sorted(out)
+
+    # --- the same language as a grammar (vLLM's structured outputs) --------------------------------
+
+    def grammar(self) -> str:
+        """The language as an EBNF grammar (xgrammar's dialect, which vLLM's ``structured_outputs``
+        ``grammar`` takes): one rule per reachable (word, open tags) before and after the word."""
+        names: dict[tuple[str, int, tuple[int, ...]], str] = {}
+        rules: list[str] = []
+        todo: list[tuple[str, int, tuple[int, ...]]] = []
+
+        def ref(kind: str, i: int, opened: tuple[int, ...]) -> str:
+            key = (kind, i, opened)
+            if key not in names:
+                names[key] = f"{kind}{len(names)}"
+                todo.append(key)
+            return names[key]
+
+        end = _ebnf_literal(self.end)
+        rules.append(f"root ::= {_ebnf_literal(b' ')} {ref('w', 0, ())}" if self.words else f"root ::= {end}")
+        while todo:
+            kind, i, opened = todo.pop()
+            alts: list[str] = []
+            if kind == "w":  # before word i: an opening tag, or the word
+                for t, tag in enumerate(self.tags):
+                    after = self.opening(i, t, opened)
+                    if after is not None:
+                        alts.append(f"{_ebnf_literal(tag)} {ref('w', i, after)}")
+                alts.append(f"{_ebnf_literal(self.words[i])} {ref('a', i, opened)}")
+            else:  # after word i: a closing tag, the space to the next word, or the end
+                after = self.closing(i, opened)
+                if after is not None:
+                    alts.append(f"{_ebnf_literal(CLOSE_TAG)} {ref('a', i, after)}")
+                after = self.moving_on(i, opened)
+                if after is not None:
+                    alts.append(f"{_ebnf_literal(b' ')} {ref('w', i + 1, after)}")
+                elif i + 1 == len(self.words) and not opened:
+                    alts.append(end)
+            assert alts, "every state the rules reach can reach the end"
+            rules.append(f"{names[(kind, i, opened)]} ::= {' | '.join(alts)}")
+        return "\n".join(rules) + "\n"
+
+
+def _ebnf_literal(data: bytes) -> str:
+    """A double-quoted EBNF string: backslash, quote and control characters escaped."""
+    out = []
+    for ch in data.decode("utf-8"):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -273,8 +406,8 @@ class TokenConstraint:
         return int(ids[int(torch.argmax(logits[ids]))])
 
 
-def constraint_for(source: str, labels: Sequence[str], stop: str, table: TokenTable) -> TokenConstraint:
-    return TokenConstraint(CopyOrTag(source, labels, stop), table)
+def constraint_for(language: OutputLanguage, stop: str, table: TokenTable) -> TokenConstraint:
+    return TokenConstraint(CopyOrTag.of(language, stop), table)
 
 
 class CopyOrTagLogitsProcessor(LogitsProcessor):

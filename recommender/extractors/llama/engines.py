@@ -5,8 +5,9 @@ this process. ``openai`` sends each prompt to an OpenAI-compatible ``/v1/complet
 ``transformers serve``, llama.cpp's server) for scale-out: greedy, the same stop string and token
 cap, token log-probabilities where the server returns them (``logprobs``), else none, so span scores
 are None rather than invented. Against vLLM (found by its ``/version``) the copy-or-tag constraint
-goes as its ``structured_outputs`` regex, and a model folder's LoRA adapter is loaded into the
-server at run time under the model's version (:mod:`~recommender.extractors.llama.vllm_server`).
+goes as its ``structured_outputs`` grammar (the language the in-process engine decodes under), and a
+model folder's LoRA adapter is loaded into the server at run time under the model's version
+(:mod:`~recommender.extractors.llama.vllm_server`).
 vLLM in this process is not offered: a second ``LLM`` built after a reload asks for GPU memory the
 first still holds, vLLM needs numpy >= 2 where this package pins numpy < 2, and the server covers it.
 """
@@ -14,7 +15,6 @@ first still holds, vLLM needs numpy >= 2 where this package pins numpy < 2, and 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +26,7 @@ import httpx
 
 from recommender.errors import ModelError
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.constrained import OPEN_TAG
+from recommender.extractors.llama.constrained import CopyOrTag
 from recommender.extractors.llama.generation import Engine, Generation, Prompt
 from recommender.extractors.llama.task import STOP
 from recommender.extractors.llama.vllm_server import VllmServer, adapter_rank, check_lora_rank, reason
@@ -140,8 +140,8 @@ class OpenAIEngine(Engine):
         }
         if self.logprobs:
             body["logprobs"] = 0  # the chosen token's log-probability, no alternatives
-        if self.structured and prompt.source is not None:
-            body["structured_outputs"] = {"regex": copy_or_tag_regex(prompt.source, prompt.labels, self.stop)}
+        if self.structured and prompt.language is not None:
+            body["structured_outputs"] = {"grammar": CopyOrTag.of(prompt.language, self.stop).grammar()}
         try:
             return self._parse(self._post(body))
         except _ModelMissing:
@@ -210,23 +210,6 @@ def _logprobs(block: Any, n_chars: int) -> tuple[list[float], list[int]]:
         return [], []
     first = offsets[0]
     return [float(x) for x in lps], [min(max(o - first, 0), n_chars) for o in offsets]
-
-
-# --- the copy-or-tag constraint as a regular expression --------------------------------------
-
-
-def copy_or_tag_regex(source: str, labels: Sequence[str], stop: str = STOP) -> str:
-    """A regular expression for the copy-or-tag outputs of ``source`` (vLLM ``structured_outputs``).
-
-    Looser than :class:`~recommender.extractors.llama.constrained.CopyOrTag` (tags are not checked
-    for balance, which a regular language cannot do at any depth): the words are copied in order,
-    with up to three tags opening before and closing after each; ``task.read_output`` drops
-    unbalanced tags as it does for the transformers engine."""
-    tag = "|".join(re.escape(OPEN_TAG.format(label)) for label in dict.fromkeys(labels))
-    opening = f"(?:{tag}){{0,3}}" if tag else ""
-    closing = "(?:</span>){0,3}" if tag else ""
-    words = [f"{opening}{re.escape(w)}{closing}" for w in source.split(" ") if w]
-    return " " + " ".join(words) + " " + re.escape(stop)
 
 
 # --- choice by configuration ---------------------------------------------------------------------
@@ -299,4 +282,4 @@ def _openai_for(extractor: LlamaExtractor) -> OpenAIEngine:
     )
 
 
-__all__ = ["OpenAIEngine", "build_engine", "copy_or_tag_regex"]
+__all__ = ["OpenAIEngine", "build_engine"]

@@ -151,8 +151,7 @@ class LlamaExtractor(Extractor):
         prompts = []
         for u in units:
             prefix, text = self.templates.split(u.kind, u.input)
-            source = u.source if self.config.constrained else None
-            prompts.append(Prompt(prefix, text, source, tuple(u.labels)))
+            prompts.append(Prompt(prefix, text, u.language if self.config.constrained else None))
         if not prompts:
             return []
         with self._lock:  # one generation at a time: the engine's caches are not thread-safe

@@ -41,7 +41,7 @@ from recommender.extractors.llama.constrained import (
     constraint_for,
     token_table,
 )
-from recommender.extractors.llama.task import STOP
+from recommender.extractors.llama.task import STOP, OutputLanguage
 
 MAX_NGRAM = 3  # longest n-gram matched for prompt lookup
 PREFIX_CACHE_SIZE = 4  # prefixes (task templates) kept; one per prompt type is typical
@@ -51,8 +51,7 @@ PREFIX_CACHE_SIZE = 4  # prefixes (task templates) kept; one per prompt type is 
 class Prompt:
     prefix: str  # instruction text shared by many prompts; its KV cache is computed once
     text: str  # the rest of the prompt, e.g. "<input> <EOS>\n### Output Text:"
-    source: str | None = None  # the plain input the output must copy (copy-or-tag); None: free
-    labels: tuple[str, ...] = ()  # span classes an opening tag may name under the constraint
+    language: OutputLanguage | None = None  # what the output may be (copy-or-tag); None: free
 
 
 @dataclass
@@ -122,9 +121,9 @@ def _choose(constraint: TokenConstraint | None, state: State, logits: torch.Tens
 
 
 def _constraint(prompt: Prompt, table: TokenTable, stop: str, constrained: bool) -> TokenConstraint | None:
-    if not constrained or prompt.source is None:
+    if not constrained or prompt.language is None:
         return None
-    return constraint_for(prompt.source, prompt.labels, stop, table)
+    return constraint_for(prompt.language, stop, table)
 
 
 # --- the baseline: Hugging Face generate, one prompt at a time ---------------------------------

@@ -109,6 +109,19 @@ class Example:
 
 
 @dataclass(frozen=True)
+class OutputLanguage:
+    """What an output may be under the copy-or-tag constraint: `` `` + ``source`` with tags of
+    ``labels`` inserted + `` <EOS>``. An RE output also keeps the guideline's rule 3.1.3: no tag spans
+    exactly the main entity's words ``entity`` (a word range of ``source``) and only ``overlapping``
+    labels touch any of them."""
+
+    source: str  # the plain input, tokens joined by single spaces
+    labels: tuple[str, ...]
+    entity: tuple[int, int] | None = None  # [first, last + 1) word of the main entity
+    overlapping: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Unit:
     """One prompt of prediction: a sentence of a document, as NER or as RE for one main entity."""
 
@@ -119,9 +132,15 @@ class Unit:
     source: str  # the plain sentence the output must copy (tokens joined by single spaces)
     labels: tuple[str, ...]  # span classes the output may use
     entity: Span | None = None  # the main entity of an RE unit
+    entity_words: tuple[int, int] | None = None  # its [first, last + 1) word in ``source``
+    overlapping: tuple[str, ...] = ()  # the labels whose spans may overlap it
 
     def prompt(self, templates: Templates) -> str:
         return templates.prompt(self.kind, self.input)
+
+    @property
+    def language(self) -> OutputLanguage:
+        return OutputLanguage(self.source, self.labels, self.entity_words, self.overlapping)
 
 
 def plain_sentence(doc: Document, sentence: Segment) -> str:
@@ -178,7 +197,11 @@ def re_units(
             lost += 1
             continue
         plain = " ".join(doc.text[t.begin : t.end] for t in tokens)
-        out.append(Unit(index, sentence, entity.label, marked, plain, schema.allowed[entity.label], entity))
+        inside = [k for k, t in enumerate(tokens) if entity.begin <= t.begin and t.end <= entity.end]
+        labels = schema.allowed[entity.label]
+        overlapping = tuple(m for m in labels if m in schema.overlapping_modifiers)
+        words = (inside[0], inside[-1] + 1)
+        out.append(Unit(index, sentence, entity.label, marked, plain, labels, entity, words, overlapping))
     return out, lost
 
 
