@@ -166,7 +166,7 @@ def test_vllms_grammar_engine_reads_the_constraint_as_the_automaton_does() -> No
             OutputLanguage("No chest pain today", ("negation", "bodyloc"), (1, 3), ("bodyloc",)),
             [
                 f" {tag('negation')}No</span> {tag('bodyloc')}chest</span> pain today <EOS>",
-                f" No {tag('bodyloc')}chest pain</span> today <EOS>",  # exactly the entity
+                f" No {tag('negation')}chest</span> pain today <EOS>",  # negation inside the entity
                 f" {tag('negation')}No chest</span> pain today <EOS>",  # negation across the entity
             ],
         ),

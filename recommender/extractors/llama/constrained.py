@@ -38,17 +38,17 @@ MAX_DEPTH = 3  # nested spans the constraint allows; Kiwi markup nests rarely an
 _START, _TOK, _OPEN, _CLOSE, _END, _FINAL = range(6)
 State = frozenset[tuple[int, ...]]
 _OFF_ENTITY = 1  # a tag whose label may not touch the main entity's words
-_AT_ENTITY = 2  # a tag opened on the main entity's first word
 
 
 class CopyOrTag:
     """The copy-or-tag language of one source: ``' ' + source with tags + ' ' + stop``.
 
     ``source`` is the plain input, its tokens joined by single spaces; ``labels`` the span classes
-    an opening tag may name. With ``entity`` (the main entity's word range of an RE prompt) no tag
-    spans exactly its words and only ``overlapping`` labels touch any of them (guideline 3.1.3: a
-    modifier other than bodyloc, course and severity never overlaps its entity; no modifier of the
-    corpus is its entity's own span). Any bytes may follow the stop string (the caller cuts there).
+    an opening tag may name. With ``entity`` (the main entity's word range of an RE prompt) only
+    ``overlapping`` labels touch its words (guideline 3.1.3: a modifier other than bodyloc, course
+    and severity never overlaps its entity). A tag over exactly the entity is left to the reader, which
+    drops it: forbidding it made a tuned model tag something else instead, mostly wrongly (measured on
+    validation notes). Any bytes may follow the stop string (the caller cuts there).
     """
 
     def __init__(
@@ -92,40 +92,22 @@ class CopyOrTag:
         if len(opened) >= self.max_depth:
             return None
         flags = 0
-        if self.entity is not None:
-            a, b = self.entity
-            if self._off_entity[t]:
-                if a <= i < b:
-                    return None
-                flags = _OFF_ENTITY
-            if i == a:
-                if a == b - 1 == len(self.words) - 1:
-                    return None  # it could close only right after the entity: a dead end
-                flags |= _AT_ENTITY
-        return self._normal(i, (*opened, flags))
+        if self.entity is not None and self._off_entity[t] and i < self.entity[1]:
+            if i >= self.entity[0]:
+                return None
+            flags = _OFF_ENTITY  # it must close before the entity's first word
+        return (*opened, flags)
 
     def closing(self, i: int, opened: tuple[int, ...]) -> tuple[int, ...] | None:
         """The open tags after the innermost closes right after word ``i``; None where it may not."""
-        if not opened or (self.entity is not None and i == self.entity[1] - 1 and opened[-1] & _AT_ENTITY):
-            return None
-        return opened[:-1]
+        return opened[:-1] if opened else None
 
     def moving_on(self, i: int, opened: tuple[int, ...]) -> tuple[int, ...] | None:
         """The open tags on word ``i + 1`` after the space; None where the space may not come."""
         if i + 1 >= len(self.words):
             return None
-        if self.entity is not None:
-            a, b = self.entity
-            if i + 1 == a and any(f & _OFF_ENTITY for f in opened):
-                return None
-            if i + 1 == b - 1 == len(self.words) - 1 and any(f & _AT_ENTITY for f in opened):
-                return None  # a tag opened on the entity could close only right after it: a dead end
-        return self._normal(i + 1, opened)
-
-    def _normal(self, i: int, opened: tuple[int, ...]) -> tuple[int, ...]:
-        # past the entity no flag decides anything: one state per depth keeps the automaton small
-        if self.entity is not None and i >= self.entity[1]:
-            return (0,) * len(opened)
+        if self.entity is not None and i + 1 == self.entity[0] and any(f & _OFF_ENTITY for f in opened):
+            return None
         return opened
 
     # --- the byte automaton -----------------------------------------------------------------------

@@ -111,9 +111,8 @@ class Example:
 @dataclass(frozen=True)
 class OutputLanguage:
     """What an output may be under the copy-or-tag constraint: `` `` + ``source`` with tags of
-    ``labels`` inserted + `` <EOS>``. An RE output also keeps the guideline's rule 3.1.3: no tag spans
-    exactly the main entity's words ``entity`` (a word range of ``source``) and only ``overlapping``
-    labels touch any of them."""
+    ``labels`` inserted + `` <EOS>``. An RE output also keeps the guideline's rule 3.1.3: only
+    ``overlapping`` labels touch the main entity's words ``entity`` (a word range of ``source``)."""
 
     source: str  # the plain input, tokens joined by single spaces
     labels: tuple[str, ...]
