@@ -151,6 +151,66 @@ def selection(train: list[Any]) -> dict[str, Any]:
     }
 
 
+def bf16_matmul_tflops(n: int = 2048, seconds: float = 3.0) -> float:
+    """The machine's bf16 matrix-multiply rate at this process's torch threads (best of repeated
+    n x n products for about ``seconds``): what the training's rate is held against."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    torch.matmul(a, b)  # warm-up: the first call picks its kernel
+    best, until = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - started))
+    return best / 1e12
+
+
+def llama_throughput(
+    folder: Path, train: list[Any], train_seconds: float, matmul_seconds: float = 3.0
+) -> dict[str, Any]:
+    """The LLaMA run's training tokens per second against this machine's bf16 matmul rate.
+
+    Tokens are those of every example of every step the run took (prompt and target), from the run's
+    own order; seconds are its training wall time over all sessions, validation passes included, so
+    the rate is a lower bound. Model FLOPs: 6 x the base's non-embedding parameters per token (forward,
+    its recomputation under gradient checkpointing, backward through the frozen weights; the LoRA
+    weights and the output layer left out), so the utilisation is a lower bound too."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recommender.extractors.llama.base_model import CACHE_DIR, load_tokenizer, pretrained_path, resolve
+    from recommender.extractors.llama.extractor import LlamaExtractor
+    from recommender.extractors.llama.training import tokens_seen, training_set
+    from recommender.splits import validation_split
+
+    read = LlamaExtractor.read_folder(folder)
+    if read.base is None:
+        raise SystemExit(f"error: [{folder}] names no base model")
+    config = read.config
+    cache_dir = Path(config.cache_dir) if config.cache_dir else folder.resolve().parent / CACHE_DIR
+    base_path = pretrained_path(resolve(read.base.name), cache_dir)
+    fit, _ = validation_split(train)
+    encoded, _ = training_set(fit, config, load_tokenizer(base_path), read.templates)
+    steps = read.info.metrics["steps"]
+    tokens = tokens_seen(encoded, config, steps)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path))
+    embedding = model.get_input_embeddings().weight.numel()
+    params = sum(p.numel() for p in model.parameters()) - embedding
+    per_second = tokens / train_seconds
+    peak = bf16_matmul_tflops(seconds=matmul_seconds)
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "tokens_per_second": round(per_second, 1),
+        "non_embedding_params": params,
+        "model_tflops": 6 * params * per_second / 1e12,
+        "bf16_matmul_tflops": peak,
+        "utilisation": 6 * params * per_second / 1e12 / peak,
+    }
+
+
 # Families with nothing to select (a dictionary fits every training note at once).
 SELECTS_NOTHING = {"lexicon"}
 
@@ -337,6 +397,15 @@ def print_table(report: dict[str, Any]) -> None:
         if e["drops"]:
             print(f"{'':<34}dropped model output: {e['drops']}")
         print(f"{'':<34}energy, evaluation: {e['eval_energy']['method']}")
+    if t := report.get("llama_throughput"):
+        millions = t["non_embedding_params"] / 1e6
+        print(
+            f"LLaMA training: {t['tokens']:,} tokens in {t['steps']} steps, "
+            f"{t['tokens_per_second']:.0f} tokens/s = {t['model_tflops']:.3f} TFLOP/s "
+            f"(6 x {millions:.0f}M parameters per token) against {t['bf16_matmul_tflops']:.2f} TFLOP/s "
+            f"of bf16 matmul here: {100 * t['utilisation']:.1f}% (lower bounds: the time includes the "
+            "validation passes)"
+        )
     for pair, tasks in report["significance"].items():
         ps = ", ".join(f"{t} p={c['p_value']:.3g}" for t, c in tasks.items())
         print(f"Wilcoxon one-sided, {pair}: {ps}")
@@ -418,6 +487,9 @@ def main() -> int:
     report["selection"] = selection(_split()[0])
     pairs = len(args.families) > 1
     report["significance"] = significance(args.families, args.models, args.dev_notes) if pairs else {}
+    if "llama" in report["models"]:
+        seconds = report["models"]["llama"]["train"]["train_seconds"]
+        report["llama_throughput"] = llama_throughput(args.models / "llama", _split()[0], seconds)
     report["dev_notes_scored"] = args.dev_notes or 16
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_table(report)

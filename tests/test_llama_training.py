@@ -38,6 +38,8 @@ from recommender.extractors.llama.training import (  # noqa: E402
     micro_batches,
     select_examples,
     step_groups,
+    tokens_seen,
+    training_set,
 )
 from recommender.text import segment  # noqa: E402
 
@@ -190,6 +192,37 @@ def test_reload_and_predict(trained: Path, sample: list[Document], dev: list[Doc
         given.validate()
 
 
+def test_the_bench_holds_training_tokens_per_second_against_bf16_matmul(
+    trained: Path, tiny_base: Path, sample: list[Document]
+) -> None:
+    """bench_models' throughput line: the tokens of the steps the run took (its own order), over its
+    time, as 6 x non-embedding parameters per token against a measured bf16 matmul rate."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_models", Path(__file__).parents[1] / "bench/bench_models.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    t = bench.llama_throughput(trained, sample[:3], train_seconds=2.0, matmul_seconds=0.2)
+    config = LlamaExtractor.read_folder(trained).config
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_base))
+    encoded, _ = training_set(sample[:3], config, tokenizer, Templates.packaged())
+    assert t["steps"] == 3
+    assert t["tokens"] == sum(
+        len(encoded[i].ids) for g in step_groups(len(encoded), config, 0)[:3] for i in g
+    )
+    assert t["tokens_per_second"] == pytest.approx(t["tokens"] / 2.0, abs=0.1)
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_base))
+    params = sum(p.numel() for p in base.parameters()) - base.get_input_embeddings().weight.numel()
+    assert t["non_embedding_params"] == params
+    assert t["bf16_matmul_tflops"] > 0
+    assert t["utilisation"] == pytest.approx(
+        6 * params * t["tokens"] / 2.0 / 1e12 / t["bf16_matmul_tflops"], rel=1e-9
+    )
+
+
 def test_checksum_of_the_base_is_verified(trained: Path, tiny_base: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -326,3 +359,6 @@ def test_the_steps_of_a_run_are_fixed_by_its_seed_and_count_the_examples_seen() 
     one = examples_seen(encoded, config, 1)
     assert sum(one.values()) == 4
     assert one["re"] == sum(encoded[i].kind != NER for i in first[0])
+    lengths = [Encoded([1] * (k + 1), [IGNORE] * (k + 1), NER) for k in range(10)]  # 1..10 tokens
+    assert tokens_seen(lengths, config, 3) == 55  # one epoch: every example once
+    assert tokens_seen(lengths, config, 4) == 55 + sum(k + 1 for k in step_groups(10, config, 1)[0])

@@ -17,7 +17,7 @@ import random
 import resource
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,15 +158,25 @@ def step_groups(n: int, config: LlamaConfig, epoch: int) -> list[list[int]]:
     return [order[k : k + per_step].tolist() for k in range(0, n, per_step)]
 
 
-def examples_seen(encoded: Sequence[Encoded], config: LlamaConfig, steps: int) -> dict[str, int]:
-    """NER and RE examples trained on in the first ``steps`` optimizer steps."""
-    seen = {NER: 0, "re": 0}
+def _trained_on(encoded: Sequence[Encoded], config: LlamaConfig, steps: int) -> Iterator[Encoded]:
+    """The examples of the first ``steps`` optimizer steps, once per time they were trained on."""
     per_epoch = math.ceil(len(encoded) / (config.batch_size * config.grad_accum))
     for epoch in range(math.ceil(steps / per_epoch)):
         for group in step_groups(len(encoded), config, epoch)[: steps - epoch * per_epoch]:
-            for i in group:
-                seen[NER if encoded[i].kind == NER else "re"] += 1
+            yield from (encoded[i] for i in group)
+
+
+def examples_seen(encoded: Sequence[Encoded], config: LlamaConfig, steps: int) -> dict[str, int]:
+    """NER and RE examples trained on in the first ``steps`` optimizer steps."""
+    seen = {NER: 0, "re": 0}
+    for e in _trained_on(encoded, config, steps):
+        seen[NER if e.kind == NER else "re"] += 1
     return seen
+
+
+def tokens_seen(encoded: Sequence[Encoded], config: LlamaConfig, steps: int) -> int:
+    """Tokens (prompt and target) of the examples trained on in the first ``steps`` optimizer steps."""
+    return sum(len(e.ids) for e in _trained_on(encoded, config, steps))
 
 
 def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -> list[list[int]]:
