@@ -14,7 +14,9 @@ T = TypeVar("T")
 Progress = Callable[[Iterable[T], str, int | None], Iterable[T]]
 
 EVERY_SECONDS = 30.0
-_EPOCH = re.compile(r"epoch (\d+)/(\d+)")
+# "epoch k/n", and where a resumed run starts inside epoch k, ", resumed at step d of s" (s: the steps of
+# a whole epoch, which the later epochs take)
+_EPOCH = re.compile(r"epoch (\d+)/(\d+)(?:, resumed at step \d+ of (\d+))?")
 
 
 def duration(seconds: float) -> str:
@@ -58,5 +60,6 @@ def _line(description: str, done: int, total: int | None, elapsed: float) -> str
     epoch = _EPOCH.search(description)
     if epoch and int(epoch[1]) < int(epoch[2]):
         more = int(epoch[2]) - int(epoch[1])
-        eta += f" (all {epoch[2]} epochs: at most {duration(left + more * per * total)})"
+        whole = int(epoch[3]) if epoch[3] else total
+        eta += f" (all {epoch[2]} epochs: at most {duration(left + more * per * whole)})"
     return f"{description}: {done}/{total} ({100 * done / total:.0f}%), {rate}, {eta}"

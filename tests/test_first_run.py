@@ -237,3 +237,8 @@ def test_progress_lines_every_30_seconds_with_rate_and_eta() -> None:
     assert len(lines) == 3
     assert lines[0] == "epoch 1/3: 5/10 (50%), 7.0 s/step, ETA 35s (all 3 epochs: at most 2m55s)"
     assert lines[-1] == "epoch 1/3: 10 steps in 1m10s"
+    # a run resumed inside its epoch: the later epochs take the whole epoch's steps, not what was left
+    lines.clear()
+    for _ in reporting(range(10), "epoch 1/3, resumed at step 90 of 100", 10, lines.append, clock=clock):
+        now[0] += 7.0
+    assert lines[0].endswith("ETA 35s (all 3 epochs: at most 23m55s)")  # 35 s + 2 x 100 x 7 s

@@ -260,14 +260,17 @@ def test_training_resumes_from_its_checkpoint(
         LlamaExtractor.train(sample[:3], dev, config, out, progress=interrupted)
     assert (out / CHECKPOINT_DIR / "state.pt").is_file()
     steps: list[int | None] = []
+    descriptions: list[str] = []
 
     def progress(items: Iterable[Any], desc: str, total: int | None) -> Iterable[Any]:
         steps.append(total)
+        descriptions.append(desc)
         return items
 
     # another checkpoint cadence is the same run: where and how often it saves changes nothing learnt
     LlamaExtractor.train(sample[:3], dev, replace(config, checkpoint_steps=5), out, progress=progress)
     assert steps == [1]  # only the third step was left
+    assert descriptions == ["epoch 1/2, resumed at step 2 of 3"]  # the ETA of later epochs counts 3
     metrics = ModelInfo.load(out).metrics
     assert metrics["train_cpu_seconds"] > 0 and metrics["train_peak_rss_mb"] > 100  # both sessions'
     assert metrics["train_seconds"] > 0

@@ -427,7 +427,8 @@ def train_llama(
         todo = groups[first : first + total - step]
         it: Iterable[list[int]] = todo
         if progress is not None:
-            it = progress(todo, f"epoch {epoch + 1}/{config.epochs}", len(todo))
+            resumed = f", resumed at step {first} of {steps_per_epoch}" if first else ""
+            it = progress(todo, f"epoch {epoch + 1}/{config.epochs}{resumed}", len(todo))
         for group in it:
             loss_sum = 0.0
             n_target = sum(sum(t != IGNORE for t in encoded[i].labels) for i in group)
