@@ -294,12 +294,12 @@ def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int, dev_notes: int
     jsonl.write(pred, folder.parent / f"{folder.name}.pred.jsonl")
     jsonl.write(re_pred, folder.parent / f"{folder.name}.re_pred.jsonl")
     ev = evaluate(dev, pred, re_pred=re_pred, resamples=1000, speed=speed).to_dict()
-    per_type = {t: round(s["exact"]["f1"], 3) for t, s in ev["ner"]["per_type"].items()}
     return {
         "version": ex.version,
         "dev_notes": len(dev),
         "scores": {t: {m: _slim(ev[t][m]) for m in ("exact", "relaxed")} for t in ("ner", "re", "spans")},
-        "ner_per_type_exact_f1": per_type,
+        # NER by entity type, RE by modifier type: exact F1 with its interval, relaxed F1, gold count
+        "per_type": {task: _per_type(ev[task]["per_type"]) for task in ("ner", "re")},
         "drops": ev["drops"],
         "seconds_per_note": round(speed["seconds_per_note"], 3),
         "re_seconds_per_note": round(speed["re_seconds_per_note"], 3),
@@ -307,6 +307,18 @@ def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int, dev_notes: int
         "eval_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "eval_energy": meter.measure(started, cpu),
         "eval_notes_energy_scope": "both passes over the 16 notes (from text, then entities given)",
+    }
+
+
+def _per_type(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        t: {
+            "exact": round(s["exact"]["f1"], 3),
+            "ci": [round(x, 3) for x in s["exact"]["ci"]["f1"]],
+            "relaxed": round(s["relaxed"]["f1"], 3),
+            "gold": s["exact"]["tp"] + s["exact"]["fn"],
+        }
+        for t, s in scores.items()
     }
 
 
@@ -393,7 +405,12 @@ def print_table(report: dict[str, Any]) -> None:
             for t in ("ner", "re", "spans")
         )
         print(f"{'':<34}95% CI (exact): {cis}")
-        print(f"{'':<34}NER per type: {e['ner_per_type_exact_f1']}")
+        for task, name in (("ner", "NER per entity type"), ("re", "RE per entity-modifier pair")):
+            cells = "; ".join(
+                f"{t} {s['exact']:.2f} [{s['ci'][0]:.2f}-{s['ci'][1]:.2f}] {s['relaxed']:.2f} (n={s['gold']})"
+                for t, s in e["per_type"][task].items()
+            )
+            print(f"{'':<34}{name} (exact [95% CI] relaxed): {cells}")
         if e["drops"]:
             print(f"{'':<34}dropped model output: {e['drops']}")
         print(f"{'':<34}energy, evaluation: {e['eval_energy']['method']}")
@@ -479,7 +496,8 @@ def main() -> int:
         evaluated = folder.with_suffix(".eval.json")
         result = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else {}
         fresh = evaluated.is_file() and evaluated.stat().st_mtime >= saved.stat().st_mtime
-        if not (args.reuse and fresh and result.get("dev_notes") == (args.dev_notes or 16)):
+        current = "per_type" in result  # evaluated by this version of the benchmark
+        if not (args.reuse and fresh and current and result.get("dev_notes") == (args.dev_notes or 16)):
             print(f"== evaluating {fam} on the development notes", flush=True)
             result = _child("--phase", "eval", fam, *common)
             evaluated.write_text(json.dumps(result, indent=2), encoding="utf-8")
