@@ -1,13 +1,15 @@
 """Run every CPU benchmark in turn (`make bench`), each as bench/README.md documents it: the encoder;
 the service on the trained encoder (one process, then replicas under load); correction-to-promotion;
 what each first-run seed gives; the model families side by side; constrained against free decoding,
-the generation engine and the RE analysis on the LLaMA just trained; the LLaMA served beside the
+the generation engine and the RE analysis on the LLaMA just trained; short LLaMA runs that try
+the RE levers (an RE-weighted mix, a higher rank); the LLaMA served beside the
 encoder (precompute); active learning with the encoder learner; the agreement-aware training rules;
 two torch processes sharing the cores. Each prints its own table and writes
 bench/results/<name>.json. Not here: bench/gpu_check.sh (needs a CUDA GPU).
 
-On 2 CPU cores this takes most of a day: the LLaMA training is about an hour, active learning with the
-encoder learner about two."""
+On 2 CPU cores this takes more than a day: the LLaMA's full-data run is about five hours (resumable:
+rerun and it goes on from its checkpoint), the RE levers about three, active learning with the encoder
+learner about two."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ def main() -> None:
     run("bench_constrained.py", "--model", llama, "--dev-notes", "2")
     run("bench_llama_engine.py", "--model", llama, "--notes", "1", "--prompts", "0")
     run("bench_re_analysis.py", "--model", llama)
+    run("bench_re_levers.py")
     run(
         "bench_precompute.py", "--encoder", str(MODELS / "bert"), "--llama", llama,
         "--requests", "48", "--clients", "4", "16",
