@@ -27,6 +27,7 @@ from recommender import corpora
 from recommender.evaluation import evaluate
 from recommender.evaluation.scorer import entities_only
 from recommender.extractors.base import MODEL_INFO_FILE, BaseModelRef, ModelInfo
+from recommender.extractors.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from recommender.extractors.llama.base_model import (
     CACHE_DIR,
     load_base_for,
@@ -39,7 +40,7 @@ from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor
 from recommender.extractors.llama.layout import NAME, SNAPSHOT_DIR
 from recommender.extractors.llama.task import Templates
-from recommender.extractors.llama.training import CHECKPOINT_DIR, STATE_FILE, examples_seen, training_set
+from recommender.extractors.llama.training import examples_seen, training_set
 from recommender.formats import brat
 
 

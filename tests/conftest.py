@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from recommender.cores import apply_process_policy
 # Before anything imports torch: OpenMP reads its environment once, and the processes the tests
 # start inherit it (recommender/cores.py).
 apply_process_policy()
+# Before anything imports huggingface_hub, which reads it once: tests never reach the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import httpx
 from lsserver import running_label_studio

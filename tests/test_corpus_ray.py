@@ -18,8 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
-
 pytest.importorskip("torch")
 
 from lsserver import LS_TOKEN

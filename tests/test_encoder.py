@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-
-os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -142,6 +139,72 @@ def test_the_development_notes_choose_nothing(tiny_base: Path, tmp_path: Path) -
     assert [h["validation_ner"] for h in first["history"]] == [h["validation_ner"] for h in second["history"]]
     a, b = (m.model.state_dict() for m in models)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
+
+    from safetensors.torch import load_file
+
+    from recommender.extractors.checkpoint import CHECKPOINT_DIR
+
+    notes = generate(14, seed=21)
+    config = EncoderConfig(
+        base_model=str(tiny_base),
+        max_length=32,
+        window_overlap=8,
+        epochs=3,
+        patience=3,
+        lr=3e-3,
+        head_lr=1e-2,
+        batch_size=4,
+        dropout=0.2,  # the random state of dropout must come back too
+        rel_hidden=16,
+        precision="fp32",
+    )
+    torch.manual_seed(0)
+    straight = train_encoder(notes, [], config, tmp_path / "straight")
+    assert not (tmp_path / "straight" / CHECKPOINT_DIR).exists()  # removed on success
+
+    def interrupted(items: Iterable[Any], desc: str, total: int | None) -> Iterator[Any]:
+        if desc.startswith("epoch 3/"):
+            raise KeyboardInterrupt
+        yield from items
+
+    out = tmp_path / "resumed"
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(notes, [], config, out, progress=interrupted)
+    assert (out / CHECKPOINT_DIR / "state.pt").is_file()
+    epochs: list[str] = []
+
+    def progress(items: Iterable[Any], desc: str, total: int | None) -> Iterable[Any]:
+        epochs.append(desc)
+        return items
+
+    torch.manual_seed(1)  # the checkpoint's random state wins over the caller's
+    resumed = train_encoder(notes, [], config, out, progress=progress)
+    assert epochs == ["epoch 3/3"]  # only the epoch left
+    assert not (out / CHECKPOINT_DIR).exists()
+    a, b = straight.info.metrics, resumed.info.metrics
+    assert a["history"] == b["history"] and len(b["history"]) == 3
+    assert a["best_epoch"] == b["best_epoch"] and a["temperatures"] == b["temperatures"]
+    assert b["train_cpu_seconds"] > 0 and b["train_peak_rss_mb"] > 100  # both sessions'
+    weights = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+    other = replace(config, lr=1e-3)  # another run: the checkpoint is not taken up
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(notes, [], config, out, progress=interrupted)
+    epochs.clear()
+    train_encoder(notes, [], other, out, progress=progress)
+    assert epochs == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
 
 
 def test_entities_given_keeps_the_given_entities(trained: Path, docs: list[Document]) -> None:

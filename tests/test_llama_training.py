@@ -21,6 +21,7 @@ from recommender.document import Document  # noqa: E402
 from recommender.errors import ConfigError, ModelError  # noqa: E402
 from recommender.extractors import load_extractor  # noqa: E402
 from recommender.extractors.base import MODEL_INFO_FILE, ModelInfo, file_checksum  # noqa: E402
+from recommender.extractors.checkpoint import CHECKPOINT_DIR  # noqa: E402
 from recommender.extractors.llama.config import LlamaConfig  # noqa: E402
 from recommender.extractors.llama.extractor import LlamaExtractor  # noqa: E402
 from recommender.extractors.llama.task import (  # noqa: E402
@@ -30,7 +31,6 @@ from recommender.extractors.llama.task import (  # noqa: E402
     training_examples,
 )
 from recommender.extractors.llama.training import (  # noqa: E402
-    CHECKPOINT_DIR,
     IGNORE,
     Encoded,
     encode_example,

@@ -1,11 +1,14 @@
-"""Fine-tuning of the encoder extractor: window examples, a plain AdamW loop, early stopping on dev."""
+"""Fine-tuning of the encoder extractor: window examples, a plain AdamW loop, early stopping on the
+validation notes. With an output folder, a checkpoint at each epoch's end (weights, optimizer, schedule,
+random states, best so far) lets an interrupted run resume where it stopped and end where an
+uninterrupted one would; the folder is removed when training succeeds."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import random
-import time
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +21,7 @@ from torch import nn
 from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
+from recommender.extractors.checkpoint import CHECKPOINT_DIR, RunClock, load_checkpoint, save_checkpoint
 from recommender.extractors.encoder.config import EncoderConfig, resolve_base_model
 from recommender.extractors.encoder.extractor import NAME, EncoderExtractor
 from recommender.extractors.encoder.model import (
@@ -284,7 +288,7 @@ def train_encoder(
     fit_docs, val_docs = validation_split(train_docs)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    started = time.perf_counter()
+    clock = RunClock()
     ex = _new_extractor(config)
     config = ex.config
     model, tok = ex.model, ex.tokenizer
@@ -317,7 +321,20 @@ def train_encoder(
 
     best: tuple[float, int, dict[str, torch.Tensor], dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
-    for epoch in range(1, config.epochs + 1):
+    checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
+    run = {"config": config.to_dict(), "data": fingerprint(train_docs)}
+    saved = load_checkpoint(checkpoint, run) if checkpoint is not None else None
+    done = 0  # epochs finished, by this session or the ones before it
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])  # dropout
+        done, history, best = saved["epoch"], saved["history"], saved["best"]
+        clock.resume(saved)
+        log.info("resuming from the checkpoint after epoch %d", done)
+    for epoch in range(done + 1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=gen).tolist()
         batches = [order[k : k + config.batch_size] for k in range(0, len(order), config.batch_size)]
@@ -355,6 +372,20 @@ def train_encoder(
             best = (score, epoch, copy.deepcopy(model.state_dict()), metrics)
         elif epoch - best[1] >= config.patience:
             break
+        if checkpoint is not None and epoch < config.epochs:
+            state = {
+                "run": run,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": gen.get_state(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "best": best,
+                **clock.state(),
+            }
+            save_checkpoint(checkpoint, state)
     assert best is not None
     model.load_state_dict(best[2])
     model.eval()
@@ -379,9 +410,11 @@ def train_encoder(
             "dev_fingerprint": fingerprint(dev_docs) if dev_docs else "",
             "candidate_pair_recall": round(stats["covered"] / max(stats["relations"], 1), 4),
             "temperatures": ex.labels.temperatures,
-            "train_seconds": round(time.perf_counter() - started, 1),
+            **clock.metrics(),  # all sessions of the run
         },
     )
     if out_dir is not None:
         ex.save(Path(out_dir))
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return ex

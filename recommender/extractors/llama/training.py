@@ -14,9 +14,7 @@ import json
 import logging
 import math
 import random
-import resource
 import shutil
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ import torch
 from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
+from recommender.extractors.checkpoint import CHECKPOINT_DIR, RunClock, load_checkpoint, save_checkpoint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import NOT_LEARNT, LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor
@@ -40,8 +39,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_STEPS = 100  # an adapter kept every this many steps, for the learning curve
 IGNORE = -100  # cross-entropy's ignore_index: prompt tokens and padding carry no loss
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -244,21 +241,6 @@ def _exact_f1(metrics: dict[str, Any], task: str) -> float:
     return float(metrics[task]["exact"]["f1"])
 
 
-def _learnt(run: dict[str, Any]) -> dict[str, Any]:
-    """A run's identity (config, data, base) less the fields that do not change what it learns."""
-    config = {k: v for k, v in run["config"].items() if k not in NOT_LEARNT}
-    return {**run, "config": config}
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss_mb() -> int:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: kB
-
-
 def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
@@ -301,15 +283,6 @@ def _trainable_model(config: LlamaConfig, cache_dir: Path) -> tuple[Any, Any, An
     return model, tokenizer, ref, used, templates
 
 
-def _save_checkpoint(folder: Path, model: Any, state: dict[str, Any]) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({**state, "adapter": _adapter_state(model)}, tmp / STATE_FILE)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # a crash while writing keeps the previous checkpoint
-
-
 def train_llama(
     train_docs: Sequence[Document],
     dev_docs: Sequence[Document],
@@ -327,7 +300,7 @@ def train_llama(
         raise ConfigError("no training documents")
     fit_docs, val_docs = validation_split(train_docs)
     out_dir = Path(out_dir)
-    started = time.perf_counter()
+    clock = RunClock()
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out_dir.resolve().parent / CACHE_DIR
@@ -360,28 +333,17 @@ def train_llama(
     checkpoint = out_dir / CHECKPOINT_DIR
     run_key = {"config": config.to_dict(), "data": fingerprint(train_docs), "base": ref.to_dict()}
     step, history = 0, []
-    # wall and CPU seconds and peak memory of earlier sessions of this run, when it resumes
-    before, cpu_before, peak_before = 0.0, 0.0, 0
     best: dict[str, Any] | None = None  # score, step, adapter state, validation metrics
     since_best = 0
-    if (checkpoint / STATE_FILE).is_file():
-        saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
-        if _learnt(saved["run"]) == _learnt(run_key):
-            _set_adapter_state(model, saved["adapter"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            step, history, best, since_best = (
-                saved["step"],
-                saved["history"],
-                saved["best"],
-                saved["since_best"],
-            )
-            torch.set_rng_state(saved["rng"])
-            before = saved.get("seconds", 0.0)
-            cpu_before, peak_before = saved.get("cpu_seconds", 0.0), saved.get("peak_rss_mb", 0)
-            log.info("resuming from the checkpoint at step %d", step)
-        else:
-            log.warning("ignoring %s: it is of another run (settings, data or base differ)", checkpoint)
+    saved = load_checkpoint(checkpoint, run_key, NOT_LEARNT)
+    if saved is not None:
+        _set_adapter_state(model, saved["adapter"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        step, history, best, since_best = saved["step"], saved["history"], saved["best"], saved["since_best"]
+        torch.set_rng_state(saved["rng"])
+        clock.resume(saved)
+        log.info("resuming from the checkpoint at step %d", step)
 
     def evaluate_now() -> bool:
         """Evaluate on the validation notes, keep the best adapter; True when patience is exhausted."""
@@ -402,9 +364,10 @@ def train_llama(
         since_best += 1
         return since_best >= config.patience
 
-    def save_checkpoint() -> None:
+    def checkpoint_now() -> None:
         state = {
             "run": run_key,
+            "adapter": _adapter_state(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -412,11 +375,9 @@ def train_llama(
             "best": best,
             "since_best": since_best,
             "rng": torch.get_rng_state(),
-            "seconds": before + time.perf_counter() - started,
-            "cpu_seconds": cpu_before + _cpu_seconds(),
-            "peak_rss_mb": max(peak_before, _peak_rss_mb()),
+            **clock.state(),
         }
-        _save_checkpoint(checkpoint, model, state)
+        save_checkpoint(checkpoint, state)
 
     model.train()
     stop = step >= total
@@ -462,7 +423,7 @@ def train_llama(
             if stop:
                 break
             if step % config.checkpoint_steps == 0 or end_of_epoch:
-                save_checkpoint()
+                checkpoint_now()
     if best is None:  # resumed from a checkpoint written after the last step
         evaluate_now()
     assert best is not None
@@ -495,10 +456,7 @@ def train_llama(
             "train_examples": len(encoded),
             "examples_too_long": too_long,
             "quantization": used,
-            # all sessions of the run
-            "train_seconds": round(before + time.perf_counter() - started, 1),
-            "train_cpu_seconds": round(cpu_before + _cpu_seconds(), 1),
-            "train_peak_rss_mb": max(peak_before, _peak_rss_mb()),
+            **clock.metrics(),  # all sessions of the run
         },
     )
     extractor.save(out_dir)
