@@ -7,7 +7,9 @@ A LLaMA training run keeps its adapter every ``SNAPSHOT_STEPS`` optimizer steps 
 merged into the run's base as a model folder is served, predicts the first
 ``--notes`` development notes with their gold entities given (the paper's RE mode; with ``--ner`` also
 from raw text) and is scored. The examples seen at a step come from the run's own order (its seed,
-data and settings), so the curve counts what that run trained on.
+data and settings), so the curve counts what that run trained on. Each row is kept in the JSON as it
+is scored, with its snapshot's checksum: the same command run again scores only the snapshots still
+missing (or changed).
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from recommender.cores import apply_process_policy
 apply_process_policy()  # before torch is imported: OpenMP reads its environment once
 
 import argparse
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from kept_rows import KeptRows  # bench/, the script's own folder
 
 from recommender import corpora
 from recommender.evaluation import evaluate
 from recommender.evaluation.scorer import entities_only
-from recommender.extractors.base import MODEL_INFO_FILE, BaseModelRef, ModelInfo
+from recommender.extractors.base import MODEL_INFO_FILE, BaseModelRef, ModelInfo, file_checksum
 from recommender.extractors.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from recommender.extractors.llama.base_model import (
     CACHE_DIR,
@@ -91,38 +94,48 @@ def main() -> int:
     tokenizer = load_tokenizer(pretrained_path(resolve(base_ref.name), cache_dir))
     encoded, _ = training_set(fit, config, tokenizer, templates)
 
-    rows = []
+    identity = {"model": str(args.model), "dev_notes": [d.id for d in gold], "ner": args.ner}
+    kept = KeptRows(args.out, identity)
     print(f"{'step':>6}{'NER seen':>10}{'RE seen':>9}{'RE F1':>8}{'NER F1':>8}{'s/note':>8}")
     for snap in snapshots:
         step = int(snap.name.removeprefix("step-"))
-        extractor = snapshot_extractor(args.model, snap)
-        started = time.perf_counter()
-        re_pred = extractor.predict([entities_only(d) for d in gold], entities_given=True)
-        pred = extractor.predict([d.without_annotations() for d in gold]) if args.ner else re_pred
-        seconds = (time.perf_counter() - started) / len(gold)
-        del extractor
-        scores = evaluate(gold, pred, re_pred=re_pred).to_dict()
-        seen = examples_seen(encoded, config, step)
-        row = {
-            "step": step,
-            "ner_seen": seen["ner"],
-            "re_seen": seen["re"],
-            "re_exact_f1": scores["re"]["exact"]["f1"],
-            "re_relaxed_f1": scores["re"]["relaxed"]["f1"],
-            "ner_exact_f1": scores["ner"]["exact"]["f1"] if args.ner else None,
-            "seconds_per_note": round(seconds, 2),
-        }
-        rows.append(row)
+        adapter = file_checksum([snap / "adapter_model.safetensors"])
+        row = kept.find(step=step, adapter_sha256=adapter)  # scored by an earlier run of this command
+        if row is None:
+            row = score_snapshot(args.model, snap, gold, args.ner)
+            seen = examples_seen(encoded, config, step)
+            row = {
+                "step": step,
+                "adapter_sha256": adapter,
+                "ner_seen": seen["ner"],
+                "re_seen": seen["re"],
+                **row,
+            }
+            kept.add(row, replacing={"step": step})  # a snapshot of another run at this step
         ner = f"{row['ner_exact_f1']:.3f}" if args.ner else "-"
         print(
             f"{step:>6}{row['ner_seen']:>10}{row['re_seen']:>9}{row['re_exact_f1']:>8.3f}{ner:>8}"
             f"{row['seconds_per_note']:>8.1f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"model": str(args.model), "dev_notes": [d.id for d in gold], "rows": rows}
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
+
+
+def score_snapshot(model: Path, snap: Path, gold: list[Any], ner: bool) -> dict[str, Any]:
+    """RE exact and relaxed F1 of one snapshot on ``gold`` with the main entities given (and NER from
+    text with ``ner``), and its seconds per note."""
+    extractor = snapshot_extractor(model, snap)
+    started = time.perf_counter()
+    re_pred = extractor.predict([entities_only(d) for d in gold], entities_given=True)
+    pred = extractor.predict([d.without_annotations() for d in gold]) if ner else re_pred
+    seconds = (time.perf_counter() - started) / len(gold)
+    scores = evaluate(gold, pred, re_pred=re_pred).to_dict()
+    return {
+        "re_exact_f1": scores["re"]["exact"]["f1"],
+        "re_relaxed_f1": scores["re"]["relaxed"]["f1"],
+        "ner_exact_f1": scores["ner"]["exact"]["f1"] if ner else None,
+        "seconds_per_note": round(seconds, 2),
+    }
 
 
 if __name__ == "__main__":

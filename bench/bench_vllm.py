@@ -1,7 +1,9 @@
 """The LLaMA extractor through its in-process engine and through a real vLLM server, side by side.
 
 Run: ``nice -n 10 python bench/bench_vllm.py [--model DIR] [--notes 16] [--concurrency 1,4,16]
-[--loads idle,training] [--out bench/results/vllm.json]`` after ``make setup-vllm``.
+[--loads idle,training] [--out bench/results/vllm.json]`` after ``make setup-vllm``. Each pair of rows
+is kept in the JSON as it is measured: the same command run again after an interruption measures only
+the rows still missing.
 
 The same model folder (``--model``; default: the SmolLM2 base with an adapter trained here for
 ``--train-steps`` optimizer steps, which is not a tuned model and says so in the JSON) predicts the
@@ -40,6 +42,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from kept_rows import KeptRows  # bench/, the script's own folder
 from vllm_cpu import VllmCpu, unavailable
 
 from recommender.corpora import SHARED_MTSAMPLES, split_documents
@@ -147,39 +150,53 @@ def main() -> None:
     base = Path(pretrained_path(resolve(extractor.base.name), cache))
     server = VllmCpu(base, work / "vllm.log", max_lora_rank=extractor.config.lora_r,
                      dtype=dtype)  # fmt: skip
-    rows: list[dict[str, Any]] = []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "model": str(args.model)
         if args.model
         else f"SmolLM2-135M base + {args.train_steps}-step adapter (not tuned)",
+        "version": extractor.version,
         "notes": len(gold),
         "dtype": dtype,
         "max_new_tokens": args.max_new_tokens,
         "cpu_count": os.cpu_count(),
     }
     levels = [int(c) for c in args.concurrency.split(",")]
+    kept = KeptRows(args.out, meta)
+    if kept.resumed:
+        print(f"{kept.resumed} rows kept from an earlier run of this model: measuring the rest", flush=True)
+
+    def missing(load: str) -> list[int]:
+        engines = ("in-process", "vllm-cpu")
+        return [c for c in levels if not all(kept.find(engine=e, load=load, concurrency=c) for e in engines)]
+
+    loads = [load for load in args.loads.split(",") if missing(load)]
     try:
-        server.start()
-        for load in args.loads.split(","):
+        if loads:
+            server.start()
+        for load in loads:
             job = training_job(work / f"job-{load}", cache) if load == "training" else None
             try:
-                for c in levels:
+                for c in missing(load):
                     extractor.configure(engine="transformers", engine_url=None)
                     here = run(extractor, gold, c)
                     extractor.configure(engine="openai", engine_url=server.url, engine_concurrency=4 * c)
                     there = run(extractor, gold, c)
                     pairs = list(zip(here.pop("outputs"), there.pop("outputs"), strict=False))
                     differ = f"{sum(a != b for a, b in pairs)} of {len(pairs)}"
-                    rows.append({"engine": "in-process", "load": load, "concurrency": c, **here,
-                                 "peak_rss_gb": round(peak_rss_self() / 2**30, 2)})  # fmt: skip
-                    rows.append({"engine": "vllm-cpu", "load": load, "concurrency": c, **there,
+                    average = os.getloadavg()[0]
+                    row_here = {
+                        "engine": "in-process",
+                        "load": load,
+                        "concurrency": c,
+                        **here,
+                        "peak_rss_gb": round(peak_rss_self() / 2**30, 2),
+                        "load_average": average,
+                    }
+                    row_there = {"engine": "vllm-cpu", "load": load, "concurrency": c, **there,
                                  "peak_rss_gb": round(server.peak_rss_bytes() / 2**30, 2),
-                                 "generations_differing": differ})  # fmt: skip
-                    rows[-1]["load_average"] = rows[-2]["load_average"] = os.getloadavg()[0]
-                    print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
-                    # after every pair: a run cut short keeps what it measured
-                    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+                                 "generations_differing": differ, "load_average": average}  # fmt: skip
+                    print(json.dumps(row_here), json.dumps(row_there), sep="\n", flush=True)
+                    kept.add(row_here, row_there)  # a run cut short keeps what it measured
             finally:
                 if job is not None:
                     job.kill()
@@ -188,7 +205,7 @@ def main() -> None:
         server.stop()
     columns = ("engine", "load", "concurrency", "ner_f1", "re_f1", "seconds_per_note", "notes_per_second")
     print(" ".join(f"{c:>16}" for c in (*columns, "peak_rss_gb")))
-    for r in rows:
+    for r in kept.rows:
         print(" ".join(f"{r[c]:>16}" for c in (*columns, "peak_rss_gb")))
     print(f"wrote {args.out}")
 
