@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from recommender.extractors.base import ModelInfo
 from recommender.extractors.card import CARD_FILE, metric_rows
-
-if TYPE_CHECKING:
-    from recommender.extractors.encoder.extractor import EncoderExtractor
-
+from recommender.extractors.encoder.config import EncoderConfig
+from recommender.extractors.encoder.model import LabelMaps
 
 MODIFIER_CONTEXT = {
     True: ". It also reads each piece's entity tag (the given entities in RE mode, else the entity "
@@ -24,22 +22,24 @@ WINDOWS = {
 }
 
 
-def render_card(ex: EncoderExtractor) -> str:
-    info, cfg, m = ex.info, ex.config, ex.info.metrics
+def render_card(info: ModelInfo, cfg: EncoderConfig, labels: LabelMaps, layers: int, hidden: int) -> str:
+    """The card of a model with these ``info``, settings and ``labels``, on an encoder of ``layers``
+    layers of size ``hidden``."""
+    m = info.metrics
     return f"""# Kiwi encoder model `{info.version}`
 
 Extractor `{info.extractor}`, schema {info.schema_version}, package {info.package_version},
 created {info.created}.
 
 ## Architecture
-One pass of a transformer encoder (`{cfg.base_model}`, {ex.model.encoder.config.num_hidden_layers} layers,
-hidden size {ex.model.encoder.config.hidden_size}) over word-piece windows of at most {cfg.max_length}
+One pass of a transformer encoder (`{cfg.base_model}`, {layers} layers,
+hidden size {hidden}) over word-piece windows of at most {cfg.max_length}
 pieces ({WINDOWS[cfg.window_cuts].format(overlap=cfg.window_overlap)}), so long notes lose no text.
 On top of the shared states:
 - an entity head: BIO tags over the 4 main types (problem, test, drug, treatment);
 - a modifier head: BIO tags over the 16 modifier types, a separate layer because modifiers nest
   inside entities (a body location inside a problem){MODIFIER_CONTEXT[cfg.condition_modifiers]};
-- a pair classifier: for every (entity, modifier) pair the schema allows ({len(ex.labels.pairs)} pairs) within
+- a pair classifier: for every (entity, modifier) pair the schema allows ({len(labels.pairs)} pairs) within
   {cfg.max_pair_gap} word pieces, a small MLP over the mean-pooled states of both spans, their product,
   a pair-type embedding and a bucketed distance/side embedding. One negation can thus modify several
   problems. The candidate rule covers {m.get("candidate_pair_recall", "n/a")} of the gold training relations.
@@ -51,7 +51,7 @@ tags cut words such as "Sy|mptomatic"). Decoding takes, per note and head, the m
 sequence in which I-X only follows B-X or I-X (Viterbi over the tag probabilities: 3 points of exact NER
 F1 over per-word argmax). Span score: the mean softmax probability
 of the span's tags; relation score: the sigmoid probability; both temperature-scaled on the
-validation notes (temperatures {ex.labels.temperatures}). The `uncertainty` of each predicted
+validation notes (temperatures {labels.temperatures}). The `uncertainty` of each predicted
 note is 1 - the mean confidence of its decisions (spans kept, candidate pairs judged), for active learning.
 Encoder arithmetic at inference: `{cfg.precision}` (auto = bfloat16 autocast where the CPU has native
 bfloat16, which scores as fp32 at about half its time; else dynamic int8 quantization of the Linear
@@ -96,7 +96,9 @@ Scores are calibrated on the validation notes only.
 """
 
 
-def write_card(folder: Path, ex: EncoderExtractor) -> Path:
+def write_card(
+    folder: Path, info: ModelInfo, cfg: EncoderConfig, labels: LabelMaps, layers: int, hidden: int
+) -> Path:
     path = Path(folder) / CARD_FILE
-    path.write_text(render_card(ex), encoding="utf-8")
+    path.write_text(render_card(info, cfg, labels, layers, hidden), encoding="utf-8")
     return path

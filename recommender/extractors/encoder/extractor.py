@@ -24,6 +24,7 @@ from recommender.extractors.base import (
     binary_choice,
     least_confidence,
 )
+from recommender.extractors.encoder.card import write_card
 from recommender.extractors.encoder.config import EncoderConfig
 from recommender.extractors.encoder.model import (
     KiwiEncoderModel,
@@ -372,8 +373,6 @@ class EncoderExtractor(Extractor):
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_model
 
-        from recommender.extractors.encoder.card import write_card
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_model(self.model, str(folder / WEIGHTS_FILE))
@@ -384,7 +383,10 @@ class EncoderExtractor(Extractor):
         )
         self.info.config = self.config.to_dict()
         self.info.save(folder)
-        write_card(folder, self)
+        encoder = self.model.encoder.config
+        write_card(
+            folder, self.info, self.config, self.labels, encoder.num_hidden_layers, encoder.hidden_size
+        )
 
     @classmethod
     def load(cls, folder: Path) -> EncoderExtractor:

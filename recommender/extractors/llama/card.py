@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from recommender.extractors.base import BaseModelRef, ModelInfo
 from recommender.extractors.card import CARD_FILE, metric_rows
-
-if TYPE_CHECKING:
-    from recommender.extractors.llama.extractor import LlamaExtractor
+from recommender.extractors.llama.config import LlamaConfig
 
 
 def _per_type(dev: dict[str, Any]) -> str:
@@ -19,9 +18,11 @@ def _per_type(dev: dict[str, Any]) -> str:
     return f"\nNER exact F1 per type:\n\n| type | F1 |\n|---|---|\n{rows}\n"
 
 
-def render_card(ex: LlamaExtractor) -> str:
-    info, cfg, m = ex.info, ex.config, ex.info.metrics
-    base = ex.base.to_dict() if ex.base is not None else {"name": cfg.base, "sha256": "?"}
+def render_card(info: ModelInfo, cfg: LlamaConfig, base_ref: BaseModelRef | None, prompts: str) -> str:
+    """The card of a model with these ``info`` and settings, on ``base_ref``, with prompt templates of
+    version ``prompts``."""
+    m = info.metrics
+    base = base_ref.to_dict() if base_ref is not None else {"name": cfg.base, "sha256": "?"}
     drops = m.get("dev", {}).get("drops", {})
     drop_text = ", ".join(f"{k}: {v}" for k, v in drops.items()) or "none"
     quant = m.get("quantization", cfg.quantization)
@@ -40,7 +41,7 @@ other weights). Trained on {
     }; at inference the adapter is merged into {cfg.dtype} weights.
 
 ## Task
-Kiwi's instruction format (prompt templates `{ex.templates.version}`, copied into `prompts/`): one NER
+Kiwi's instruction format (prompt templates `{prompts}`, copied into `prompts/`): one NER
 prompt per sentence (the sentence's tokens joined by single spaces; the output wraps each main entity
 in `<span class="TYPE">`), then one RE prompt per main entity (the input wraps that entity; the output
 wraps its modifiers). Greedy decoding, at most {cfg.max_new_tokens} new tokens, stop at `<EOS>`;
@@ -92,7 +93,9 @@ sentence boundaries can differ from Kiwi's. Raw prompts and outputs are kept onl
 """
 
 
-def write_card(folder: Path, ex: LlamaExtractor) -> Path:
+def write_card(
+    folder: Path, info: ModelInfo, cfg: LlamaConfig, base_ref: BaseModelRef | None, prompts: str
+) -> Path:
     path = Path(folder) / CARD_FILE
-    path.write_text(render_card(ex), encoding="utf-8")
+    path.write_text(render_card(info, cfg, base_ref, prompts), encoding="utf-8")
     return path

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -30,9 +30,6 @@ from recommender.extractors.llama.constrained import CopyOrTag
 from recommender.extractors.llama.generation import Engine, Generation, Prompt
 from recommender.extractors.llama.task import STOP
 from recommender.extractors.llama.vllm_server import VllmServer, adapter_rank, check_lora_rank, reason
-
-if TYPE_CHECKING:
-    from recommender.extractors.llama.extractor import LlamaExtractor
 
 log = logging.getLogger(__name__)
 
@@ -215,17 +212,17 @@ def _logprobs(block: Any, n_chars: int) -> tuple[list[float], list[int]]:
 # --- choice by configuration ---------------------------------------------------------------------
 
 
-def build_engine(extractor: LlamaExtractor) -> Engine:
-    """The engine ``extractor.config.engine`` names, for this model's weights and settings."""
-    cfg: LlamaConfig = extractor.config
+def build_engine(cfg: LlamaConfig, model: Any, tokenizer: Any, folder: Path | None, version: str) -> Engine:
+    """The engine ``cfg.engine`` names, for a model's weights (``model``, ``tokenizer``; the ``folder``
+    it was loaded from, if any, and its ``version``) and settings."""
     if cfg.engine == "openai":
         assert cfg.engine_url is not None  # LlamaConfig refuses openai without a URL
-        return _openai_for(extractor)
+        return _openai_for(cfg, folder, version)
     from recommender.extractors.llama.generation import TransformersEngine
 
     return TransformersEngine(
-        extractor.model,
-        extractor.tokenizer,
+        model,
+        tokenizer,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.predict_batch_size,
         stop=STOP,
@@ -235,14 +232,13 @@ def build_engine(extractor: LlamaExtractor) -> Engine:
     )
 
 
-def _openai_for(extractor: LlamaExtractor) -> OpenAIEngine:
+def _openai_for(cfg: LlamaConfig, folder: Path | None, version: str) -> OpenAIEngine:
     """The ``openai`` engine. Against vLLM (unless ``engine_model`` names what to call): the model
     folder's adapter, loaded there as the model's version; and the constraint on unless
     ``engine_structured_outputs`` is False. ModelError when the server cannot be reached (the engine
     is built again at the next call)."""
     from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR
 
-    cfg = extractor.config
     assert cfg.engine_url is not None
     server = VllmServer(cfg.engine_url, timeout_s=cfg.engine_timeout_s)
     try:
@@ -256,7 +252,6 @@ def _openai_for(extractor: LlamaExtractor) -> OpenAIEngine:
     if cfg.constrained and not structured:
         log.info("engine openai [%s]: decoding is unconstrained (not vLLM, or turned off)", cfg.engine_url)
     adapter: Path | None = None
-    folder = extractor.folder
     if (
         vllm_version is not None
         and cfg.engine_model is None
@@ -270,7 +265,7 @@ def _openai_for(extractor: LlamaExtractor) -> OpenAIEngine:
         server.close()
     return OpenAIEngine(
         cfg.engine_url,
-        cfg.engine_model or extractor.version,
+        cfg.engine_model or version,
         max_new_tokens=cfg.max_new_tokens,
         stop=STOP,
         timeout_s=cfg.engine_timeout_s,

@@ -36,6 +36,7 @@ from recommender.extractors.base import (
     ModelInfo,
     least_confidence,
 )
+from recommender.extractors.llama.card import write_card
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.layout import ADAPTER_DIR, MERGED_DIR, NAME, TOKENIZER_DIR
 from recommender.extractors.llama.task import (
@@ -114,7 +115,7 @@ class LlamaExtractor(Extractor):
         if self._engine is None:
             from recommender.extractors.llama.engines import build_engine
 
-            self._engine = build_engine(self)
+            self._engine = build_engine(self.config, self.model, self.tokenizer, self.folder, self.version)
         return self._engine
 
     def configure(self, **values: Any) -> None:
@@ -245,8 +246,6 @@ class LlamaExtractor(Extractor):
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        from recommender.extractors.llama.card import write_card
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         adapter = folder / ADAPTER_DIR
@@ -262,7 +261,7 @@ class LlamaExtractor(Extractor):
         self.info.config = self.config.to_dict()
         self.info.base_model = self.base.to_dict() if self.base is not None else None
         self.info.save(folder)
-        write_card(folder, self)
+        write_card(folder, self.info, self.config, self.base, self.templates.version)
 
     def save_merged(self, folder: Path, cache_dir: Path) -> Path:
         """Write the adapter merged into full-precision base weights (``merged/``, safetensors)."""
