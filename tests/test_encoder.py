@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,22 +112,18 @@ def test_overfits_two_notes_and_reloads_identically(trained: Path, docs: list[Do
     assert f"exact F1 on {chose}\nvalidation notes" in card and "development notes choose nothing" in card
 
 
+def _small_config(base: Path, **overrides: Any) -> EncoderConfig:
+    """Three epochs of a tiny encoder on generated notes: a few seconds."""
+    settings = {"max_length": 32, "window_overlap": 8, "epochs": 3, "lr": 3e-3, "head_lr": 1e-2}
+    settings |= {"batch_size": 4, "rel_hidden": 16, "precision": "fp32"}
+    return EncoderConfig(base_model=str(base), **(settings | overrides))
+
+
 def test_the_development_notes_choose_nothing(tiny_base: Path, tmp_path: Path) -> None:
     """Epoch, weights and calibration come from the validation notes carved from the training notes:
     whatever dev notes a model is reported on, the same model comes out."""
     notes = generate(14, seed=21)
-    config = EncoderConfig(
-        base_model=str(tiny_base),
-        max_length=32,
-        window_overlap=8,
-        epochs=3,
-        patience=1,
-        lr=3e-3,
-        head_lr=1e-2,
-        batch_size=4,
-        rel_hidden=16,
-        precision="fp32",
-    )
+    config = _small_config(tiny_base, patience=1)
     models = []
     for i, dev in enumerate((generate(3, seed=22), generate(5, seed=23))):
         torch.manual_seed(0)
@@ -145,26 +142,13 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(
     tiny_base: Path, tmp_path: Path
 ) -> None:
     from collections.abc import Iterable, Iterator
-    from typing import Any
 
     from safetensors.torch import load_file
 
     from recommender.extractors.checkpoint import CHECKPOINT_DIR
 
     notes = generate(14, seed=21)
-    config = EncoderConfig(
-        base_model=str(tiny_base),
-        max_length=32,
-        window_overlap=8,
-        epochs=3,
-        patience=3,
-        lr=3e-3,
-        head_lr=1e-2,
-        batch_size=4,
-        dropout=0.2,  # the random state of dropout must come back too
-        rel_hidden=16,
-        precision="fp32",
-    )
+    config = _small_config(tiny_base, patience=3, dropout=0.2)  # dropout's random state must come back
     torch.manual_seed(0)
     straight = train_encoder(notes, [], config, tmp_path / "straight")
     assert not (tmp_path / "straight" / CHECKPOINT_DIR).exists()  # removed on success
