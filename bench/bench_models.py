@@ -27,7 +27,6 @@ apply_process_policy()  # before torch is imported: OpenMP reads its environment
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -79,11 +78,6 @@ class EnergyMeter:
 
     def start(self) -> int | None:
         return self._read() if self.domains else None
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _overrides(family: str, sets: list[str]) -> dict[str, str]:
@@ -249,15 +243,16 @@ def phase_train(family: str, folder: Path, sets: list[str], meter: EnergyMeter) 
 
     from recommender.cli.common import progress
     from recommender.extractors import get_extractor_class
+    from recommender.extractors.checkpoint import cpu_seconds, peak_rss_mb
 
     torch.set_num_threads(2)
     train, _ = _split()
     config = _config(family, _overrides(family, sets))
-    started, cpu0, t0 = meter.start(), _cpu_seconds(), time.perf_counter()
+    started, cpu0, t0 = meter.start(), cpu_seconds(), time.perf_counter()
     ex = get_extractor_class(family).train(train, [], config, folder, progress=progress)
     seconds = time.perf_counter() - t0
-    cpu = _cpu_seconds() - cpu0
-    peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    cpu = cpu_seconds() - cpu0
+    peak = peak_rss_mb()
     # a run resumed across sessions (the LLaMA's hours) reports all of its sessions: use those
     metrics = ex.info.metrics
     resumed = "train_cpu_seconds" in metrics and metrics["train_seconds"] > seconds + 1
@@ -283,14 +278,15 @@ def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int, dev_notes: int
     from recommender.cli.common import progress
     from recommender.evaluation.scorer import evaluate, predict_for_scoring
     from recommender.extractors import load_extractor
+    from recommender.extractors.checkpoint import cpu_seconds, peak_rss_mb
     from recommender.formats import jsonl
 
     torch.set_num_threads(2)
     _, dev = _split(dev_notes)
     ex = load_extractor(folder)
-    started, cpu0 = meter.start(), _cpu_seconds()
+    started, cpu0 = meter.start(), cpu_seconds()
     pred, re_pred, speed = predict_for_scoring(ex, dev, batch_size=batch_size, track=progress)
-    cpu = _cpu_seconds() - cpu0
+    cpu = cpu_seconds() - cpu0
     jsonl.write(pred, folder.parent / f"{folder.name}.pred.jsonl")
     jsonl.write(re_pred, folder.parent / f"{folder.name}.re_pred.jsonl")
     ev = evaluate(dev, pred, re_pred=re_pred, resamples=1000, speed=speed).to_dict()
@@ -304,7 +300,7 @@ def phase_eval(folder: Path, meter: EnergyMeter, batch_size: int, dev_notes: int
         "seconds_per_note": round(speed["seconds_per_note"], 3),
         "re_seconds_per_note": round(speed["re_seconds_per_note"], 3),
         "eval_cpu_seconds": round(cpu, 1),
-        "eval_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "eval_peak_rss_mb": peak_rss_mb(),
         "eval_energy": meter.measure(started, cpu),
         "eval_notes_energy_scope": "both passes over the 16 notes (from text, then entities given)",
     }
