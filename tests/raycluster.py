@@ -155,10 +155,15 @@ class LoopbackCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait(10)
+        left = []
         for pid in self.alive():
             try:
-                psutil.Process(pid).kill()
+                p = psutil.Process(pid)
+                p.kill()
+                left.append(p)
             except psutil.Error:
                 continue
+        # SIGKILL is delivered, not done: wait until they are gone (CI once saw one still there)
+        psutil.wait_procs(left, timeout=10)
         self.nodes = []
         shutil.rmtree(self.root, ignore_errors=True)
