@@ -145,6 +145,10 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16", help="notes per predict call, comma-separated")
     ap.add_argument("--loads", default="idle,training", help="idle and/or training")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument(
+        "--request-timeout", type=float, default=1800.0,
+        help="seconds one completion may take (engine_timeout_s; 16 notes at a time queue 64 on the server)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "vllm.json")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the job on kill too
@@ -200,7 +204,12 @@ def main() -> None:
                 for c in missing(load):
                     extractor.configure(engine="transformers", engine_url=None)
                     here = run(extractor, gold, c)
-                    extractor.configure(engine="openai", engine_url=server.url, engine_concurrency=4 * c)
+                    extractor.configure(
+                        engine="openai",
+                        engine_url=server.url,
+                        engine_concurrency=4 * c,
+                        engine_timeout_s=args.request_timeout,
+                    )
                     there = run(extractor, gold, c)
                     pairs = list(zip(here.pop("outputs"), there.pop("outputs"), strict=False))
                     differ = f"{sum(a != b for a, b in pairs)} of {len(pairs)}"

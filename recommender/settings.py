@@ -177,6 +177,17 @@ class Settings(ProcessSettings):
         description="send the copy-or-tag constraint as vLLM's structured_outputs (llama_engine openai); "
         "default: when the server is vLLM",
     )
+    llama_engine_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="seconds one completion request may take (llama_engine openai; the model's config says "
+        "120): a server on few CPU cores with many requests queued needs more",
+    )
+    llama_engine_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="completion requests in flight at once (llama_engine openai; the model's config says 4)",
+    )
     fallback_model: str = Field(
         DEFAULT_MODEL,
         description="served model that answers when a slow model's (LLaMA's) prediction is not cached "
@@ -314,15 +325,15 @@ class Settings(ProcessSettings):
 
     def extractor_overrides(self) -> dict[str, dict[str, object]]:
         """Config values that replace a served model's own, by extractor family."""
-        llama: dict[str, object] = {}
-        if self.llama_engine is not None:
-            llama["engine"] = self.llama_engine
-        if self.llama_engine_url is not None:
-            llama["engine_url"] = self.llama_engine_url
-        if self.llama_engine_model is not None:
-            llama["engine_model"] = self.llama_engine_model
-        if self.llama_engine_structured_outputs is not None:
-            llama["engine_structured_outputs"] = self.llama_engine_structured_outputs
+        values = {
+            "engine": self.llama_engine,
+            "engine_url": self.llama_engine_url,
+            "engine_model": self.llama_engine_model,
+            "engine_structured_outputs": self.llama_engine_structured_outputs,
+            "engine_timeout_s": self.llama_engine_timeout_s,
+            "engine_concurrency": self.llama_engine_concurrency,
+        }
+        llama: dict[str, object] = {k: v for k, v in values.items() if v is not None}
         return {"kiwi.llama.v1": llama} if llama else {}
 
     @property

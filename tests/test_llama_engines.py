@@ -450,6 +450,23 @@ def test_engine_settings_are_checked_and_passed_down(tiny: Path, tmp_path: Path)
         "kiwi.llama.v1": {"engine": "openai", "engine_url": "http://gpu-host:8000"}
     }
     assert Settings(model_dir=tmp_path).extractor_overrides() == {}
+    slow = Settings(
+        llama_engine="openai",
+        llama_engine_url="http://cpu-host:8000",
+        llama_engine_timeout_s=900,
+        llama_engine_concurrency=8,
+        model_dir=tmp_path,
+    )
+    assert slow.extractor_overrides()["kiwi.llama.v1"] == {
+        "engine": "openai",
+        "engine_url": "http://cpu-host:8000",
+        "engine_timeout_s": 900,
+        "engine_concurrency": 8,
+    }
+    with pytest.raises(ConfigError, match=r"llama_engine_timeout_s: Input should be greater than 0"):
+        load_settings(llama_engine_timeout_s=0)
+    with pytest.raises(ConfigError, match=r"engine_concurrency must be positive, got \[0\]"):
+        LlamaConfig(engine_concurrency=0)
     # a lexicon model served beside it is not touched by the LLaMA's settings
     from recommender.extractors.lexicon import LexiconExtractor
 
