@@ -18,6 +18,22 @@ import pytest
 
 from recommender.document import Document, Span
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_script(name: str) -> ModuleType:
+    """``bench/NAME.py`` loaded as a module (bench/ is a folder of scripts, not a package); its
+    neighbours (``kept_rows``, ``bench_models``) import as they do when it runs."""
+    import importlib.util
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def in_ci() -> bool:
     """CI=true (as GitHub Actions, GitLab CI and `.ci/run` set it): the run must have every component."""

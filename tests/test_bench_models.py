@@ -3,31 +3,19 @@ training data, its validation notes), else the run refuses naming what differs."
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from support import tiny_bert
+from support import bench_script, tiny_bert
 
 from recommender.synthetic import generate
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_models.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_models", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_reuse_accepts_the_same_run_and_refuses_another_by_name(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from recommender.extractors.encoder import EncoderConfig, train_encoder
 
-    bench = _bench()
+    bench = bench_script("bench_models")
     docs = generate(14, seed=5)  # enough for validation notes of their own (2 of 14)
     config = EncoderConfig(
         base_model=str(tiny_bert(tmp_path / "bert")), max_length=64, window_overlap=16, epochs=1,
@@ -53,7 +41,7 @@ def test_reuse_accepts_the_same_run_and_refuses_another_by_name(tmp_path: Path) 
 def test_reuse_of_a_family_that_selects_nothing_checks_its_config_and_data(tmp_path: Path) -> None:
     from recommender.extractors.lexicon import LexiconConfig, LexiconExtractor
 
-    bench = _bench()
+    bench = bench_script("bench_models")
     docs = generate(14, seed=5)
     LexiconExtractor.train(docs).save(tmp_path / "lexicon")
     config = LexiconConfig().to_dict()

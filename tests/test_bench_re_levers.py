@@ -3,30 +3,17 @@ is reported from what it actually trained on (examples per kind, rank) and its o
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support import bench_script
 
 from recommender.synthetic import generate
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _bench() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # the script imports bench_models as its neighbour
-    spec = importlib.util.spec_from_file_location("bench_re_levers", BENCH / "bench_re_levers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_parse_arm_names_a_malformed_setting() -> None:
-    bench = _bench()
+    bench = bench_script("bench_re_levers")
     assert bench.parse_arm("rank_64:lora_r=64, lora_alpha=256") == (
         "rank_64",
         {"lora_r": "64", "lora_alpha": "256"},
@@ -39,7 +26,7 @@ def test_parse_arm_names_a_malformed_setting() -> None:
 def test_arms_differ_only_in_their_settings_and_report_what_they_trained_on(tmp_path: Path) -> None:
     from test_llama_training import build_tiny_base
 
-    bench = _bench()
+    bench = bench_script("bench_re_levers")
     docs = generate(14, seed=5)  # 2 of the 14 are validation notes
     base = build_tiny_base(tmp_path / "base", docs)
     small = {"base": str(base), "batch_size": "2", "grad_accum": "2", "max_new_tokens": "16"}

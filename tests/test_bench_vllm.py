@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _bench() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # the script imports kept_rows as its neighbour
-    spec = importlib.util.spec_from_file_location("bench_vllm", BENCH / "bench_vllm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import bench_script
 
 
 def test_differences_are_told_apart_by_whitespace_words_and_tags() -> None:
@@ -29,4 +15,5 @@ def test_differences_are_told_apart_by_whitespace_words_and_tags() -> None:
         (tagged, 'Pain in left <span class="bodyloc">arm</span> today.'),  # another span
         (tagged, "Pain in left arm today."),  # the tag left out
     ]
-    assert _bench().how_they_differ(pairs) == {"same": 1, "whitespace": 1, "words": 1, "tags": 3}
+    counts = bench_script("bench_vllm").how_they_differ(pairs)
+    assert counts == {"same": 1, "whitespace": 1, "words": 1, "tags": 3}

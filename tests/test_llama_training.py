@@ -16,6 +16,8 @@ pytest.importorskip("peft")
 
 from dataclasses import replace  # noqa: E402
 
+from support import bench_script  # noqa: E402
+
 from recommender.corpora import load_sample  # noqa: E402
 from recommender.document import Document  # noqa: E402
 from recommender.errors import ConfigError, ModelError  # noqa: E402
@@ -197,14 +199,7 @@ def test_the_bench_holds_training_tokens_per_second_against_bf16_matmul(
 ) -> None:
     """bench_models' throughput line: the tokens of the steps the run took (its own order), over its
     time, as 6 x non-embedding parameters per token against a measured bf16 matmul rate."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_models", Path(__file__).parents[1] / "bench/bench_models.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("bench_models")
     t = bench.llama_throughput(trained, sample[:3], train_seconds=2.0, matmul_seconds=0.2)
     config = LlamaExtractor.read_folder(trained).config
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_base))
