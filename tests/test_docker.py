@@ -97,6 +97,10 @@ def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> No
         assert (
             "kiwi-data:/data:ro" in vllm["volumes"] and "kiwi-data:/data" in services[recommender]["volumes"]
         )
+    # a CPU server is slow under load: its client waits longer than the 120 s default
+    assert services["kiwi-llama-cpu"]["environment"]["KIWI_LLAMA_ENGINE_TIMEOUT_S"] == (
+        "${KIWI_LLAMA_ENGINE_TIMEOUT_S:-600}"
+    )
     # secrets come from the env file, never from the compose file itself
     assert "${POSTGRES_PASSWORD:?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
 
