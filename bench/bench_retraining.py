@@ -1,7 +1,7 @@
 """Time from a stored correction to a promoted model, through the real retraining loop.
 
 Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 3] [--corrections 10]
-[--start-from DIR]``.
+[--start-from DIR] [--trainer-config JSON]``.
 Uses the shared MTSamples split when it sits beside the checkout (else the sample corpus): a first
 model is trained on the seed notes and promoted (timed separately; ``--start-from`` promotes a trained
 model folder instead, e.g. the full-data LLaMA, whose adapter the job then continues), then
@@ -57,6 +57,12 @@ def main() -> int:
     ap.add_argument(
         "--start-from", type=Path, default=None, help="promote this model folder, train no first one"
     )
+    ap.add_argument(
+        "--trainer-config",
+        type=json.loads,
+        default={},
+        help="the job's training settings as JSON (KIWI_TRAINER_CONFIG), e.g. '{\"max_examples\": 1600}'",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.trainer == "kiwi.encoder.v1":
@@ -80,6 +86,7 @@ def main() -> int:
             model_dir=Path(work) / "models",
             trainer=args.trainer,
             train_epochs=args.epochs,
+            trainer_config=args.trainer_config,
             retrain_every=args.corrections,
             retrain_debounce_seconds=args.debounce,
         )
@@ -129,6 +136,7 @@ def main() -> int:
         "corrected_notes": len(corrected),
         "dev_notes": len(dev),
         "epochs": args.epochs,
+        "trainer_config": args.trainer_config,
         "debounce_seconds": args.debounce,
         "torch_threads": args.threads if args.trainer == "kiwi.encoder.v1" else None,
         "cpus": os.cpu_count(),
