@@ -20,7 +20,7 @@ from recommender.extractors.lexicon import LexiconExtractor
 from recommender.formats import brat
 from recommender.formats.xmi import PREDICTED, load_cas, load_typesystem_xml
 from recommender.retraining import Corpora
-from recommender.service import create_app
+from recommender.service import ahead, create_app
 from recommender.settings import Settings
 
 SPAN = "webanno.custom.ClinicalEntity"
@@ -166,6 +166,14 @@ def test_the_worker_waits_between_steps_while_requests_run(client: TestClient, f
     assert forwards, "it generated once the request was done"
 
 
+@pytest.fixture
+def llama_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker yields to a request for at most a few seconds a step, so a tiny LLaMA on a loaded
+    machine can finish a note while a test holds the lane: these tests need it to wait throughout."""
+    monkeypatch.setattr(ahead, "_MAX_YIELD_SECONDS", 600.0)
+
+
+@pytest.mark.usefixtures("llama_waits")
 def test_imported_notes_get_their_fallback_ahead_too(client: TestClient, fixtures_dir: Path) -> None:
     service = client.app.state.service
     lexicon, llama = service.predictor.version, service.models["llama"].version
@@ -195,6 +203,7 @@ def test_imported_notes_get_their_fallback_ahead_too(client: TestClient, fixture
     wait_for(client, "done", n=len(tasks))
 
 
+@pytest.mark.usefixtures("llama_waits")
 def test_a_fallback_computed_in_a_request_is_cached(client: TestClient, fixtures_dir: Path) -> None:
     service = client.app.state.service
     request = fixture(fixtures_dir, "labelstudio/predict_request_batch.json")
