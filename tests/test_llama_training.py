@@ -43,6 +43,9 @@ from recommender.extractors.llama.training import (  # noqa: E402
     tokens_seen,
     training_set,
 )
+from recommender.retraining import Corpora  # noqa: E402
+from recommender.retraining.training_data import assemble  # noqa: E402
+from recommender.store import CorrectionStore  # noqa: E402
 from recommender.text import segment  # noqa: E402
 
 
@@ -329,6 +332,30 @@ def test_select_examples_keeps_the_ner_share_of_a_capped_run(sample: list[Docume
     assert sum(e.kind == NER for e in every) == n_ner and len(every) == n_ner + 5
     with pytest.raises(ConfigError, match=r"ner_fraction .*\[1.5\]"):
         LlamaConfig(ner_fraction=1.5)
+
+
+def test_a_capped_run_takes_the_corrected_notes_first(tmp_path: Path, sample: list[Document]) -> None:
+    # through the retraining loop's own assembly: a stored correction beside the seed notes
+    store = CorrectionStore(f"sqlite:///{tmp_path}/c.sqlite3")
+    try:
+        store.add("p", sample[2].id, "ann", "test", sample[2])
+        data = assemble(store, Corpora([sample[0], sample[1]], []), 0.0)
+    finally:
+        store.close()
+    examples = training_examples(data.train, Templates.packaged())
+    corrected = [e for e in examples if e.corrected]
+    assert corrected and len(corrected) == len(training_examples([sample[2]], Templates.packaged()))
+    seed = len(examples) - len(corrected)
+    assert seed > 5
+    for cap in (len(corrected) + 5, len(corrected) // 2):
+        chosen = select_examples(examples, LlamaConfig(max_examples=cap))
+        assert len(chosen) == cap and sum(e.corrected for e in chosen) == min(cap, len(corrected))
+    # with a NER share, each side takes its corrected examples first
+    share = select_examples(examples, LlamaConfig(max_examples=len(corrected) + 5, ner_fraction=0.5))
+    for kind_is_ner in (True, False):
+        side = [e for e in share if (e.kind == NER) == kind_is_ner]
+        pool = [e for e in corrected if (e.kind == NER) == kind_is_ner]
+        assert sum(e.corrected for e in side) == min(len(side), len(pool))
 
 
 def test_micro_batches_group_by_prompt_type_and_length() -> None:

@@ -52,7 +52,9 @@ class LlamaConfig(ExtractorConfig):
     max_grad_norm: float = setting(0.3, "gradient clipping norm (paper: 0.3)")
     max_length: int = setting(1000, "longest training sequence in tokens; longer examples are left out")
     max_steps: int | None = setting(None, "stop after this many optimizer steps")
-    max_examples: int | None = setting(None, "train on at most this many (shuffled) examples")
+    max_examples: int | None = setting(
+        None, "train on at most this many (shuffled) examples, those of corrected notes first"
+    )
     ner_fraction: float | None = setting(
         None,
         "share of NER prompts among the max_examples kept (default: as drawn, about 40%); a capped CPU run "

@@ -102,6 +102,7 @@ class Example:
     kind: str
     prompt: str
     target: str  # ends with " <EOS>"
+    corrected: bool = False  # of a note an annotator corrected (``meta["correction"]``)
 
     @property
     def text(self) -> str:
@@ -155,14 +156,16 @@ def training_examples(
     out: list[Example] = []
     for doc in docs:
         doc = segmented(doc)
+        corrected = "correction" in doc.meta
         for sentence in doc.sentences:
             plain = plain_sentence(doc, sentence)
             if not plain:
                 continue
             sm = sentence_markup(doc, sentence, schema)
-            out.append(Example(NER, templates.prompt(NER, plain), f"{sm.ner} {STOP}"))
+            out.append(Example(NER, templates.prompt(NER, plain), f"{sm.ner} {STOP}", corrected))
             for entity, marked, target in sm.examples:
-                out.append(Example(entity.label, templates.prompt(entity.label, marked), f"{target} {STOP}"))
+                prompt = templates.prompt(entity.label, marked)
+                out.append(Example(entity.label, prompt, f"{target} {STOP}", corrected))
     return out
 
 

@@ -116,22 +116,25 @@ def shared_prefix_loss(model: Any, items: Sequence[Encoded], pad: int, device: t
 
 
 def select_examples(examples: Sequence[Example], config: LlamaConfig) -> list[Example]:
-    """The examples a run trains on, NER and RE mixed in one shuffled order: all of them, or the first
-    ``max_examples`` of that order, of which ``ner_fraction`` are NER prompts where it is set (as many
-    as there are, the rest RE)."""
+    """The examples a run trains on, NER and RE mixed in one shuffled order: all of them, or
+    ``max_examples`` of them, of which ``ner_fraction`` are NER prompts where it is set (as many as
+    there are, the rest RE). A capped run takes the examples of corrected notes first and fills the
+    rest from the seed notes: a capped retraining job learns every correction it was started for."""
     shuffled = list(examples)
     random.Random(config.seed).shuffle(shuffled)
     cap = config.max_examples
     if not cap:
         return shuffled
+    ranked = sorted(shuffled, key=lambda e: not e.corrected)  # stable: shuffled within each group
     if config.ner_fraction is None:
-        return shuffled[:cap]
-    ner = [e for e in shuffled if e.kind == NER]
-    rel = [e for e in shuffled if e.kind != NER]
-    n_ner = min(len(ner), round(cap * config.ner_fraction))
-    n_rel = min(len(rel), cap - n_ner)
-    n_ner = min(len(ner), cap - n_rel)  # fill a short RE side with NER
-    chosen = set(map(id, ner[:n_ner] + rel[:n_rel]))
+        chosen = set(map(id, ranked[:cap]))
+    else:
+        ner = [e for e in ranked if e.kind == NER]
+        rel = [e for e in ranked if e.kind != NER]
+        n_ner = min(len(ner), round(cap * config.ner_fraction))
+        n_rel = min(len(rel), cap - n_ner)
+        n_ner = min(len(ner), cap - n_rel)  # fill a short RE side with NER
+        chosen = set(map(id, ner[:n_ner] + rel[:n_rel]))
     return [e for e in shuffled if id(e) in chosen]
 
 
