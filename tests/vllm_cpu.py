@@ -5,7 +5,10 @@ safetensors, with runtime LoRA loading on. Started the way the documented CPU co
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -19,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "vllm-venv"
 # vLLM's CPU memory for the KV cache (GiB); 2 fits a shared 2-core test machine.
 KV_CACHE_GIB = 2
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 # LLaMA training for tests that need an adapter, not a tuned model: two optimizer steps on a handful of
 # examples make an adapter that differs from the base.
 TINY_TRAINING: dict[str, Any] = {
@@ -52,8 +56,17 @@ class VllmCpu:
     """``python -m vllm.entrypoints.openai.api_server`` over ``base`` (its ``vllm`` command looks for a
     distribution named vllm and fails). ``stop`` ends it; ``restart`` starts it again, empty."""
 
-    def __init__(self, base: Path, log: Path, *, max_lora_rank: int = 16, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        base: Path,
+        log: Path,
+        *,
+        max_lora_rank: int = 16,
+        dtype: str = "float32",
+        prompt_lookup_tokens: int = 0,
+    ) -> None:
         self.base = base
+        self.prompt_lookup_tokens = prompt_lookup_tokens
         self.log_path = log
         self.max_lora_rank = check_lora_rank(max_lora_rank)
         self.dtype = dtype
@@ -79,7 +92,17 @@ class VllmCpu:
             str(self.max_lora_rank),
             "--max-model-len",
             "4096",
+            *self.speculation(),
         ]
+
+    def speculation(self) -> list[str]:
+        """vLLM's n-gram (prompt-lookup) speculation, as the in-process engine drafts: up to
+        ``prompt_lookup_tokens`` tokens after the last 1-3 tokens' match in the prompt (none when 0)."""
+        if not self.prompt_lookup_tokens:
+            return []
+        spec = {"method": "ngram", "num_speculative_tokens": self.prompt_lookup_tokens,
+                "prompt_lookup_max": 3, "prompt_lookup_min": 1}  # fmt: skip
+        return ["--speculative-config", json.dumps(spec)]
 
     def start(self, timeout: float = 600) -> None:
         env = os.environ | {
@@ -89,7 +112,9 @@ class VllmCpu:
             "TRANSFORMERS_OFFLINE": "1",
         }
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_ends_with_parent
+            )
         try:
             wait_healthy(self.url, self.proc, timeout, poll=1, what="vLLM")
         except RuntimeError as e:  # its output went to the log file, not a pipe: say where
@@ -116,6 +141,12 @@ class VllmCpu:
         if self.proc is None:
             return 0
         return sum(_peak_rss(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+
+
+def _ends_with_parent() -> None:
+    """In the server's process before it starts: Linux sends it SIGTERM when the process that started
+    it dies, so a test or benchmark that is killed (no ``finally`` runs) leaves no server behind."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _children(pid: int) -> list[int]:
