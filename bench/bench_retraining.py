@@ -1,14 +1,15 @@
 """Time from a stored correction to a promoted model, through the real retraining loop.
 
 Run: ``python bench/bench_retraining.py [--trainer kiwi.encoder.v1] [--epochs 3] [--corrections 10]
-[--start-from DIR] [--trainer-config JSON]``.
+[--start-from DIR] [--trainer-config JSON] [--keep DIR]``.
 Uses the shared MTSamples split when it sits beside the checkout (else the sample corpus): a first
 model is trained on the seed notes and promoted (timed separately; ``--start-from`` promotes a trained
 model folder instead, e.g. the full-data LLaMA, whose adapter the job then continues), then
 ``--corrections`` other notes are stored as corrections one by one, as Label Studio submits would
 arrive, and the clock runs from the last one to the promotion (or rejection) of the candidate,
 debounce included. Prints a table and writes JSON (``--out``, default
-``bench/results/retraining_<trainer>.json``).
+``bench/results/retraining_<trainer>.json``); ``--keep`` copies a promoted candidate out of the run's
+temporary folder, to evaluate or serve it later.
 """
 
 from __future__ import annotations
@@ -64,7 +65,14 @@ def main() -> int:
         help="the job's training settings as JSON (KIWI_TRAINER_CONFIG), e.g. '{\"max_examples\": 1600}'",
     )
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--keep", type=Path, default=None,
+        help="copy the model the job promoted to this folder (the run's own folder is temporary)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.keep is not None and args.keep.exists():
+        sys.stderr.write(f"--keep [{args.keep}] exists; name a new folder\n")
+        return 2
     if args.trainer == "kiwi.encoder.v1":
         import torch
 
@@ -128,6 +136,10 @@ def main() -> int:
         total = end - last_correction
         rt.shutdown()
         store.close()
+        promoted = model_versions.current_version()
+        kept = None
+        if args.keep is not None and job.outcome == "promoted":
+            kept = shutil.copytree(model_versions.path(promoted or ""), args.keep)
 
     result = {
         "trainer": args.trainer,
@@ -150,6 +162,9 @@ def main() -> int:
         "gate": {k: job.metrics.get(k) for k in ("candidate", "current", "reason")},
         "target_seconds": TARGET_SECONDS,
         "within_target": job.outcome == "promoted" and total <= TARGET_SECONDS,
+        "first_version": first,
+        "promoted_version": promoted,
+        "kept": str(kept) if kept else None,
     }
     table = Table(title=f"correction -> promoted model ({args.trainer}, {corpus})")
     table.add_column("measure")
@@ -162,6 +177,8 @@ def main() -> int:
         table.add_row(f"  '{stage}' began after", f"{at:.1f} s")
     table.add_row("last correction -> " + (job.outcome or job.state), f"{total:.1f} s")
     table.add_row("target", f"<= {TARGET_SECONDS:.0f} s: {'met' if result['within_target'] else 'NOT met'}")
+    if kept:
+        table.add_row("promoted model kept in", str(kept))
     Console().print(table)
     out = args.out or Path(__file__).parent / "results" / f"retraining_{args.trainer.split('.')[1]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
