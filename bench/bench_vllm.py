@@ -51,8 +51,9 @@ from vllm_cpu import VllmCpu, unavailable
 from recommender.corpora import SHARED_MTSAMPLES, split_documents
 from recommender.evaluation.scorer import entities_only, evaluate
 from recommender.extractors import load_extractor
+from recommender.extractors.llama.base_model import CACHE_DIR, resolve_dtype, served_base_path
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor
+from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor, trained_on
 from recommender.formats import brat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,16 +170,18 @@ def main() -> None:
     assert isinstance(extractor, LlamaExtractor)
     if extractor.config.cache_dir:
         cache = Path(extractor.config.cache_dir)
+    elif args.model:  # where loading it put its base (the model folder's neighbour)
+        cache = args.model.resolve().parent / CACHE_DIR
     extractor.configure(keep_prompts=True, max_new_tokens=args.max_new_tokens)
     import torch
 
-    from recommender.extractors.llama.base_model import pretrained_path, resolve, resolve_dtype
-
-    # vLLM in the dtype the in-process engine loaded the weights in
-    dtype = "bfloat16" if resolve_dtype(extractor.config.dtype) == torch.bfloat16 else "float32"
-
+    # vLLM in the dtype the in-process engine loaded the weights in, on the same base weights
+    torch_dtype = resolve_dtype(extractor.config.dtype)
+    dtype = "bfloat16" if torch_dtype == torch.bfloat16 else "float32"
     assert extractor.base is not None
-    base = Path(pretrained_path(resolve(extractor.base.name), cache))
+    base = Path(
+        served_base_path(extractor.base, cache, dtype=torch_dtype, trained_on=trained_on(extractor.info))
+    )
     lookup = extractor.config.draft_tokens if args.prompt_lookup_tokens is None else args.prompt_lookup_tokens
     server = VllmCpu(base, work / "vllm.log", max_lora_rank=extractor.config.lora_r,
                      dtype=dtype, prompt_lookup_tokens=lookup)  # fmt: skip
@@ -191,6 +194,7 @@ def main() -> None:
         "dtype": dtype,
         "max_new_tokens": args.max_new_tokens,
         "vllm_args": server.speculation(),
+        "base": base.name,
         "cpu_count": os.cpu_count(),
     }
     levels = [int(c) for c in args.concurrency.split(",")]

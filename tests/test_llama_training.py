@@ -197,6 +197,42 @@ def test_reload_and_predict(trained: Path, sample: list[Document], dev: list[Doc
         given.validate()
 
 
+def test_a_qlora_adapter_is_served_on_the_nf4_weights_it_learnt_against(
+    trained: Path, tmp_path: Path
+) -> None:
+    """Served on the 16-bit base, an adapter trained on NF4 weights meets weights it never saw (on
+    SmolLM2: 0.09 of dev NER F1 lost); served on the NF4 weights dequantized once, it computes what it
+    computed in training, at 16-bit speed."""
+    import shutil
+
+    from peft import PeftModel
+
+    from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
+
+    unmerged = tmp_path / "unmerged"  # the merged/ folder would be loaded as it is
+    shutil.copytree(trained, unmerged, ignore=shutil.ignore_patterns("merged"))
+    served = load_extractor(unmerged)
+    assert isinstance(served, LlamaExtractor) and served.base is not None
+    cache = trained.parent / CACHE_DIR
+    dtype = resolve_dtype(served.config.dtype)
+    in_training, _, _, used = load_base(served.base.name, cache, dtype=dtype, quantization="nf4")
+    assert used == "nf4"
+    in_training = PeftModel.from_pretrained(in_training, str(trained / "adapter")).eval()
+    plain, _ = load_base_for(served.base, cache, dtype=dtype)  # the 16-bit base
+    on_plain = PeftModel.from_pretrained(plain, str(trained / "adapter")).merge_and_unload().eval()
+    ids = served.tokenizer("Chest pain radiating to the left arm .", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = in_training(ids).logits.float()
+        got = served.model(ids).logits.float()
+        off = on_plain(ids).logits.float()
+    assert (got - want).abs().max() < 0.2 * (off - want).abs().max()
+    assert list(cache.glob("nf4-*")) == [cache / f"nf4-{served.base.sha256[:12]}-{str(dtype)[6:]}"]
+    # the merged folder training wrote holds the same weights
+    merged = load_extractor(trained)
+    with torch.no_grad():
+        assert (merged.model(ids).logits.float() - got).abs().max() < 0.05 * (off - want).abs().max()
+
+
 def test_the_bench_holds_training_tokens_per_second_against_bf16_matmul(
     trained: Path, tiny_base: Path, sample: list[Document]
 ) -> None:

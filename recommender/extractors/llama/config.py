@@ -34,7 +34,8 @@ class LlamaConfig(ExtractorConfig):
     quantization: str = setting(
         "nf4",
         "base weights while training: nf4 (QLoRA, bitsandbytes 4-bit), or none (16/32-bit LoRA); nf4 falls "
-        "back to none, saying so, where 4-bit loading is impossible",
+        "back to none, saying so, where 4-bit loading is impossible. The model is served on the weights it "
+        "trained on (NF4 dequantized once to 16-bit). A run continuing init_from trains on 16-bit weights",
     )
     dtype: str = setting(
         "auto",

@@ -60,6 +60,13 @@ SELF_MODIFIER = "entity tagged as its own modifier"  # an RE output marking the 
 AUDIT_KEY = "llama_prompts"  # Document.meta key of the raw prompts and generations (keep_prompts only)
 
 
+def trained_on(info: ModelInfo) -> str:
+    """The base weights a model's adapter learnt against (its training's ``quantization`` as used):
+    the weights it is served on. A folder that does not say (saved before this was read) is served on
+    the 16-bit base, as it always was."""
+    return str(info.metrics.get("quantization", "none"))
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     """What a model folder says before any weights are read."""
@@ -271,7 +278,9 @@ class LlamaExtractor(Extractor):
 
         if self.base is None:
             raise ModelError("a merged model needs the base model it was trained on", source=folder)
-        base, tokenizer = load_base_for(self.base, cache_dir, dtype=resolve_dtype(self.config.dtype))
+        base, tokenizer = load_base_for(
+            self.base, cache_dir, dtype=resolve_dtype(self.config.dtype), trained_on=trained_on(self.info)
+        )
         merged = PeftModel.from_pretrained(base, str(Path(folder) / ADAPTER_DIR)).merge_and_unload()
         out = Path(folder) / MERGED_DIR
         merged.save_pretrained(out)
@@ -327,7 +336,7 @@ class LlamaExtractor(Extractor):
                 cache_dir = (
                     Path(config.cache_dir) if config.cache_dir else folder.resolve().parent / CACHE_DIR
                 )
-                base, _ = load_base_for(meta.base, cache_dir, dtype=dtype)
+                base, _ = load_base_for(meta.base, cache_dir, dtype=dtype, trained_on=trained_on(meta.info))
                 # merged once for inference: the LoRA matmuls would double the cost of every layer
                 model = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR)).merge_and_unload()
             tokenizer = load_tokenizer(folder / TOKENIZER_DIR)

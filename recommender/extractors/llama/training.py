@@ -193,16 +193,17 @@ def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -
     return out
 
 
-def _inference_copy(extractor: LlamaExtractor, cache_dir: Path) -> LlamaExtractor:
-    """The training adapter merged into a full-precision copy of the base, as ``load`` serves it:
-    generating through 4-bit layers (dequantized at every step) or unmerged LoRA is several times
+def _inference_copy(extractor: LlamaExtractor, cache_dir: Path, trained_on: str) -> LlamaExtractor:
+    """The training adapter merged into a 16-bit copy of the weights it trains on, as ``load`` serves
+    it: generating through 4-bit layers (dequantized at every step) or unmerged LoRA is several times
     slower on a CPU, and dev evaluation generates thousands of tokens."""
     from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
     from recommender.extractors.llama.base_model import load_base_for, resolve_dtype
 
     assert extractor.base is not None
-    base, _ = load_base_for(extractor.base, cache_dir, dtype=resolve_dtype(extractor.config.dtype))
+    dtype = resolve_dtype(extractor.config.dtype)
+    base, _ = load_base_for(extractor.base, cache_dir, dtype=dtype, trained_on=trained_on)
     trained = extractor.model
     copy = PeftModel(base, trained.peft_config["default"])
     set_peft_model_state_dict(copy, get_peft_model_state_dict(trained))
@@ -267,6 +268,8 @@ def _trainable_model(config: LlamaConfig, cache_dir: Path) -> tuple[Any, Any, An
         ref, templates = previous.base, previous.templates
         if ref is None:
             raise ModelError("the model to fine-tune names no base model", source=config.init_from)
+        # continued on the 16-bit base (recorded, so served on it): measured, a retraining job of 100
+        # steps adapts a QLoRA adapter to it (bench/README.md)
         base, tokenizer = load_base_for(ref, cache_dir, dtype=dtype)
         model = PeftModel.from_pretrained(base, str(Path(config.init_from) / ADAPTER_DIR), is_trainable=True)
         return model, tokenizer, ref, "none", templates
@@ -352,7 +355,7 @@ def train_llama(
         """Evaluate on the validation notes, keep the best adapter; True when patience is exhausted."""
         nonlocal best, since_best
         model.eval()
-        preds = predict_dev(_inference_copy(extractor, cache_dir), val_docs) if val_docs else ([], [])
+        preds = predict_dev(_inference_copy(extractor, cache_dir, used), val_docs) if val_docs else ([], [])
         metrics = dev_metrics(val_docs, *preds) if val_docs else {}
         ner, re_ = (_exact_f1(metrics, "ner"), _exact_f1(metrics, "re")) if metrics else (0.0, 0.0)
         recent = [h["loss"] for h in history[-steps_per_epoch:] if "loss" in h]
@@ -436,7 +439,7 @@ def train_llama(
     # the chosen adapter on the development notes, once, with bootstrap intervals
     metrics = {}
     if dev_docs:
-        predicted = predict_dev(_inference_copy(extractor, cache_dir), dev_docs)
+        predicted = predict_dev(_inference_copy(extractor, cache_dir, used), dev_docs)
         metrics = dev_metrics(dev_docs, *predicted, resamples=1000)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     fp = fingerprint(train_docs)
