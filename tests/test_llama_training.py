@@ -233,6 +233,23 @@ def test_a_qlora_adapter_is_served_on_the_nf4_weights_it_learnt_against(
         assert (merged.model(ids).logits.float() - got).abs().max() < 0.05 * (off - want).abs().max()
 
 
+def test_a_continued_qlora_adapter_trains_and_is_served_on_the_weights_it_learnt(
+    trained: Path, tiny_base: Path, sample: list[Document], tmp_path: Path
+) -> None:
+    """A retraining job continues the promoted adapter on the weights that adapter learnt against (not
+    the 16-bit base, which it would first have to re-learn), and says so, so it is served on them."""
+    out = tmp_path / "continued"
+    config = small_config(
+        tiny_base, max_steps=1, lr=1e-12, init_from=str(trained)
+    )  # a step that moves nothing
+    continued = LlamaExtractor.train(sample[:2], [], config, out)
+    assert continued.info.metrics["quantization"] == "nf4"
+    ids = continued.tokenizer("Chest pain radiating to the left arm .", return_tensors="pt").input_ids
+    before, after = load_extractor(trained), load_extractor(out)
+    with torch.no_grad():
+        assert torch.allclose(before.model(ids).logits.float(), after.model(ids).logits.float(), atol=1e-3)
+
+
 def test_the_bench_holds_training_tokens_per_second_against_bf16_matmul(
     trained: Path, tiny_base: Path, sample: list[Document]
 ) -> None:

@@ -35,7 +35,8 @@ class LlamaConfig(ExtractorConfig):
         "nf4",
         "base weights while training: nf4 (QLoRA, bitsandbytes 4-bit), or none (16/32-bit LoRA); nf4 falls "
         "back to none, saying so, where 4-bit loading is impossible. The model is served on the weights it "
-        "trained on (NF4 dequantized once to 16-bit). A run continuing init_from trains on 16-bit weights",
+        "trained on (NF4 dequantized once to 16-bit); a run continuing init_from trains on the weights that "
+        "model's adapter trained on, dequantized likewise",
     )
     dtype: str = setting(
         "auto",

@@ -29,7 +29,7 @@ from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.checkpoint import CHECKPOINT_DIR, RunClock, load_checkpoint, save_checkpoint
 from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import NOT_LEARNT, LlamaConfig
-from recommender.extractors.llama.extractor import LlamaExtractor
+from recommender.extractors.llama.extractor import LlamaExtractor, trained_on
 from recommender.extractors.llama.layout import ADAPTER_DIR, NAME, SNAPSHOT_DIR
 from recommender.extractors.llama.task import NER, Example, Templates, training_examples
 from recommender.progress import Progress
@@ -268,11 +268,12 @@ def _trainable_model(config: LlamaConfig, cache_dir: Path) -> tuple[Any, Any, An
         ref, templates = previous.base, previous.templates
         if ref is None:
             raise ModelError("the model to fine-tune names no base model", source=config.init_from)
-        # continued on the 16-bit base (recorded, so served on it): measured, a retraining job of 100
-        # steps adapts a QLoRA adapter to it (bench/README.md)
-        base, tokenizer = load_base_for(ref, cache_dir, dtype=dtype)
+        # continued on the weights the adapter learnt against, as they are served (a QLoRA adapter's
+        # NF4 weights, dequantized: 16-bit speed and memory), and recorded so, to be served on them too
+        used = trained_on(previous.info)
+        base, tokenizer = load_base_for(ref, cache_dir, dtype=dtype, trained_on=used)
         model = PeftModel.from_pretrained(base, str(Path(config.init_from) / ADAPTER_DIR), is_trainable=True)
-        return model, tokenizer, ref, "none", templates
+        return model, tokenizer, ref, used, templates
     base, tokenizer, ref, used = load_base(
         config.base, cache_dir, dtype=dtype, quantization=config.quantization
     )
