@@ -40,35 +40,39 @@ from recommender.extractors.llama.base_model import (
     resolve_dtype,
 )
 from recommender.extractors.llama.config import LlamaConfig
-from recommender.extractors.llama.extractor import LlamaExtractor
+from recommender.extractors.llama.extractor import LlamaExtractor, trained_on
 from recommender.extractors.llama.layout import NAME, SNAPSHOT_DIR
 from recommender.extractors.llama.task import Templates
 from recommender.extractors.llama.training import examples_seen, training_set
 from recommender.formats import brat
 
 
-def run_identity(model: Path) -> tuple[LlamaConfig, BaseModelRef, Templates]:
-    """The run's config, base and prompts: from the finished model folder, or from the checkpoint of a
-    run still under way (its snapshots can be scored before it ends)."""
+def run_identity(model: Path) -> tuple[LlamaConfig, BaseModelRef, Templates, str]:
+    """The run's config, base, prompts and the base weights it trains on (``quantization``): from the
+    finished model folder, or from the checkpoint of a run still under way (its snapshots can be scored
+    before it ends; its config's quantization is what it trains on where 4-bit loading works)."""
     if (model / MODEL_INFO_FILE).is_file():
         folder = LlamaExtractor.read_folder(model)
         if folder.base is None:
             raise SystemExit(f"error: [{model}] names no base model")
-        return folder.config, folder.base, folder.templates
+        return folder.config, folder.base, folder.templates, trained_on(folder.info)
     state = model / CHECKPOINT_DIR / STATE_FILE
     if not state.is_file():
         raise SystemExit(f"error: [{model}] holds neither {MODEL_INFO_FILE} nor {state.relative_to(model)}")
     run = torch.load(state, weights_only=False, map_location="cpu")["run"]
-    return LlamaConfig(**run["config"]), BaseModelRef.from_dict(run["base"]), Templates.packaged()
+    config = LlamaConfig(**run["config"])
+    return config, BaseModelRef.from_dict(run["base"]), Templates.packaged(), config.quantization
 
 
 def snapshot_extractor(model: Path, snapshot: Path) -> LlamaExtractor:
-    """The run's base with ``snapshot``'s adapter merged in, served as ``load`` serves a model."""
+    """The run's base with ``snapshot``'s adapter merged in, served as ``load`` serves a model (on the
+    weights the adapter trained on)."""
     from peft import PeftModel
 
-    config, base_ref, templates = run_identity(model)
+    config, base_ref, templates, weights = run_identity(model)
     cache_dir = Path(config.cache_dir) if config.cache_dir else model.resolve().parent / CACHE_DIR
-    base, tokenizer = load_base_for(base_ref, cache_dir, dtype=resolve_dtype(config.dtype))
+    dtype = resolve_dtype(config.dtype)
+    base, tokenizer = load_base_for(base_ref, cache_dir, dtype=dtype, trained_on=weights)
     merged = PeftModel.from_pretrained(base, str(snapshot)).merge_and_unload().eval()
     info = ModelInfo(extractor=NAME, version=snapshot.name)
     return LlamaExtractor(merged, tokenizer, config, templates, info, base_ref)
@@ -89,12 +93,13 @@ def main() -> int:
     train, dev = corpora.split_documents(brat.read(corpora.SHARED_MTSAMPLES))
     fit, _ = corpora.validation_split(train)
     gold = sorted(dev, key=lambda d: d.id)[: args.notes]
-    config, base_ref, templates = run_identity(args.model)
+    config, base_ref, templates, weights = run_identity(args.model)
     cache_dir = Path(config.cache_dir) if config.cache_dir else args.model.resolve().parent / CACHE_DIR
     tokenizer = load_tokenizer(pretrained_path(resolve(base_ref.name), cache_dir))
     encoded, _ = training_set(fit, config, tokenizer, templates)
 
     identity = {"model": str(args.model), "dev_notes": [d.id for d in gold], "ner": args.ner}
+    identity["served_on"] = weights  # rows scored on other base weights are not these
     kept = KeptRows(args.out, identity)
     print(f"{'step':>6}{'NER seen':>10}{'RE seen':>9}{'RE F1':>8}{'NER F1':>8}{'s/note':>8}")
     for snap in snapshots:
