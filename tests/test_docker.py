@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -97,6 +98,10 @@ def test_compose_wires_the_roles_and_publishes_only_the_annotation_tools() -> No
         assert (
             "kiwi-data:/data:ro" in vllm["volumes"] and "kiwi-data:/data" in services[recommender]["volumes"]
         )
+    # vllm-cpu drafts from the prompt as the in-process engine does (bench/README.md: 1.7x one note at a time)
+    cpu = services["vllm-cpu"]["command"]
+    speculation = json.loads(cpu[cpu.index("--speculative-config") + 1])
+    assert speculation["method"] == "ngram" and speculation["num_speculative_tokens"] == 8
     # a CPU server is slow under load: its client waits longer than the 120 s default
     assert services["kiwi-llama-cpu"]["environment"]["KIWI_LLAMA_ENGINE_TIMEOUT_S"] == (
         "${KIWI_LLAMA_ENGINE_TIMEOUT_S:-600}"
