@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from support import bench_script
 from vllm_cpu import VllmCpu
@@ -70,3 +71,24 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_rows_without_the_re_pass_send_no_re_prompt_and_say_so() -> None:
+    from recommender.corpora import load_sample
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, bool]] = []
+
+        def predict(self, docs: list[Any], entities_given: bool = False) -> list[Any]:
+            self.calls.append((len(docs), entities_given))
+            return list(docs)
+
+    gold = load_sample()[:3]
+    bench = bench_script("bench_vllm")
+    recorder = Recorder()
+    row = bench.run(recorder, gold, 2, with_re=False)
+    assert row["re_f1"] is None and recorder.calls == [(2, False), (1, False)]
+    recorder.calls.clear()
+    assert bench.run(recorder, gold, 2)["re_f1"] is not None
+    assert recorder.calls == [(2, False), (1, False), (2, True), (1, True)]
