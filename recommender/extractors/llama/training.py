@@ -193,17 +193,16 @@ def micro_batches(group: Sequence[int], encoded: Sequence[Encoded], size: int) -
     return out
 
 
-def _inference_copy(extractor: LlamaExtractor, cache_dir: Path, trained_on: str) -> LlamaExtractor:
-    """The training adapter merged into a 16-bit copy of the weights it trains on, as ``load`` serves
-    it: generating through 4-bit layers (dequantized at every step) or unmerged LoRA is several times
-    slower on a CPU, and dev evaluation generates thousands of tokens."""
+def _inference_copy(extractor: LlamaExtractor, cache_dir: Path, weights: str) -> LlamaExtractor:
+    """The training adapter merged into a 16-bit copy of the weights it trains on (``weights``: the
+    quantization used), as ``load`` serves it: generating through 4-bit layers (dequantized at every
+    step) or unmerged LoRA is several times slower on a CPU, and dev evaluation generates thousands of
+    tokens."""
     from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-
-    from recommender.extractors.llama.base_model import load_base_for, resolve_dtype
 
     assert extractor.base is not None
     dtype = resolve_dtype(extractor.config.dtype)
-    base, _ = load_base_for(extractor.base, cache_dir, dtype=dtype, trained_on=trained_on)
+    base, _ = load_base_for(extractor.base, cache_dir, dtype=dtype, trained_on=weights)
     trained = extractor.model
     copy = PeftModel(base, trained.peft_config["default"])
     set_peft_model_state_dict(copy, get_peft_model_state_dict(trained))
