@@ -32,7 +32,7 @@ from recommender.evaluation.scorer import entities_only
 from recommender.extractors.base import MODEL_INFO_FILE, BaseModelRef, ModelInfo, file_checksum
 from recommender.extractors.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from recommender.extractors.llama.base_model import (
-    CACHE_DIR,
+    base_cache,
     load_base_for,
     load_tokenizer,
     pretrained_path,
@@ -70,7 +70,7 @@ def snapshot_extractor(model: Path, snapshot: Path) -> LlamaExtractor:
     from peft import PeftModel
 
     config, base_ref, templates, weights = run_identity(model)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else model.resolve().parent / CACHE_DIR
+    cache_dir = base_cache(model, config.cache_dir)
     dtype = resolve_dtype(config.dtype)
     base, tokenizer = load_base_for(base_ref, cache_dir, dtype=dtype, trained_on=weights)
     merged = PeftModel.from_pretrained(base, str(snapshot)).merge_and_unload().eval()
@@ -94,7 +94,7 @@ def main() -> int:
     fit, _ = corpora.validation_split(train)
     gold = sorted(dev, key=lambda d: d.id)[: args.notes]
     config, base_ref, templates, weights = run_identity(args.model)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else args.model.resolve().parent / CACHE_DIR
+    cache_dir = base_cache(args.model, config.cache_dir)
     tokenizer = load_tokenizer(pretrained_path(resolve(base_ref.name), cache_dir))
     encoded, _ = training_set(fit, config, tokenizer, templates)
 

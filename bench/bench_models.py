@@ -173,7 +173,7 @@ def llama_throughput(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from recommender.extractors.llama.base_model import CACHE_DIR, load_tokenizer, pretrained_path, resolve
+    from recommender.extractors.llama.base_model import base_cache, load_tokenizer, pretrained_path, resolve
     from recommender.extractors.llama.extractor import LlamaExtractor
     from recommender.extractors.llama.training import tokens_seen, training_set
     from recommender.splits import validation_split
@@ -182,7 +182,7 @@ def llama_throughput(
     if read.base is None:
         raise SystemExit(f"error: [{folder}] names no base model")
     config = read.config
-    cache_dir = Path(config.cache_dir) if config.cache_dir else folder.resolve().parent / CACHE_DIR
+    cache_dir = base_cache(folder, config.cache_dir)
     base_path = pretrained_path(resolve(read.base.name), cache_dir)
     fit, _ = validation_split(train)
     encoded, _ = training_set(fit, config, load_tokenizer(base_path), read.templates)

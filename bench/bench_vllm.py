@@ -51,7 +51,7 @@ from vllm_cpu import VllmCpu, unavailable
 from recommender.corpora import SHARED_MTSAMPLES, split_documents
 from recommender.evaluation.scorer import entities_only, evaluate
 from recommender.extractors import load_extractor
-from recommender.extractors.llama.base_model import CACHE_DIR, resolve_dtype, served_base_path
+from recommender.extractors.llama.base_model import base_cache, resolve_dtype, served_base_path
 from recommender.extractors.llama.config import LlamaConfig
 from recommender.extractors.llama.extractor import AUDIT_KEY, LlamaExtractor, trained_on
 from recommender.formats import brat
@@ -175,10 +175,8 @@ def main() -> None:
     model = args.model or brief_adapter(work / "llama", cache, args.train_steps)
     extractor = load_extractor(model)
     assert isinstance(extractor, LlamaExtractor)
-    if extractor.config.cache_dir:
-        cache = Path(extractor.config.cache_dir)
-    elif args.model:  # where loading it put its base (the model folder's neighbour)
-        cache = args.model.resolve().parent / CACHE_DIR
+    if args.model or extractor.config.cache_dir:  # where loading it put its base
+        cache = base_cache(model, extractor.config.cache_dir)
     extractor.configure(keep_prompts=True, max_new_tokens=args.max_new_tokens)
     import torch
 

@@ -138,6 +138,12 @@ def _converted(source: BaseSource, cache_dir: Path) -> Path:
     return folder
 
 
+def base_cache(folder: Path, cache_dir: str | None) -> Path:
+    """Where a model folder's base weights are converted and kept: its config's ``cache_dir``, else
+    ``.kiwi_base_cache`` beside the folder (shared by the models trained next to each other)."""
+    return Path(cache_dir) if cache_dir else Path(folder).resolve().parent / CACHE_DIR
+
+
 def _save_folder(model: Any, tokenizer: Any, folder: Path) -> None:
     """Save a model and its tokenizer as ``folder``, atomically: a concurrent or interrupted write
     leaves no half folder."""

@@ -309,7 +309,7 @@ class LlamaExtractor(Extractor):
     @classmethod
     def load(cls, folder: Path) -> LlamaExtractor:
         from recommender.extractors.llama.base_model import (
-            CACHE_DIR,
+            base_cache,
             load_base_for,
             load_tokenizer,
             resolve_dtype,
@@ -333,9 +333,7 @@ class LlamaExtractor(Extractor):
                         raise ModelError(f"incomplete model folder: [{part}] is missing", source=folder)
                 if meta.base is None:
                     raise ModelError("kiwi_model.json names no base model for the adapter", source=folder)
-                cache_dir = (
-                    Path(config.cache_dir) if config.cache_dir else folder.resolve().parent / CACHE_DIR
-                )
+                cache_dir = base_cache(folder, config.cache_dir)
                 base, _ = load_base_for(meta.base, cache_dir, dtype=dtype, trained_on=trained_on(meta.info))
                 # merged once for inference: the LoRA matmuls would double the cost of every layer
                 model = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR)).merge_and_unload()

@@ -27,7 +27,7 @@ from recommender.document import Document
 from recommender.errors import ConfigError, ModelError
 from recommender.extractors.base import ModelInfo, fingerprint
 from recommender.extractors.checkpoint import CHECKPOINT_DIR, RunClock, load_checkpoint, save_checkpoint
-from recommender.extractors.llama.base_model import CACHE_DIR, load_base, load_base_for, resolve_dtype
+from recommender.extractors.llama.base_model import base_cache, load_base, load_base_for, resolve_dtype
 from recommender.extractors.llama.config import NOT_LEARNT, LlamaConfig
 from recommender.extractors.llama.extractor import LlamaExtractor, trained_on
 from recommender.extractors.llama.layout import ADAPTER_DIR, NAME, SNAPSHOT_DIR
@@ -309,7 +309,7 @@ def train_llama(
     clock = RunClock()
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else out_dir.resolve().parent / CACHE_DIR
+    cache_dir = base_cache(out_dir, config.cache_dir)
     model, tokenizer, ref, used, templates = _trainable_model(config, cache_dir)
     templates = templates or Templates.packaged()
     device = next(model.parameters()).device
