@@ -92,3 +92,11 @@ def test_rows_without_the_re_pass_send_no_re_prompt_and_say_so() -> None:
     recorder.calls.clear()
     assert bench.run(recorder, gold, 2)["re_f1"] is not None
     assert recorder.calls == [(2, False), (1, False), (2, True), (1, True)]
+
+
+def test_the_re_pass_runs_only_under_the_loads_and_levels_named() -> None:
+    wants = bench_script("bench_vllm").wants_re
+    assert wants("idle", 4, "idle,training", None) and wants("training", 16, "idle,training", None)
+    assert not wants("training", 1, "idle", None)
+    assert wants("idle", 16, "idle", "16") and not wants("idle", 1, "idle", "16")
+    assert not wants("training", 16, "idle", "4,16")
