@@ -5,8 +5,8 @@ time and peak memory summed over every session it took."""
 from __future__ import annotations
 
 import logging
+import os
 import resource
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,16 @@ STATE_FILE = "state.pt"
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors and plain data) as the checkpoint in ``folder``."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / STATE_FILE)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # a crash while writing keeps the previous checkpoint
+    """Write ``state`` (tensors and plain data) as the checkpoint in ``folder``. The file is written
+    beside the previous one and renamed over it, so a run killed at any moment (a session's end) keeps
+    one whole checkpoint: removing the old one first left a moment with none, and hours to redo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (STATE_FILE + ".tmp")
+    with tmp.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / STATE_FILE)
 
 
 def load_checkpoint(
